@@ -1,0 +1,1 @@
+"""Algorithms: each a small module (collect + loss) registered by name on the one loop."""

@@ -1,0 +1,90 @@
+"""The `align` command line. Heavy imports happen inside each command, so `align --help` is instant.
+
+Bad input (a malformed config, an unknown model, a missing file) prints one line per problem
+prefixed `error:` and exits with code 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; printed as `error: ...` with exit code 2."""
+
+
+def _doctor(args) -> int:
+    from align.doctor import format_table, run_checks
+    from samplers.models import load_adapter
+
+    adapter = load_adapter(args.model, family=args.family, dtype=args.dtype, device=args.device)
+    checks = run_checks(adapter, num_steps=args.steps, noise_level=args.noise_level)
+    print(format_table(args.model, checks))
+    failed = [c for c in checks if not c.passed]
+    print(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
+    return 1 if failed else 0
+
+
+def _config_check(args) -> int:
+    import yaml
+
+    from align.config import config_to_data, load_config
+
+    config = load_config(args.config, args.overrides)
+    print(yaml.safe_dump(config_to_data(config), sort_keys=False).rstrip())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="align", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    doctor = commands.add_parser(
+        "doctor", help="check sampler invariants of a model (pipeline equality, ratio 1, ...)"
+    )
+    doctor.add_argument("model", help="tiny:<family>, toy, a hub id or a local diffusers directory")
+    doctor.add_argument("--steps", type=int, default=None, help="denoising steps (default: the family's)")
+    doctor.add_argument(
+        "--noise-level", type=float, default=None, help="SDE noise / DDIM eta for the ratio check"
+    )
+    doctor.add_argument("--family", default="auto", help="force an adapter family")
+    doctor.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
+    doctor.add_argument("--device", default="cpu")
+    doctor.set_defaults(run=_doctor)
+
+    config = commands.add_parser("config", help="validate an experiment file and print it resolved")
+    config.add_argument("config", help="YAML experiment file")
+    config.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=3e-4")
+    config.set_defaults(run=_config_check)
+
+    from align.commands import add_commands
+
+    add_commands(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from align.schema import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        for line in error.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
+        if os.environ.get("ALIGN_DEBUG"):
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,12 @@
+"""Subcommands beyond `doctor` and `config`: each module exposes `register(subparsers)`."""
+
+from __future__ import annotations
+
+import importlib
+
+COMMAND_MODULES: list[str] = []
+
+
+def add_commands(subparsers) -> None:
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)

@@ -1,0 +1,197 @@
+"""The experiment schema. Experiment files under configs/ are data (YAML) checked against it.
+
+Each field says what it trades off. Algorithm-specific settings live in the algorithm's own
+dataclass (registered in ALGORITHM_CONFIGS) and are checked under the `algorithm.` path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from align.registry import Registry
+from align.schema import ConfigError, apply_overrides, from_data, param, to_data
+
+ALGORITHM_CONFIGS: Registry = Registry("algorithm")  # name -> config dataclass (with a `name` field)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "toy"  # `toy`, `tiny:<family>`, a hub id or a local diffusers directory
+    family: str = param("auto", choices=("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo"))
+    dtype: str = param("float32", choices=("float32", "float16", "bfloat16"))  # weights; log-probs stay fp32
+    resolution: int | None = param(None, min=8)  # pixels; None = the model's native size (memory ~ res^2)
+    guidance_scale: float | None = param(None, min=0.0)  # CFG scale; None = the family default
+    attention: str = param("auto", choices=("auto", "sdpa", "xformers"))
+    gradient_checkpointing: bool = False  # recompute activations in backward: ~30% slower, far less memory
+
+
+@dataclass
+class LoraSettings:
+    rank: int = param(8, min=1)  # capacity of the update; memory and step time grow with it
+    alpha: float = param(8.0, gt=0)  # scale = alpha / rank
+    dropout: float = param(0.0, min=0.0, max=1.0)
+    target_modules: list[str] | None = None  # None = the family's attention projections
+
+
+@dataclass
+class SamplingConfig:
+    num_steps: int = param(10, min=1)  # denoising steps per rollout: quality vs time per sample
+    noise_level: float = param(0.7, min=0.0)  # SDE noise (flow) or DDIM eta (UNet); exploration vs quality
+    eval_num_steps: int | None = param(None, min=1)  # None = num_steps
+
+
+@dataclass
+class RewardTerm:
+    name: str  # a registered reward (`align rewards list`)
+    weight: float = 1.0  # its weight in the combined reward
+    args: dict[str, Any] = field(default_factory=dict)  # passed to the reward's factory
+
+
+@dataclass
+class RewardsConfig:
+    terms: list[RewardTerm] = field(default_factory=list)
+    normalise: str = param("group", choices=("none", "group", "running"))  # per reward, before summing
+
+    def check(self):
+        names = [t.name for t in self.terms]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            yield ["terms"], f"reward {duplicates[0]!r} is listed twice; give each reward once"
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    trainable: str = param("lora", choices=("lora", "full"))  # LoRA: small, fast; full: more capacity, memory
+    lr: float = param(3e-4, gt=0.0)
+    weight_decay: float = param(1e-4, min=0.0)
+    batch_size: int = param(16, min=1)  # samples collected per epoch per process
+    group_size: int = param(
+        4, min=1
+    )  # samples per prompt (GRPO groups, DPO pairs); batch_size % group_size == 0
+    micro_batch_size: int = param(4, min=1)  # samples per backward pass: memory vs speed
+    num_epochs: int = param(10, min=1)  # collect-then-train rounds
+    inner_epochs: int = param(1, min=1)  # passes over each collected batch (PPO reuse)
+    max_grad_norm: float | None = param(1.0, gt=0.0)  # None = no clipping
+    mixed_precision: str = param("no", choices=("no", "fp16", "bf16"))
+    ema_decay: float = param(0.0, min=0.0, max=1.0)  # 0 = no EMA of trainable weights
+    checkpoint_every: int = param(0, min=0)  # epochs; 0 = only at the end
+    keep_checkpoints: int = param(2, min=1)
+    eval_every: int = param(0, min=0)  # epochs; 0 = at the start and the end only
+    prompts: str = "train"  # a prompt split of the toy world or a text file, one prompt per line
+
+    def check(self):
+        if self.batch_size % self.group_size:
+            yield (
+                ["batch_size", "group_size"],
+                (
+                    f"batch_size {self.batch_size} is not divisible by group_size {self.group_size}; "
+                    "make batch_size a multiple of group_size"
+                ),
+            )
+        if self.batch_size % self.micro_batch_size:
+            yield (
+                ["micro_batch_size", "batch_size"],
+                (
+                    f"batch_size {self.batch_size} is not divisible by micro_batch_size {self.micro_batch_size}"
+                ),
+            )
+
+
+@dataclass
+class EvalConfig:
+    prompts: str = "heldout"  # prompt split or file
+    seeds: int = param(1, min=1)  # images per prompt (seeds 0..n-1)
+    max_prompts: int | None = param(None, min=1)  # cap for quick evaluations
+    rewards: list[str] = field(default_factory=list)  # extra rewards to report (not optimised)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: bool = False  # needs `pip install wandb` and an account
+    image_every: int = param(1, min=0)  # epochs between image grids in TensorBoard; 0 = never
+    progress: bool = True
+
+
+@dataclass
+class AlgorithmConfig:
+    """Placeholder type; the real dataclass is found by `name` in ALGORITHM_CONFIGS."""
+
+    name: str
+
+
+@dataclass
+class ExperimentConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rewards: RewardsConfig = field(default_factory=RewardsConfig)
+    algorithm: Any = None  # an ALGORITHM_CONFIGS dataclass
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def _algorithm_from_data(data: Any, errors: list[str]):
+    import align.algorithms  # noqa: F401  (registers every algorithm's config)
+
+    if not isinstance(data, dict) or "name" not in data:
+        errors.append("algorithm: missing; give `algorithm: {name: ...}`")
+        return None
+    try:
+        cls = ALGORITHM_CONFIGS.lookup(data["name"])
+    except ValueError as error:
+        errors.append(f"algorithm.name: {error}")
+        return None
+    try:
+        return from_data(cls, data, "algorithm")
+    except ConfigError as error:
+        errors.extend(error.errors)
+        return None
+
+
+def config_from_data(data: dict) -> ExperimentConfig:
+    """Validate plain data into an ExperimentConfig; raises ConfigError listing every problem."""
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"<root>: expected a mapping of sections, got {type(data).__name__}"])
+    data = dict(data)
+    algorithm_data = data.pop("algorithm", None)
+    try:
+        config = from_data(ExperimentConfig, data)
+    except ConfigError as error:
+        errors.extend(error.errors)
+        config = None
+    algorithm = _algorithm_from_data(algorithm_data, errors)
+    if errors:
+        raise ConfigError(errors)
+    return dataclasses.replace(config, algorithm=algorithm)
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such config file"])
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: not valid YAML ({error})"]) from error
+    return data if data is not None else {}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment file, apply `key.path=value` overrides, validate."""
+    data = read_config_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError([f"{path}: expected a mapping of sections, got {type(data).__name__}"])
+    return config_from_data(apply_overrides(data, list(overrides or [])))
+
+
+def config_to_data(config: ExperimentConfig) -> dict:
+    return to_data(config)

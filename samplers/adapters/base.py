@@ -1,0 +1,194 @@
+"""What every model adapter offers: a diffusers pipeline seen through the shared vocabulary.
+
+An adapter turns a pipeline into (encode, denoiser, schedule, step_fn, decode). The pipeline stays
+the owner of the weights; the adapter never relies on scheduler state: it asks the scheduler for its
+timestep / sigma tables and does the stepping itself with a pure step function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from align.types import Cond, Schedule, StepOut, Trajectory
+from samplers.attention import configure_attention
+from samplers.noise import Generators, draw_noise, generators_from_seeds
+from samplers.rollout import rescore, rollout
+
+
+class Adapter:
+    """Base class; one subclass per model family (one file each)."""
+
+    family: ClassVar[str]  # "unet" (DDIM / DDPM steps) or "flow" (Euler / SDE steps)
+    default_steps: ClassVar[int] = 20
+    default_guidance: ClassVar[float] = 5.0
+
+    def __init__(
+        self,
+        pipeline,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        guidance_scale: float | None = None,
+        resolution: int | None = None,
+        attention: str = "auto",
+        gradient_checkpointing: bool = False,
+        name: str = "",
+    ):
+        self.pipeline = pipeline.to(device=device)
+        modules = [m for m in pipeline.components.values() if isinstance(m, torch.nn.Module)]
+        if any(p.dtype != dtype for m in modules for p in m.parameters()):
+            self.pipeline = pipeline.to(dtype=dtype)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.name = name
+        self.guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        self.resolution = resolution or self.default_resolution()
+        self._cache: dict[str, Cond] = {}
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+        self.model.requires_grad_(False)
+        self.attention = configure_attention(self.model, attention)
+        if gradient_checkpointing:
+            self.model.enable_gradient_checkpointing()
+
+    # --- what a family provides -------------------------------------------------------------
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The denoiser network (UNet or transformer): what LoRA and fine-tuning train."""
+        raise NotImplementedError
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Text encoders and VAE: never trained here."""
+        raise NotImplementedError
+
+    def default_resolution(self) -> int:
+        raise NotImplementedError
+
+    def encode_batch(self, prompts: list[str]) -> Cond:
+        """Conditioning for `prompts` (positive and, where guidance needs it, negative)."""
+        raise NotImplementedError
+
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """Model output for latents x [B, ...] at per-sample timesteps t [B], guidance applied."""
+        raise NotImplementedError
+
+    def schedule(self, num_steps: int) -> Schedule:
+        raise NotImplementedError
+
+    def latent_shape(self) -> tuple[int, ...]:
+        """Shape of one sample's latent in the layout the denoiser takes."""
+        raise NotImplementedError
+
+    def step(self, model_output, x, sigma, sigma_next, **kwargs) -> StepOut:
+        raise NotImplementedError
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, ...] -> images [B, 3, H, W] float32 in [0, 1] (differentiable)."""
+        raise NotImplementedError
+
+    def pipeline_images(self, prompts: list[str], generators: list[torch.Generator], num_steps: int):
+        """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance."""
+        raise NotImplementedError
+
+    # --- shared behaviour --------------------------------------------------------------------
+
+    def noise_scale(self, num_steps: int) -> float:
+        """Standard deviation of x_T in the adapter's coordinates."""
+        return 1.0
+
+    def initial_noise(
+        self, generators: Generators, batch: int | None = None, num_steps: int | None = None
+    ) -> torch.Tensor:
+        """x_T [B, ...] float32, drawn in the model dtype as the pipeline draws it."""
+        if batch is None:
+            batch = len(generators)
+        shape = (batch, *self.latent_shape())
+        noise = draw_noise(shape, generators, self.device, self.dtype).float()
+        return noise * self.noise_scale(num_steps or self.default_steps)
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> Cond:
+        """Conditioning for a batch of prompts, each prompt encoded once and cached."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            encoded = self.encode_batch(missing)
+            for i, prompt in enumerate(missing):
+                self._cache[prompt] = {k: v[i : i + 1] for k, v in encoded.items()}
+        rows = [self._cache[p] for p in prompts]
+        return {key: torch.cat([row[key] for row in rows]) for key in rows[0]}
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def sample(
+        self,
+        prompts: Sequence[str],
+        generators: list[torch.Generator],
+        *,
+        num_steps: int | None = None,
+        noise_levels: Any = 0.0,
+        grad_steps: int = 0,
+        checkpoint: bool = False,
+        noise: torch.Tensor | None = None,
+    ) -> Trajectory:
+        """Roll out a batch: one generator per prompt; x_T from `noise` if given, else drawn."""
+        prompts = list(prompts)
+        num_steps = num_steps or self.default_steps
+        if noise is None:
+            noise = self.initial_noise(generators, len(prompts), num_steps)
+        return rollout(
+            self.denoise,
+            self.step,
+            self.schedule(num_steps),
+            noise,
+            self.encode(prompts),
+            prompts=prompts,
+            noise_levels=noise_levels,
+            generators=generators,
+            grad_steps=grad_steps,
+            checkpoint=checkpoint,
+        )
+
+    def rescore(self, trajectory: Trajectory, step: int | torch.Tensor) -> StepOut:
+        return rescore(self.denoise, self.step, trajectory, step)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        *,
+        num_steps: int | None = None,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] by the deterministic (ODE) sampler, one seed per prompt."""
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
+        images = []
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start : start + batch_size])
+            generators = generators_from_seeds(list(seeds[start : start + batch_size]))
+            trajectory = self.sample(chunk, generators, num_steps=num_steps)
+            images.append(self.decode(trajectory.final))
+        return torch.cat(images)
+
+    def postprocess(self, decoded: torch.Tensor) -> torch.Tensor:
+        """VAE output in [-1, 1] -> images in [0, 1], as diffusers' VaeImageProcessor does."""
+        return (decoded.float() / 2 + 0.5).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "adapter": type(self).__name__,
+            "resolution": self.resolution,
+            "guidance_scale": self.guidance_scale,
+            "default_steps": self.default_steps,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "attention": self.attention,
+        }

@@ -1,0 +1,121 @@
+"""Stable Diffusion 3 / 3.5 (MMDiT, rectified flow; T5 optional). Also the toy model's family."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+    calculate_shift,
+    retrieve_timesteps,
+)
+
+from align.types import Cond, Schedule
+from samplers.adapters.base import Adapter
+from samplers.flow import flow_step
+
+
+class FlowMatchMixin:
+    """Schedule, step and decode shared by the rectified-flow families (SD3, FLUX)."""
+
+    family = "flow"
+
+    def step(self, model_output, x, sigma, sigma_next, **kwargs):
+        return flow_step(model_output, x, sigma, sigma_next, **kwargs)
+
+    def _schedule_from_scheduler(self, num_steps: int, **kwargs) -> Schedule:
+        scheduler = self.pipeline.scheduler
+        retrieve_timesteps(scheduler, num_steps, self.device, **kwargs)
+        return Schedule(timesteps=scheduler.timesteps.clone(), sigmas=scheduler.sigmas.clone())
+
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipeline.vae
+        latents = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        return self.postprocess(vae.decode(latents.to(vae.dtype), return_dict=False)[0])
+
+
+class SD3Adapter(FlowMatchMixin, Adapter):
+    default_steps = 28
+    default_guidance = 7.0
+
+    def __init__(self, pipeline, *, max_sequence_length: int = 256, **kwargs):
+        self.max_sequence_length = max_sequence_length
+        super().__init__(pipeline, **kwargs)
+
+    @property
+    def model(self):
+        return self.pipeline.transformer
+
+    def frozen_modules(self):
+        p = self.pipeline
+        return [m for m in (p.vae, p.text_encoder, p.text_encoder_2, p.text_encoder_3) if m is not None]
+
+    def default_resolution(self) -> int:
+        return self.pipeline.default_sample_size * self.pipeline.vae_scale_factor
+
+    def latent_shape(self):
+        size = self.resolution // self.pipeline.vae_scale_factor
+        return (self.model.config.in_channels, size, size)
+
+    def encode_batch(self, prompts: list[str]) -> Cond:
+        embeds, negative, pooled, negative_pooled = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            device=self.device,
+            do_classifier_free_guidance=True,
+            max_sequence_length=self.max_sequence_length,
+        )
+        return {
+            "prompt_embeds": embeds,
+            "pooled_prompt_embeds": pooled,
+            "negative_prompt_embeds": negative,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+
+    def denoise(self, x, t, cond):
+        guided = self.guidance_scale > 1
+        embeds, pooled = cond["prompt_embeds"], cond["pooled_prompt_embeds"]
+        if guided:
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
+            pooled = torch.cat([cond["negative_pooled_prompt_embeds"], pooled])
+        output = self.model(
+            hidden_states=x.to(self.dtype),
+            timestep=t,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+        if guided:
+            uncond, text = output.chunk(2)
+            output = uncond + self.guidance_scale * (text - uncond)
+        return output
+
+    def schedule(self, num_steps: int) -> Schedule:
+        scheduler = self.pipeline.scheduler
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", False):
+            size = self.resolution // self.pipeline.vae_scale_factor // self.model.config.patch_size
+            kwargs["mu"] = calculate_shift(
+                size * size,
+                scheduler.config.get("base_image_seq_len", 256),
+                scheduler.config.get("max_image_seq_len", 4096),
+                scheduler.config.get("base_shift", 0.5),
+                scheduler.config.get("max_shift", 1.16),
+            )
+        return self._schedule_from_scheduler(num_steps, **kwargs)
+
+    def decode(self, latents):
+        return self._vae_decode(latents)
+
+    @torch.no_grad()
+    def pipeline_images(self, prompts, generators, num_steps):
+        return self.pipeline(
+            prompt=list(prompts),
+            generator=generators,
+            num_inference_steps=num_steps,
+            guidance_scale=self.guidance_scale,
+            height=self.resolution,
+            width=self.resolution,
+            max_sequence_length=self.max_sequence_length,
+            output_type="pt",
+        ).images.float()

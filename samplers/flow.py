@@ -1,0 +1,50 @@
+"""Flow-matching reverse steps: the Euler ODE step and the Flow-GRPO SDE step.
+
+Parameterisation (rectified flow, SD3 / FLUX): x_sigma = (1 - sigma) x_0 + sigma * eps, and the model
+predicts the velocity v = eps - x_0. Sigma runs from 1 (noise) down to 0 (data).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from align.types import StepOut
+from samplers.noise import Generators, expand_as_batch, finish_step, per_sample
+
+
+def flow_step(
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    sigma,
+    sigma_next,
+    *,
+    noise_level=0.0,
+    prev: torch.Tensor | None = None,
+    generator: Generators = None,
+) -> StepOut:
+    """One step x_sigma -> x_sigma_next.
+
+    noise_level = 0 is the Euler ODE step `x + (sigma_next - sigma) * v`, bit for bit. Otherwise it is
+    the reverse-time SDE with the same marginals (Flow-GRPO, Liu et al. 2025, eq. 9):
+
+        mean = x (1 + s^2 dt / (2 sigma)) + v (1 + s^2 (1 - sigma) / (2 sigma)) dt
+        std  = s sqrt(-dt),     s = noise_level * sqrt(sigma / (1 - sigma)),   dt = sigma_next - sigma
+
+    At sigma = 1 the factor sigma / (1 - sigma) is infinite; as Flow-GRPO does, the denominator then
+    uses the next sigma of the schedule. Given `prev`, that sample is scored instead of drawn.
+    Shapes: model_output, x [B, ...]; sigma, sigma_next, noise_level scalars or [B].
+    """
+    batch = x.shape[0]
+    v = model_output.float()
+    x = x.float()
+    sigma = per_sample(sigma, batch, x.device)
+    sigma_next = per_sample(sigma_next, batch, x.device)
+    level = per_sample(noise_level, batch, x.device)
+    dt = sigma_next - sigma
+    denominator = 1 - torch.where(sigma >= 1, sigma_next, sigma)
+    s = level * torch.sqrt(sigma / denominator)
+    x_coef = 1 + s**2 * dt / (2 * sigma)
+    v_coef = (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+    mean = x * expand_as_batch(x_coef, x) + v * expand_as_batch(v_coef, x)
+    std = (s * torch.sqrt(-dt)).to(torch.float32)
+    return finish_step(mean, std, prev, generator)

@@ -1,0 +1,107 @@
+"""Run a sampler chain and record everything policy-gradient and backprop methods need."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from align.types import Cond, Schedule, StepOut, Trajectory
+from samplers.noise import Generators
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
+StepFn = Callable[..., StepOut]
+
+
+def noise_level_per_step(
+    noise_levels: float | Sequence[float] | torch.Tensor, num_steps: int
+) -> torch.Tensor:
+    """A scalar or a per-step sequence as a float64 [T] tensor."""
+    levels = torch.as_tensor(noise_levels, dtype=torch.float64)
+    if levels.ndim == 0:
+        return levels.expand(num_steps).clone()
+    if levels.shape != (num_steps,):
+        raise ValueError(
+            f"noise_levels has {levels.shape[0]} entries for {num_steps} steps; give one per step"
+        )
+    return levels
+
+
+def rollout(
+    denoiser: Denoiser,
+    step_fn: StepFn,
+    schedule: Schedule,
+    noise: torch.Tensor,
+    cond: Cond,
+    *,
+    prompts: list[str],
+    noise_levels: float | Sequence[float] | torch.Tensor = 0.0,
+    generators: Generators = None,
+    grad_steps: int = 0,
+    checkpoint: bool = False,
+) -> Trajectory:
+    """Sample `x_T -> x_0` for a batch and return the Trajectory.
+
+    noise       [B, ...] x_T in the adapter's latent layout (float32)
+    noise_levels  scalar or [T]: 0 makes a step deterministic (ODE); > 0 stochastic (SDE)
+    generators  one per sample: step noise of sample i comes from generator i only
+    grad_steps  the last `grad_steps` steps run with autograd on (reward backprop, DRaFT-K);
+                earlier steps run under no_grad. With `checkpoint`, each of those denoiser calls
+                is recomputed in backward, so memory grows with K and not with T.
+    """
+    num_steps = len(schedule)
+    if not 0 <= grad_steps <= num_steps:
+        raise ValueError(f"grad_steps={grad_steps} must lie in [0, {num_steps}]")
+    if len(prompts) != noise.shape[0]:
+        raise ValueError(f"{len(prompts)} prompts for a batch of {noise.shape[0]} noises")
+    levels = noise_level_per_step(noise_levels, num_steps)
+    batch = noise.shape[0]
+    device = noise.device
+    # float32 once, so that re-scoring from the stored trajectory sees the very same numbers
+    timesteps = schedule.timesteps.to(device).float()
+    sigmas = schedule.sigmas.to(device).float()
+    x = noise.float()
+    latents, log_probs = [x], []
+    first_grad_step = num_steps - grad_steps
+    for i in range(num_steps):
+        t = timesteps[i].expand(batch)
+        sigma = sigmas[i].expand(batch)
+        sigma_next = sigmas[i + 1].expand(batch)
+        with torch.set_grad_enabled(i >= first_grad_step and torch.is_grad_enabled()):
+            if checkpoint and i >= first_grad_step:
+                output = activation_checkpoint(denoiser, x, t, cond, use_reentrant=False)
+            else:
+                output = denoiser(x, t, cond)
+            out = step_fn(output, x, sigma, sigma_next, noise_level=float(levels[i]), generator=generators)
+        x = out.sample
+        latents.append(x)
+        log_probs.append(out.log_prob)
+    return Trajectory(
+        latents=torch.stack(latents, dim=1),
+        timesteps=timesteps.expand(batch, num_steps).clone(),
+        sigmas=sigmas.expand(batch, num_steps + 1).clone(),
+        log_probs=torch.stack(log_probs, dim=1),
+        noise_levels=levels,
+        cond=cond,
+        prompts=list(prompts),
+    )
+
+
+def rescore(denoiser: Denoiser, step_fn: StepFn, trajectory: Trajectory, step: int | torch.Tensor) -> StepOut:
+    """Re-score transition `step` of every chain (an int, or [B] per-sample step indices).
+
+    Returns the StepOut whose log_prob [B] is the current policy's log-density of the recorded
+    next latent; with unchanged weights it equals `trajectory.log_probs[:, step]` exactly.
+    """
+    batch = trajectory.batch_size
+    index = torch.as_tensor(step, device=trajectory.latents.device).long().expand(batch)
+    rows = torch.arange(batch, device=index.device)
+    x = trajectory.latents[rows, index]
+    prev = trajectory.latents[rows, index + 1]
+    t = trajectory.timesteps[rows, index]
+    sigma = trajectory.sigmas[rows, index]
+    sigma_next = trajectory.sigmas[rows, index + 1]
+    noise_level = trajectory.noise_levels.to(index.device)[index]
+    output = denoiser(x, t, trajectory.cond)
+    return step_fn(output, x, sigma, sigma_next, noise_level=noise_level, prev=prev)

@@ -1,0 +1,79 @@
+"""Tokenizers built in code (no hub): CLIP-style byte-level BPE and T5-style Unigram.
+
+Every character is a token, and each word of `words` becomes a single token, so small models
+see whole words of their prompt grammar while any text still tokenizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from transformers import CLIPTokenizer, T5Tokenizer
+
+DEFAULT_WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "and",
+    "with",
+    "on",
+    "in",
+    "photo",
+    "picture",
+    "painting",
+    "cat",
+    "dog",
+    "car",
+    "house",
+    "tree",
+    "flower",
+    "person",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "purple",
+    "orange",
+    "white",
+    "black",
+    "circle",
+    "square",
+    "triangle",
+    "one",
+    "two",
+    "three",
+    "four",
+    "left",
+    "right",
+    "above",
+    "below",
+]
+
+PRINTABLE = [chr(c) for c in range(33, 127)]
+
+
+def clip_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32) -> CLIPTokenizer:
+    """A CLIP tokenizer (byte-level BPE, `</w>` word ends) with one merge chain per word."""
+    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in PRINTABLE:
+        vocab.setdefault(char, len(vocab))
+        vocab.setdefault(char + "</w>", len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in dict.fromkeys(w.lower() for w in words):
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        left = symbols[0]
+        for right in symbols[1:]:
+            if (left, right) not in merges:
+                merges.append((left, right))
+            left = left + right
+            vocab.setdefault(left, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def t5_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32) -> T5Tokenizer:
+    """A T5-style Unigram tokenizer: pad 0, eos 1, unk 2; whole words preferred over characters."""
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [(char, -8.0) for char in PRINTABLE]
+    pieces += [("\u2581" + word.lower(), -1.0) for word in dict.fromkeys(words)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)

@@ -1,0 +1,129 @@
+"""Config loading: every error at once, each with its key path; overrides; CLI exit code 2."""
+
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from align.cli import main
+from align.config import ALGORITHM_CONFIGS, config_from_data, load_config
+from align.schema import ConfigError, apply_overrides, param
+
+
+@dataclass
+class ToyAlgorithmConfig:
+    name: str
+    clip_range: float = param(1e-4, gt=0.0)
+    beta: float = param(0.0, min=0.0)
+
+
+if "test-algo" not in ALGORITHM_CONFIGS:
+    ALGORITHM_CONFIGS["test-algo"] = ToyAlgorithmConfig
+
+GOOD = {
+    "model": {"name": "tiny:sd3"},
+    "algorithm": {"name": "test-algo", "clip_range": 0.2},
+    "train": {"batch_size": 8, "group_size": 4, "micro_batch_size": 4, "lr": "3e-4"},
+    "rewards": {"terms": [{"name": "jpeg-compressibility", "weight": 1.0}]},
+}
+
+
+def write(tmp_path, data, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_good_config_loads_with_types_converted(tmp_path):
+    config = load_config(write(tmp_path, GOOD))
+    assert config.train.lr == pytest.approx(3e-4)  # YAML's string "3e-4" became a float
+    assert config.algorithm.clip_range == 0.2 and config.algorithm.beta == 0.0
+    assert config.rewards.terms[0].name == "jpeg-compressibility"
+
+
+def test_every_kind_of_error_in_one_message():
+    bad = {
+        "model": {"name": "tiny:sd3", "dtyp": "float16", "attention": "flash"},
+        "train": {"batch_size": 10, "group_size": 4, "lr": -1.0, "num_epochs": "many", "ema_decay": 2.0},
+        "sampling": {"num_steps": 0},
+        "algorithm": {"name": "test-algo", "clip_rnge": 0.1},
+        "loggin": {},
+    }
+    with pytest.raises(ConfigError) as caught:
+        config_from_data(bad)
+    errors = caught.value.errors
+    expected = {
+        "model.dtyp: unknown key; did you mean 'dtype'?",
+        "model.attention: 'flash' is not one of auto, sdpa, xformers",
+        "train.lr: -1.0 must be greater than 0.0",
+        "train.num_epochs: expected an integer, got str 'many'",
+        "train.ema_decay: 2.0 is above the maximum 1.0",
+        "sampling.num_steps: 0 is below the minimum 1",
+        "algorithm.clip_rnge: unknown key; did you mean 'clip_range'?",
+        "loggin: unknown key; did you mean 'logging'?",
+    }
+    assert expected <= set(errors), errors
+    assert any(
+        e.startswith("train.batch_size: batch_size 10 is not divisible by group_size 4") for e in errors
+    )
+    assert len(errors) == len(expected) + 2  # + micro_batch_size divisibility (10 % 4)
+
+
+def test_cross_field_rule_is_skipped_when_a_field_it_reads_is_already_wrong():
+    bad = {"algorithm": {"name": "test-algo"}, "train": {"batch_size": "ten", "group_size": 4}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_data(bad)
+    assert caught.value.errors == ["train.batch_size: expected an integer, got str 'ten'"]
+
+
+def test_unknown_algorithm_gets_a_suggestion():
+    with pytest.raises(ConfigError) as caught:
+        config_from_data({"algorithm": {"name": "test-alg"}})
+    assert "did you mean 'test-algo'" in caught.value.errors[0]
+
+
+def test_dotted_overrides_reach_nested_keys_and_list_items():
+    data = apply_overrides(
+        yaml.safe_load(yaml.safe_dump(GOOD)),
+        ["train.lr=1e-5", "model.resolution=64", "rewards.terms.0.weight=2.5", "logging.wandb=true"],
+    )
+    config = config_from_data(data)
+    assert config.train.lr == pytest.approx(1e-5) and config.model.resolution == 64
+    assert config.rewards.terms[0].weight == 2.5 and config.logging.wandb is True
+    with pytest.raises(ConfigError, match="rewards.terms.3: no list item"):
+        apply_overrides(yaml.safe_load(yaml.safe_dump(GOOD)), ["rewards.terms.3.weight=1"])
+
+
+def test_cli_reports_every_error_with_exit_code_2_and_writes_nothing(tmp_path, capsys):
+    path = write(tmp_path, {**GOOD, "train": {"batch_size": 6, "group_size": 4, "lr": 0}})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main(["config", str(path), "model.dtype=float64"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert (
+        "error: model.dtype: 'float64' is not one of float32, float16, bfloat16; did you mean 'float16'?"
+        in err
+    )
+    assert "error: train.lr: 0.0 must be greater than 0.0" in err
+    assert any(line.startswith("error: train.batch_size: batch_size 6 is not divisible") for line in err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_cli_missing_or_malformed_file(tmp_path, capsys):
+    assert main(["config", str(tmp_path / "missing.yaml")]) == 2
+    assert "no such config file" in capsys.readouterr().err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    assert main(["config", str(broken)]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_cli_doctor_prints_table_and_passes(capsys):
+    assert main(["doctor", "tiny:flux", "--steps", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "4/4 checks passed" in out and "ODE rollout = diffusers pipeline" in out
+
+
+def test_cli_doctor_unknown_model_exits_2(capsys):
+    assert main(["doctor", "tiny:nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown tiny model 'tiny:nope'")
