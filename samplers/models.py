@@ -11,9 +11,6 @@ from samplers.adapters.base import Adapter
 FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-# model names that resolve to something other than a hub id or directory: name -> loader
-SPECIAL_MODELS: dict[str, callable] = {}
-
 
 def adapter_class(family: str) -> type[Adapter]:
     from samplers.adapters.flux import FluxAdapter
@@ -70,8 +67,10 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
             )
         builder, family, defaults = TINY[kind]
         return builder(), {"family": family, **defaults}
-    if name in SPECIAL_MODELS:
-        return SPECIAL_MODELS[name](dtype)
+    if name == "toy":
+        from align.toy.model import load_toy_pipeline
+
+        return load_toy_pipeline(dtype)
     from diffusers import DiffusionPipeline
 
     try:

@@ -35,6 +35,7 @@ class Adapter:
         resolution: int | None = None,
         attention: str = "auto",
         gradient_checkpointing: bool = False,
+        default_steps: int | None = None,
         name: str = "",
     ):
         self.pipeline = pipeline.to(device=device)
@@ -46,6 +47,7 @@ class Adapter:
         self.dtype = dtype
         self.name = name
         self.guidance_scale = self.default_guidance if guidance_scale is None else float(guidance_scale)
+        self.default_steps = default_steps or type(self).default_steps
         self.resolution = resolution or self.default_resolution()
         self._cache: dict[str, Cond] = {}
         for module in self.frozen_modules():

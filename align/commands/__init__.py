@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES = ["align.commands.evaluate", "align.commands.pretrain_toy"]
 
 
 def add_commands(subparsers) -> None:

@@ -1,0 +1,155 @@
+"""Losses and advantages: pure tensor functions, shared by the image and text pathways.
+
+Shapes: B samples, T steps (denoising steps for images, tokens for text). A `mask [B, T]` marks the
+steps that count (text padding, or SDE steps only); None means all count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None, dim=None) -> torch.Tensor:
+    if mask is None:
+        return values.mean() if dim is None else values.mean(dim)
+    mask = mask.to(values.dtype)
+    if dim is None:
+        return (values * mask).sum() / mask.sum().clamp(min=1)
+    return (values * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4
+):
+    """GRPO advantages: (r - mean of its group) / (std of its group + eps).
+
+    rewards [B], group_ids [B] (samples of one prompt share an id). With `scale=False` only the
+    mean is removed (Dr. GRPO). Groups of one sample, or with no spread, get advantage 0. Returns (advantages [B],
+    zero_std_fraction: the fraction of samples whose group had no reward spread).
+    """
+    rewards = rewards.float()
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    groups = counts.shape[0]
+    sums = torch.zeros(groups, device=rewards.device).index_add_(0, inverse, rewards)
+    means = sums / counts
+    centred = rewards - means[inverse]
+    squares = torch.zeros(groups, device=rewards.device).index_add_(0, inverse, centred**2)
+    stds = (squares / (counts - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
+    flat = stds[inverse] < 1e-8
+    advantages = centred / (stds[inverse] + eps) if scale else centred
+    advantages = torch.where((counts[inverse] > 1) & ~flat, advantages, torch.zeros_like(advantages))
+    return advantages, float(flat.float().mean())
+
+
+def ppo_clip_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_range: float,
+    mask: torch.Tensor | None = None,
+    normalisation: str = "token",
+    clip_range_high: float | None = None,
+):
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), negated for minimisation.
+
+        ratio = exp(log_probs - old_log_probs)
+        loss  = max(-A ratio, -A clip(ratio, 1 - eps_low, 1 + eps_high))
+
+    log_probs, old_log_probs [B, T] (or [B]); advantages [B] broadcast over T. `normalisation`
+    averages over every counted step of the batch ("token") or per sequence first ("sequence").
+    Returns (loss, stats) with the clip fraction and the importance-ratio statistics.
+    """
+    if log_probs.ndim == 1:
+        log_probs, old_log_probs = log_probs[:, None], old_log_probs[:, None]
+        mask = None if mask is None else mask[:, None]
+    high = clip_range if clip_range_high is None else clip_range_high
+    ratio = torch.exp(log_probs - old_log_probs)
+    advantages = advantages.view(-1, 1).to(ratio.dtype)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + high)
+    per_step = torch.maximum(unclipped, clipped)
+    if normalisation == "token":
+        loss = masked_mean(per_step, mask)
+    elif normalisation == "sequence":
+        loss = masked_mean(per_step, mask, dim=1).mean()
+    else:
+        raise ValueError(f"unknown normalisation {normalisation!r}; use 'token' or 'sequence'")
+    with torch.no_grad():
+        counted = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask.bool()
+        r = ratio[counted]
+        stats = {
+            "clip_fraction": float(((r - 1).abs() > clip_range).float().mean()) if r.numel() else 0.0,
+            "ratio_mean": float(r.mean()) if r.numel() else 1.0,
+            "ratio_min": float(r.min()) if r.numel() else 1.0,
+            "ratio_max": float(r.max()) if r.numel() else 1.0,
+            "approx_kl": float(masked_mean(0.5 * (log_probs - old_log_probs) ** 2, mask)),
+        }
+    return loss, stats
+
+
+def gaussian_mean_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, std^2 I) || N(reference_mean, std^2 I)) per sample, averaged over dimensions.
+
+    Equal variances make the KL ||mean - reference_mean||^2 / (2 std^2) (Flow-GRPO's KL to the
+    reference on the SDE mean). mean, reference_mean [B, ...]; std [B]. Returns [B]; 0 where std=0.
+    """
+    squared = ((mean - reference_mean) ** 2).flatten(1).mean(1)
+    safe = torch.where(std > 0, std, torch.ones_like(std))
+    return torch.where(std > 0, squared / (2 * safe**2), torch.zeros_like(squared))
+
+
+def k3_kl(log_probs: torch.Tensor, reference_log_probs: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || reference) per step: exp(d) - d - 1, d = ref - policy.
+
+    Unbiased, always >= 0; the KL term of text GRPO (DeepSeekMath). Shapes [B, T] -> [B, T].
+    """
+    delta = reference_log_probs - log_probs
+    return torch.exp(delta) - delta - 1
+
+
+def dpo_loss(
+    chosen_log_ratio: torch.Tensor,
+    rejected_log_ratio: torch.Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+):
+    """DPO (Rafailov et al. 2023, eq. 7) on implicit rewards.
+
+    chosen_log_ratio [B]   = log pi(y_w | x) - log pi_ref(y_w | x)
+    rejected_log_ratio [B] = log pi(y_l | x) - log pi_ref(y_l | x)
+    loss = -log sigmoid(beta (chosen - rejected)), with conservative label smoothing eps:
+    (1 - eps) * that + eps * (-log sigmoid(-beta (chosen - rejected))).
+    At the start (policy = reference) both ratios are 0 and the loss is log 2.
+    Returns (loss, stats: reward margin, accuracy, implicit rewards).
+    """
+    logits = beta * (chosen_log_ratio - rejected_log_ratio)
+    losses = -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+    with torch.no_grad():
+        stats = {
+            "reward_chosen": float((beta * chosen_log_ratio).mean()),
+            "reward_rejected": float((beta * rejected_log_ratio).mean()),
+            "reward_margin": float((beta * (chosen_log_ratio - rejected_log_ratio)).mean()),
+            "reward_accuracy": float((logits > 0).float().mean()),
+        }
+    return losses.mean(), stats
+
+
+def simpo_loss(chosen_log_probs: torch.Tensor, rejected_log_probs: torch.Tensor, beta: float, gamma: float):
+    """SimPO (Meng et al. 2024, eq. 6): length-normalised log-likelihoods, target margin gamma.
+
+    chosen_log_probs, rejected_log_probs [B]: mean per-token log-probs (no reference model).
+    loss = -log sigmoid(beta * chosen - beta * rejected - gamma)
+    """
+    logits = beta * (chosen_log_probs - rejected_log_probs) - gamma
+    with torch.no_grad():
+        stats = {
+            "reward_margin": float((beta * (chosen_log_probs - rejected_log_probs)).mean()),
+            "reward_accuracy": float((logits > 0).float().mean()),
+        }
+    return -F.logsigmoid(logits).mean(), stats
+
+
+LOG_2 = math.log(2.0)

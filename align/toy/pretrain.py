@@ -1,0 +1,318 @@
+"""`align pretrain-toy`: train the toy model from scratch on CPU, in resumable chunks.
+
+Stages (each reads the previous one's output under OUT):
+  vae        the autoencoder, on rendered scenes (a few minutes)
+  data       render and encode the pretraining set once (latents + captions)
+  diffusion  transformer + text encoders by rectified flow, with EMA, checkpoints and periodic
+             held-out evaluation (the long stage: run it with --minutes and --resume)
+  export     write the EMA pipeline with `save_pretrained` to OUT/pipeline
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from align.checkpoint import (
+    atomic_directory,
+    load_state,
+    restore_int_keys,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
+from align.toy import model as toy
+from align.toy.world import make_example, parse_prompt, prompt_splits
+
+
+def render_batch(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1]."""
+    images = np.stack([make_example(p, s)[0] for p, s in zip(prompts, seeds)])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def balanced_prompts(rng: random.Random, count: int, split: str = "pretrain") -> list[str]:
+    """Half single-object prompts, half relation prompts, drawn from `split`."""
+    prompts = prompt_splits()[split]
+    singles = [p for p in prompts if parse_prompt(p).kind == "single"]
+    relations = [p for p in prompts if parse_prompt(p).kind == "relation"]
+    return [rng.choice(singles if i % 2 == 0 else relations) for i in range(count)]
+
+
+def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- stage 1: the VAE ---------------------------------------------------------------------------
+
+
+def train_vae(
+    out: Path, steps: int = 2500, batch_size: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6
+) -> dict:
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    vae = toy.build_vae()
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    bar = tqdm(range(steps), desc="vae", mininterval=5)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr * cosine_lr(step, steps, 100)
+        prompts = balanced_prompts(rng, batch_size)
+        x = render_batch(prompts, [rng.randrange(2**31) for _ in prompts]) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        reconstruction = vae.decode(posterior.sample()).sample
+        loss = (reconstruction - x).abs().mean() + (reconstruction - x).pow(2).mean()
+        loss = loss + kl_weight * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval()
+    report = _calibrate_vae(vae, rng)
+    vae.save_pretrained(out / "vae")
+    (out / "vae" / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+@torch.no_grad()
+def _calibrate_vae(vae, rng: random.Random) -> dict:
+    """Set the latent shift/scale (SD3 style: z = (z_raw - shift) * scale has unit variance) and
+    measure what the verifier reads from reconstructions."""
+    from rewards.geneval import evaluate_images
+
+    prompts = balanced_prompts(rng, 512)
+    images = render_batch(prompts, [rng.randrange(2**31) for _ in prompts])
+    latents = vae.encode(images * 2 - 1).latent_dist.mean
+    shift, scale = float(latents.mean()), float(1 / latents.std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    reconstruction = (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1)
+    results = evaluate_images(reconstruction, prompts)
+    return {
+        "shift_factor": shift,
+        "scaling_factor": scale,
+        "reconstruction_l1": float((reconstruction - images).abs().mean()),
+        "verifier_accuracy_on_reconstructions": float(np.mean([r["all"] for r in results])),
+    }
+
+
+# --- stage 2: the encoded pretraining set ------------------------------------------------------
+
+
+@torch.no_grad()
+def build_data(out: Path, count: int = 120_000, batch_size: int = 256) -> dict:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    rng = random.Random(1)
+    prompts = balanced_prompts(rng, count)
+    seeds = list(range(count))
+    latents = []
+    for start in tqdm(range(0, count, batch_size), desc="data", mininterval=5):
+        images = render_batch(prompts[start : start + batch_size], seeds[start : start + batch_size])
+        raw = vae.encode(images * 2 - 1).latent_dist.mean
+        latents.append(((raw - vae.config.shift_factor) * vae.config.scaling_factor).half())
+    save_file({"latents": torch.cat(latents)}, str(out / "data.safetensors"))
+    (out / "data.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}))
+    return {"count": count}
+
+
+# --- stage 3: rectified flow on latents --------------------------------------------------------
+
+
+class DiffusionTrainer:
+    """Transformer + both text encoders, trained jointly; EMA copies are what ships."""
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        total_steps: int,
+        batch_size: int = 64,
+        lr: float = 6e-4,
+        ema_decay: float = 0.999,
+        caption_dropout: float = 0.1,
+        seed: int = 0,
+    ):
+        from diffusers import AutoencoderKL
+
+        self.out, self.total_steps, self.batch_size = out, total_steps, batch_size
+        self.lr, self.ema_decay, self.caption_dropout = lr, ema_decay, caption_dropout
+        vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+        self.pipeline = toy.build_pipeline(seed, vae=vae)
+        self.trainable = {
+            "transformer": self.pipeline.transformer,
+            "text_encoder": self.pipeline.text_encoder,
+            "text_encoder_2": self.pipeline.text_encoder_2,
+        }
+        self.ema = {
+            name: copy.deepcopy(module).requires_grad_(False) for name, module in self.trainable.items()
+        }
+        params = [p for m in self.trainable.values() for p in m.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+        data = load_file(str(out / "data.safetensors"))
+        self.latents = data["latents"]
+        self.prompts = json.loads((out / "data.json").read_text())["prompts"]
+        self.step = 0
+        self.rng = random.Random(seed)
+        torch.manual_seed(seed)
+
+    def state(self) -> dict:
+        return {
+            "modules": {n: m.state_dict() for n, m in self.trainable.items()},
+            "ema": {n: m.state_dict() for n, m in self.ema.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": rng_state(),
+            "data_rng": list(self.rng.getstate()[1]),
+        }
+
+    def load(self, state: dict) -> None:
+        for name, module in self.trainable.items():
+            module.load_state_dict(state["modules"][name])
+            self.ema[name].load_state_dict(state["ema"][name])
+        self.optimizer.load_state_dict(restore_int_keys(state["optimizer"]))
+        self.step = state["step"]
+        set_rng_state(state["rng"])
+        self.rng.setstate((3, tuple(state["data_rng"]), None))
+
+    def save(self) -> None:
+        with atomic_directory(self.out / "diffusion" / "checkpoint") as staging:
+            save_state(staging, self.state())
+
+    def train_step(self) -> float:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * cosine_lr(self.step, self.total_steps, 300)
+        index = [self.rng.randrange(len(self.prompts)) for _ in range(self.batch_size)]
+        prompts = ["" if self.rng.random() < self.caption_dropout else self.prompts[i] for i in index]
+        x0 = self.latents[index].float()
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            do_classifier_free_guidance=False,
+            max_sequence_length=toy.ADAPTER_DEFAULTS["max_sequence_length"],
+        )
+        sigma = torch.sigmoid(torch.randn(self.batch_size))  # logit-normal, as SD3 trains
+        noise = torch.randn_like(x0)
+        view = sigma.view(-1, 1, 1, 1)
+        noisy = (1 - view) * x0 + view * noise
+        prediction = self.pipeline.transformer(
+            hidden_states=noisy,
+            timestep=sigma * 1000,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
+        loss = (prediction - (noise - x0)).pow(2).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for m in self.trainable.values() for p in m.parameters()], 1.0)
+        self.optimizer.step()
+        with torch.no_grad():
+            for name, module in self.trainable.items():
+                for ema_p, p in zip(self.ema[name].parameters(), module.parameters()):
+                    ema_p.lerp_(p, 1 - self.ema_decay)
+        self.step += 1
+        return loss.item()
+
+    def ema_pipeline(self):
+        from diffusers import StableDiffusion3Pipeline
+
+        p = self.pipeline
+        return StableDiffusion3Pipeline(
+            transformer=self.ema["transformer"],
+            scheduler=toy.build_scheduler(),
+            vae=p.vae,
+            text_encoder=self.ema["text_encoder"],
+            tokenizer=p.tokenizer,
+            text_encoder_2=self.ema["text_encoder_2"],
+            tokenizer_2=p.tokenizer_2,
+            text_encoder_3=None,
+            tokenizer_3=None,
+        )
+
+    def evaluate(self, seeds: int = 2) -> dict:
+        from align.evaluate import evaluate
+        from samplers.adapters.sd3 import SD3Adapter
+
+        adapter = SD3Adapter(
+            self.ema_pipeline(),
+            max_sequence_length=1,
+            guidance_scale=toy.DEFAULT_GUIDANCE,
+            default_steps=toy.DEFAULT_STEPS,
+        )
+        results = {"step": self.step}
+        for split in ("heldout", "novel"):
+            summary, _, _ = evaluate(adapter, prompt_splits()[split], seeds=seeds)
+            results[split] = {k: summary[k] for k in ("accuracy", "score", "categories", "kinds")}
+        for module in self.ema.values():
+            module.requires_grad_(False)
+        return results
+
+
+def train_diffusion(
+    out: Path,
+    *,
+    total_steps: int,
+    minutes: float | None,
+    resume: bool,
+    eval_every: int = 1000,
+    checkpoint_every: int = 250,
+) -> dict:
+    trainer = DiffusionTrainer(out, total_steps=total_steps)
+    checkpoint = out / "diffusion" / "checkpoint"
+    if resume:
+        if not checkpoint.is_dir():
+            raise ValueError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
+        trainer.load(load_state(checkpoint))
+    elif checkpoint.is_dir():
+        raise ValueError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
+    (out / "diffusion").mkdir(parents=True, exist_ok=True)
+    deadline = time.time() + 60 * minutes if minutes else float("inf")
+    log = open(out / "diffusion" / "eval.jsonl", "a")
+    bar = tqdm(total=total_steps, initial=trainer.step, desc="diffusion", mininterval=10)
+    losses = []
+    while trainer.step < total_steps and time.time() < deadline:
+        losses.append(trainer.train_step())
+        bar.update(1)
+        if trainer.step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if trainer.step % checkpoint_every == 0:
+            trainer.save()
+        if trainer.step % eval_every == 0 or trainer.step == total_steps:
+            results = trainer.evaluate()
+            results["loss"] = float(np.mean(losses[-200:]))
+            log.write(json.dumps(results) + "\n")
+            log.flush()
+            held = results["heldout"]
+            tqdm.write(
+                f"step {trainer.step}: heldout accuracy {held['accuracy']:.3f} {held['categories']} "
+                f"novel {results['novel']['accuracy']:.3f}"
+            )
+    trainer.save()
+    bar.close()
+    return {"step": trainer.step, "done": trainer.step >= total_steps}
+
+
+def export(out: Path, destination: Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the EMA pipeline (fp16 on disk, half the size) with `save_pretrained`."""
+    trainer = DiffusionTrainer(out, total_steps=1)
+    trainer.load(load_state(out / "diffusion" / "checkpoint"))
+    pipeline = trainer.ema_pipeline()
+    destination = destination or out / "pipeline"
+    pipeline.to(dtype).save_pretrained(str(destination))
+    return destination

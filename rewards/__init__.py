@@ -1,0 +1,10 @@
+"""Rewards: the protocol, the registry, and every reward (each in its own module).
+
+Importing this package registers every reward; no reward imports its heavy dependencies
+(open_clip, OCR engines, ...) before it is constructed.
+"""
+
+from rewards import aesthetic, clip_score, geneval  # noqa: F401
+from rewards.base import REWARDS, Reward, build_reward, register_reward
+
+__all__ = ["REWARDS", "Reward", "build_reward", "register_reward"]
