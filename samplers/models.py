@@ -96,7 +96,22 @@ def load_adapter(
     device: str = "cpu",
     **kwargs,
 ) -> Adapter:
-    """An adapter around the named model. kwargs: guidance_scale, resolution, attention, ..."""
+    """An adapter around the named model. kwargs: guidance_scale, resolution, attention, ...
+
+    `name` may also be a training run directory or one of its checkpoints: the run's base model
+    with the checkpoint's weights, sampled with the run's settings unless kwargs override them.
+    """
+    from align.runs import apply_checkpoint, resolve_checkpoint
+
+    found = resolve_checkpoint(name)
+    if found is not None:
+        base, checkpoint, settings = found
+        options = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
+        family = options.pop("family", family)
+        adapter = load_adapter(base, family=family, dtype=dtype, device=device, **options)
+        apply_checkpoint(adapter, checkpoint)
+        adapter.name = name
+        return adapter
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES = ["align.commands.evaluate", "align.commands.pretrain_toy"]
+COMMAND_MODULES = [
+    "align.commands.evaluate",
+    "align.commands.pretrain_toy",
+    "align.commands.train",
+]
 
 
 def add_commands(subparsers) -> None:

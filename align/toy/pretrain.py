@@ -283,7 +283,6 @@ def train_diffusion(
         raise ValueError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
     (out / "diffusion").mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * minutes if minutes else float("inf")
-    log = open(out / "diffusion" / "eval.jsonl", "a")
     bar = tqdm(total=total_steps, initial=trainer.step, desc="diffusion", mininterval=10)
     losses = []
     while trainer.step < total_steps and time.time() < deadline:
@@ -296,8 +295,8 @@ def train_diffusion(
         if trainer.step % eval_every == 0 or trainer.step == total_steps:
             results = trainer.evaluate()
             results["loss"] = float(np.mean(losses[-200:]))
-            log.write(json.dumps(results) + "\n")
-            log.flush()
+            with open(out / "diffusion" / "eval.jsonl", "a") as log:
+                log.write(json.dumps(results) + "\n")
             held = results["heldout"]
             tqdm.write(
                 f"step {trainer.step}: heldout accuracy {held['accuracy']:.3f} {held['categories']} "

@@ -57,6 +57,15 @@ class Adapter:
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
 
+    @property
+    def network(self) -> torch.nn.Module:
+        """What forward passes go through: the model, or its distributed wrapper while training."""
+        return getattr(self, "_network", None) or self.model
+
+    @network.setter
+    def network(self, module: torch.nn.Module | None) -> None:
+        self._network = module
+
     # --- what a family provides -------------------------------------------------------------
 
     @property

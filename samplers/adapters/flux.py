@@ -66,7 +66,7 @@ class FluxAdapter(FlowMatchMixin, Adapter):
         guidance = None
         if self.model.config.guidance_embeds:
             guidance = torch.full((x.shape[0],), self.guidance_scale, device=self.device, dtype=torch.float32)
-        return self.model(
+        return self.network(
             hidden_states=x.to(self.dtype),
             timestep=(t / 1000).to(self.dtype),
             guidance=guidance,

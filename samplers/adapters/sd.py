@@ -117,6 +117,6 @@ class SDAdapter(UNetMixin, Adapter):
             embeds = cond["prompt_embeds"]
             if with_negative:
                 embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
-            return self.model(self._scaled_input(x), t, encoder_hidden_states=embeds, return_dict=False)[0]
+            return self.network(self._scaled_input(x), t, encoder_hidden_states=embeds, return_dict=False)[0]
 
         return self._guided(x, t, call)

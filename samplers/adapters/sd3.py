@@ -78,7 +78,7 @@ class SD3Adapter(FlowMatchMixin, Adapter):
             x, t = torch.cat([x, x]), torch.cat([t, t])
             embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
             pooled = torch.cat([cond["negative_pooled_prompt_embeds"], pooled])
-        output = self.model(
+        output = self.network(
             hidden_states=x.to(self.dtype),
             timestep=t,
             encoder_hidden_states=embeds,

@@ -46,7 +46,7 @@ class SDXLAdapter(UNetMixin, Adapter):
                 embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
                 pooled = torch.cat([cond["negative_pooled_prompt_embeds"], pooled])
             added = {"text_embeds": pooled, "time_ids": self._time_ids(x.shape[0], pooled.shape[-1])}
-            return self.model(
+            return self.network(
                 self._scaled_input(x),
                 t,
                 encoder_hidden_states=embeds,

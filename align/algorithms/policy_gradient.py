@@ -1,0 +1,270 @@
+"""Policy-gradient fine-tuning of the sampler: Flow-GRPO (and its Fast / MixGRPO variants), DDPO,
+Pref-GRPO and Adv-GRPO. One algorithm, four registered recipes that differ in their defaults.
+
+Per epoch: roll out groups of samples per prompt with a stochastic sampler (SDE for flow models,
+DDIM with eta for UNets), score them, turn rewards into advantages, then minimise PPO's clipped
+surrogate on re-scored transitions (plus beta * KL to the LoRA-disabled reference on the SDE
+mean, Flow-GRPO eq. 12). Only stochastic steps carry a log-prob, so only they are trained.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from align.algorithms.base import Algorithm, register_algorithm
+from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
+from align.schema import param
+from samplers.noise import generators_from_seeds
+
+
+@dataclass
+class PolicyGradientConfig:
+    name: str
+    clip_range: float = param(1e-4, gt=0.0)  # PPO clip on the per-dimension ratio: stability vs step size
+    advantage_clip: float = param(5.0, gt=0.0)  # |advantage| cap
+    beta: float = param(0.04, min=0.0)  # KL weight to the reference (LoRA off): drift vs reward
+    timestep_fraction: float = param(1.0, gt=0.0, max=1.0)  # share of stochastic steps trained per sample
+    log_prob_reduction: str = param("mean", choices=("mean", "sum"))  # mean: per-dimension (Flow-GRPO/DDPO)
+    advantage: str = param("group", choices=("group", "prompt_tracker", "batch"))
+    scale_advantages: bool = True  # divide by the group std (False: Dr. GRPO, mean only)
+    sde_window: int = param(0, min=0)  # 0: every step stochastic; k: only a window of k steps (Fast)
+    sde_window_range: list[int] | None = None  # [lo, hi): where the window may start (default: anywhere)
+    sliding_window_every: int = param(0, min=0)  # >0: MixGRPO, the window moves one step every N epochs
+    tracker_buffer: int = param(32, min=1)  # DDPO per-prompt statistics: rewards remembered per prompt
+    tracker_min_count: int = param(16, min=1)  # below this many, fall back to batch statistics
+    signal: str = param("combined", choices=("combined", "win_rate"))  # Pref-GRPO: win rate within group
+    reference_images: str | None = None  # Adv-GRPO: "toy" (render the prompts) or a folder of images
+
+    def check(self):
+        if self.sde_window_range is not None and (
+            len(self.sde_window_range) != 2 or self.sde_window_range[0] >= self.sde_window_range[1]
+        ):
+            yield ["sde_window_range"], "must be [lo, hi) with lo < hi"
+
+
+@dataclass
+class FlowGRPOConfig(PolicyGradientConfig):
+    name: str = "flow-grpo"
+
+
+@dataclass
+class DDPOConfig(PolicyGradientConfig):
+    name: str = "ddpo"
+    beta: float = param(0.0, min=0.0)
+    advantage: str = param("prompt_tracker", choices=("group", "prompt_tracker", "batch"))
+
+
+@dataclass
+class PrefGRPOConfig(PolicyGradientConfig):
+    name: str = "pref-grpo"
+    signal: str = param("win_rate", choices=("combined", "win_rate"))
+
+
+@dataclass
+class AdvGRPOConfig(PolicyGradientConfig):
+    name: str = "adv-grpo"
+    reference_images: str | None = "toy"
+
+
+@dataclass
+class PromptStatTracker:
+    """DDPO's per-prompt reward statistics (Black et al. 2023, sec. 4.3): normalise each reward by the
+    mean and std of the last `buffer` rewards of its prompt, or of the batch while that is too short."""
+
+    buffer: int = 32
+    min_count: int = 16
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+    def advantages(self, prompts: list[str], rewards: torch.Tensor) -> torch.Tensor:
+        values = rewards.tolist()
+        for prompt, value in zip(prompts, values):
+            self.history.setdefault(prompt, []).append(value)
+            self.history[prompt] = self.history[prompt][-self.buffer :]
+        out = torch.empty_like(rewards)
+        for i, prompt in enumerate(prompts):
+            seen = self.history[prompt]
+            pool = torch.tensor(seen) if len(seen) >= self.min_count else rewards
+            out[i] = (rewards[i] - pool.mean()) / (pool.std() + 1e-6)
+        return out
+
+
+def noise_levels(
+    settings: PolicyGradientConfig, level: float, num_steps: int, epoch: int, rng: random.Random
+):
+    """[T] noise level per step: `level` on the stochastic window, 0 (ODE) elsewhere."""
+    if settings.sde_window == 0 or settings.sde_window >= num_steps:
+        return [level] * num_steps
+    lo, hi = settings.sde_window_range or (0, num_steps - settings.sde_window + 1)
+    hi = min(hi, num_steps - settings.sde_window + 1)
+    if settings.sliding_window_every:
+        start = lo + (epoch // settings.sliding_window_every) % max(1, hi - lo)
+    else:
+        start = rng.randrange(lo, max(lo + 1, hi))
+    return [level if start <= i < start + settings.sde_window else 0.0 for i in range(num_steps)]
+
+
+def reference_batch(source: str, prompts: list[str], epoch: int) -> torch.Tensor:
+    """Real images for the discriminator: toy-world renders of the prompts, or files from a folder."""
+    if source == "toy":
+        from align.toy.pretrain import render_batch
+
+        return render_batch(prompts, [10**6 + epoch * 10_000 + i for i in range(len(prompts))])
+    from pathlib import Path
+
+    from rewards.base import load_image_files
+
+    files = sorted(
+        p for p in Path(source).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+    )
+    if not files:
+        raise ValueError(f"reference_images {source!r}: no image files found")
+    rng = random.Random(epoch)
+    return load_image_files([str(rng.choice(files)) for _ in prompts])
+
+
+class PolicyGradient(Algorithm):
+    def __init__(self, context):
+        super().__init__(context)
+        settings = context.settings
+        if settings.beta > 0 and context.config.train.trainable != "lora":
+            raise ValueError(
+                "algorithm.beta > 0 needs train.trainable=lora (the reference is the LoRA disabled)"
+            )
+        if settings.reference_images is None and context.rewards.trainable:
+            raise ValueError(
+                "a trainable reward (discriminator) needs algorithm.reference_images (use adv-grpo)"
+            )
+        if settings.signal == "win_rate" and context.config.train.group_size < 2:
+            raise ValueError("signal=win_rate compares samples within a group: set train.group_size >= 2")
+        self.tracker = PromptStatTracker(settings.tracker_buffer, settings.tracker_min_count)
+
+    # --- collection ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def collect(self, epoch, prompts, group_ids, seeds):
+        context, settings = self.context, self.context.settings
+        config, adapter = context.config, context.adapter
+        num_steps = config.sampling.num_steps
+        rng = random.Random(config.train.seed * 1_000_003 + epoch)
+        levels = noise_levels(settings, config.sampling.noise_level, num_steps, epoch, rng)
+        start = time.perf_counter()
+        with context.accelerator.autocast():
+            trajectory = adapter.sample(
+                prompts, generators_from_seeds(seeds), num_steps=num_steps, noise_levels=levels
+            )
+            images = adapter.decode(trajectory.final).float()
+        sampled = time.perf_counter()
+        values = context.rewards.score(images, prompts)
+        stats = {}
+        for name, reward in context.rewards.trainable.items():
+            real = reference_batch(settings.reference_images, prompts, epoch).to(images.device)
+            stats.update({f"{name}/{k}": v for k, v in reward.update(real, images).items()})
+        signal = self._signal(values, group_ids)
+        advantages, zero_std = self._advantages(prompts, signal, group_ids)
+        scored = time.perf_counter()
+        stochastic = [i for i, level in enumerate(levels) if level > 0]
+        if not stochastic:
+            raise ValueError("sampling.noise_level is 0: no stochastic step to train; set it above 0")
+        count = max(1, round(len(stochastic) * settings.timestep_fraction))
+        generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
+        steps = torch.stack(
+            [
+                torch.tensor(stochastic)[torch.randperm(len(stochastic), generator=generator)[:count]]
+                for _ in prompts
+            ]
+        )
+        stats.update(
+            {
+                "reward": float(signal.mean()),
+                "zero_std_fraction": zero_std,
+                "time/sampling": sampled - start,
+                "time/reward": scored - sampled,
+                "noise_window": [i for i, level in enumerate(levels) if level > 0],
+            }
+        )
+        return {
+            "trajectory": trajectory,
+            "advantages": advantages,
+            "steps": steps,
+            "images": images,
+            "values": values,
+            "stats": stats,
+        }
+
+    def _signal(self, values, group_ids):
+        rewards = self.context.rewards
+        if self.context.settings.signal == "win_rate":
+            from rewards.combine import group_win_rate
+
+            return group_win_rate(rewards.combine(values), group_ids)
+        return rewards.combine(values, group_ids)
+
+    def _advantages(self, prompts, signal, group_ids):
+        context, settings = self.context, self.context.settings
+        everything = context.gather(signal)
+        all_groups = context.gather(group_ids)
+        if settings.advantage == "group":
+            advantages, zero_std = group_advantages(everything, all_groups, scale=settings.scale_advantages)
+        elif settings.advantage == "batch":
+            advantages, zero_std = (everything - everything.mean()) / (everything.std() + 1e-6), 0.0
+        else:
+            all_prompts = [p for p in _gather_prompts(context, prompts)]
+            advantages, zero_std = self.tracker.advantages(all_prompts, everything), 0.0
+        return context.local_slice(advantages), zero_std
+
+    # --- training -----------------------------------------------------------------------------
+
+    def units(self, batch, generator):
+        """Micro-batches of shuffled samples; within each, one unit per trained step (Flow-GRPO order)."""
+        size = self.context.config.train.micro_batch_size
+        order = torch.randperm(batch["steps"].shape[0], generator=generator)
+        return [
+            (order[i : i + size], k)
+            for i in range(0, len(order), size)
+            for k in range(batch["steps"].shape[1])
+        ]
+
+    def loss(self, batch, unit):
+        rows, k = unit
+        context, settings = self.context, self.context.settings
+        trajectory = batch["trajectory"].select(rows)
+        steps = batch["steps"][rows, k]
+        with context.accelerator.autocast():
+            out = context.adapter.rescore(trajectory, steps)
+        old = trajectory.log_probs[torch.arange(len(rows)), steps]
+        scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
+        advantages = batch["advantages"][rows].clamp(-settings.advantage_clip, settings.advantage_clip)
+        loss, stats = ppo_clip_loss(out.log_prob * scale, old * scale, advantages, settings.clip_range)
+        if settings.beta > 0:
+            with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
+                reference = context.adapter.rescore(trajectory, steps)
+            kl = gaussian_mean_kl(out.mean, reference.mean, out.std).mean()
+            loss = loss + settings.beta * kl
+            stats["kl"] = float(kl.detach())
+        stats["policy_loss"] = float(loss)
+        return loss, stats
+
+    def state_dict(self):
+        return {"tracker": {p: list(v) for p, v in self.tracker.history.items()}}
+
+    def load_state_dict(self, state):
+        self.tracker.history = {p: list(v) for p, v in state.get("tracker", {}).items()}
+
+
+def _gather_prompts(context, prompts: list[str]) -> list[str]:
+    """Prompts of every process in process order (strings travel through accelerate's object gather)."""
+    if context.accelerator.num_processes == 1:
+        return list(prompts)
+    from accelerate.utils import gather_object
+
+    return list(gather_object(list(prompts)))
+
+
+register_algorithm("flow-grpo", FlowGRPOConfig)(PolicyGradient)
+register_algorithm("ddpo", DDPOConfig)(PolicyGradient)
+register_algorithm("pref-grpo", PrefGRPOConfig)(PolicyGradient)
+register_algorithm("adv-grpo", AdvGRPOConfig)(PolicyGradient)

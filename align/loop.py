@@ -1,0 +1,399 @@
+"""The one training loop. Straight-line: build, then per epoch collect -> train -> log -> checkpoint.
+
+Algorithms plug in through align/algorithms/base.py; this file has no per-algorithm flags.
+Distribution, mixed precision and gradient synchronisation go through accelerate; each process
+owns whole prompt groups, and advantages are computed over the gathered groups.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from align.algorithms.base import ALGORITHMS, Context
+from align.checkpoint import (
+    atomic_directory,
+    load_state,
+    restore_int_keys,
+    rng_state,
+    save_state,
+    set_rng_state,
+)
+from align.config import ExperimentConfig, config_to_data
+from align.runs import checkpoint_name, checkpoints, is_run
+
+
+@dataclass
+class EpochPlan:
+    prompts: list[str]  # this process's prompts, group_size copies each
+    group_ids: torch.Tensor  # global group index of each sample
+    seeds: list[int]  # one sampling seed per sample (global sample index based)
+
+
+def plan_epoch(
+    prompts: list[str], config: ExperimentConfig, epoch: int, process: int, processes: int
+) -> EpochPlan:
+    """Prompts of an epoch: a seeded shuffled stream of the prompt set, cut into whole groups;
+    process k takes the k-th contiguous block of groups. Seeds depend only on the global index,
+    so a batch reproduces identically on any number of processes."""
+    train = config.train
+    groups_per_process = train.batch_size // train.group_size
+    total = groups_per_process * processes
+    stream, cycle = [], 0
+    while len(stream) < (epoch + 1) * total:
+        order = list(prompts)
+        random.Random(train.seed * 1_000_003 + cycle).shuffle(order)
+        stream += order
+        cycle += 1
+    chosen = stream[epoch * total : (epoch + 1) * total]
+    first = process * groups_per_process
+    local, group_ids, seeds = [], [], []
+    for g in range(first, first + groups_per_process):
+        for j in range(train.group_size):
+            local.append(chosen[g])
+            group_ids.append(g)
+            seeds.append(train.seed * 10_000_019 + epoch * 1_000_003 + g * train.group_size + j)
+    return EpochPlan(local, torch.tensor(group_ids), seeds)
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (swapped in for evaluation)."""
+
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in parameters.items()}
+
+    @torch.no_grad()
+    def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
+        for name, param in parameters.items():
+            self.shadow[name].lerp_(param.detach(), 1 - self.decay)
+
+
+class Run:
+    """Everything one training run holds; `train()` below drives it."""
+
+    def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
+        from accelerate import Accelerator
+        from rewards.combine import RewardSet
+
+        import align.algorithms  # noqa: F401  (registers the algorithms)
+        from align.policy import ImagePolicy
+        from align.toy.world import load_prompts
+        from samplers.models import load_adapter
+
+        self.config, self.out = config, Path(out)
+        precision = {"no": "no", "fp16": "fp16", "bf16": "bf16"}[config.train.mixed_precision]
+        self.accelerator = accelerator or Accelerator(mixed_precision=precision)
+        device = self.accelerator.device
+        torch.manual_seed(config.train.seed)  # same LoRA init on every process
+        model = config.model
+        self.adapter = load_adapter(
+            model.name,
+            family=model.family,
+            dtype=model.dtype,
+            device=str(device),
+            guidance_scale=model.guidance_scale,
+            resolution=model.resolution,
+            attention=model.attention,
+            gradient_checkpointing=model.gradient_checkpointing,
+        )
+        self.policy = ImagePolicy(self.adapter, config.train.trainable, config.lora)
+        terms = [(t.name, t.weight, t.args) for t in config.rewards.terms]
+        if not terms:
+            raise ValueError("rewards.terms is empty: give at least one reward to optimise")
+        self.rewards = RewardSet(terms, normalise=config.rewards.normalise, device=str(device))
+        self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
+        self.algorithm = ALGORITHMS.lookup(config.algorithm.name)(self.context)
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        )
+        self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
+        self.adapter.network = self.network
+        self.ema = (
+            EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
+        )
+        self.prompts = load_prompts(config.train.prompts)
+        self.epoch = 0  # epochs completed
+        self.step = 0  # optimiser steps taken
+        self.summary: dict = {}
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    # --- one epoch ----------------------------------------------------------------------------
+
+    def train_epoch(self) -> dict:
+        config, epoch = self.config, self.epoch
+        plan = plan_epoch(
+            self.prompts, config, epoch, self.accelerator.process_index, self.accelerator.num_processes
+        )
+        start = time.perf_counter()
+        batch = self.algorithm.collect(
+            epoch, plan.prompts, plan.group_ids.to(self.accelerator.device), plan.seeds
+        )
+        collected = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.train.seed * 104_729 + epoch)
+        stats: dict[str, list[float]] = {}
+        for _ in range(config.train.inner_epochs):
+            units = self.algorithm.units(batch, generator)
+            for index, unit in enumerate(units):
+                last = index == len(units) - 1
+                sync = self.accelerator.no_sync(self.network) if not last else _nothing()
+                with sync:
+                    loss, unit_stats = self.algorithm.loss(batch, unit)
+                    self.accelerator.backward(loss / len(units))
+                for key, value in unit_stats.items():
+                    stats.setdefault(key, []).append(value)
+            if config.train.max_grad_norm is not None:
+                norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), config.train.max_grad_norm)
+                stats.setdefault("grad_norm", []).append(float(norm))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.policy.named_parameters())
+        trained = time.perf_counter()
+        self.epoch += 1
+        record = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        record["rewards"] = {
+            name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
+            for name, v in ((n, self.context.gather(v)) for n, v in batch["values"].items())
+        }
+        record.update({k: v for k, v in batch["stats"].items()})
+        record.update({k: sum(v) / len(v) for k, v in stats.items()})
+        record["monitors"] = _monitors(batch["images"])
+        samples = config.train.batch_size * self.accelerator.num_processes
+        record["time/training"] = trained - collected
+        record["time/epoch"] = trained - start
+        record["samples_per_second"] = samples / (trained - start)
+        return record | {"_images": batch["images"], "_prompts": plan.prompts}
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from align.evaluate import evaluate
+        from align.toy.world import load_prompts
+
+        config = self.config
+        prompts = load_prompts(config.eval.prompts)[: config.eval.max_prompts]
+        names = list(dict.fromkeys([*self.rewards.names, *config.eval.rewards]))
+        from rewards.base import build_reward
+
+        extra = {n: build_reward(n) for n in names if n not in self.rewards.rewards}
+        rewards = {n: self.rewards.rewards.get(n) or extra[n] for n in names}
+        saved = None
+        if self.ema is not None:
+            saved = self.policy.trainable_state()
+            self.policy.load_trainable_state(self.ema.shadow)
+        self.adapter.network = None  # evaluation is forward-only: skip the distributed wrapper
+        try:
+            summary, _, _ = evaluate(
+                self.adapter,
+                prompts,
+                seeds=config.eval.seeds,
+                rewards=rewards,
+                num_steps=config.sampling.eval_num_steps,
+            )
+        finally:
+            self.adapter.network = self.network
+            if saved is not None:
+                self.policy.load_trainable_state(saved)
+        summary["epoch"] = self.epoch
+        return summary
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        directory = self.out / "checkpoints" / checkpoint_name(self.epoch)
+        if self.main:
+            with atomic_directory(directory) as staging:
+                self.policy.save_weights(staging)
+                state = {
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "trainable": self.policy.trainable_state(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "ema": self.ema.shadow if self.ema is not None else None,
+                    "rewards": self.rewards.state_dict(),
+                    "algorithm": self.algorithm.state_dict(),
+                    "rng": rng_state(),
+                    "summary": self.summary,
+                }
+                save_state(staging, state)
+                adapter = self.adapter
+                info = {
+                    "base_model": self.config.model.name,
+                    "epoch": self.epoch,
+                    "trainable": self.config.train.trainable,
+                    "adapter": {
+                        "family": self.config.model.family if self.config.model.family != "auto" else None,
+                        "guidance_scale": adapter.guidance_scale,
+                        "resolution": adapter.resolution,
+                        "dtype": self.config.model.dtype,
+                    },
+                }
+                (staging / "checkpoint.json").write_text(json.dumps(info, indent=2))
+            for old in checkpoints(self.out)[: -self.config.train.keep_checkpoints]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return directory
+
+    def load_checkpoint(self, directory: Path) -> None:
+        state = load_state(directory)
+        self.policy.load_trainable_state(state["trainable"])
+        self.optimizer.load_state_dict(restore_int_keys(state["optimizer"]))
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")
+            self.ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
+        self.rewards.load_state_dict(state["rewards"])
+        self.algorithm.load_state_dict(state["algorithm"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.summary = state["epoch"], state["step"], state["summary"]
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _monitors(images: torch.Tensor) -> dict:
+    from rewards.monitors import hacking_monitors
+
+    return hacking_monitors(images)
+
+
+def resolve_resume(path: Path) -> Path:
+    """A checkpoint directory, or a run directory's latest checkpoint; missing is an error."""
+    path = Path(path)
+    if is_run(path):
+        found = checkpoints(path)
+        if not found:
+            raise ValueError(f"--resume {path}: the run has no complete checkpoint to resume from")
+        return found[-1]
+    if (path / "checkpoint.json").is_file():
+        return path
+    raise ValueError(f"--resume {path}: neither a run directory with checkpoints nor a checkpoint")
+
+
+def train(
+    config: ExperimentConfig,
+    out: str | Path,
+    *,
+    resume: str | Path | None = None,
+    stop_after: int | None = None,
+    accelerator=None,
+    progress: bool | None = None,
+) -> dict:
+    """Train per `config` into the run directory `out`; returns the run summary.
+
+    resume      a run directory or checkpoint to continue exactly (its epoch, optimiser, RNG, ...)
+    stop_after  leave after this many epochs in this call (a checkpoint is written first)
+    """
+    out = Path(out)
+    checkpoint = resolve_resume(Path(resume)) if resume is not None else None
+    if checkpoint is None and out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
+    run = Run(config, out, accelerator)
+    if checkpoint is not None:
+        run.load_checkpoint(checkpoint)
+    elif run.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_data(config), sort_keys=False))
+        (out / "metrics.jsonl").write_text("")
+    if run.main:
+        _truncate_metrics(out / "metrics.jsonl", run.epoch)
+    writer = _writer(config, out, run.main)
+    if "base" not in run.summary and run.main:
+        run.summary["base"] = run.evaluate()
+        _write_summary(out, run.summary)
+    show = config.logging.progress if progress is None else progress
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=config.train.num_epochs, initial=run.epoch, desc="train", disable=not (show and run.main)
+    )
+    epochs_here = 0
+    while run.epoch < config.train.num_epochs and (stop_after is None or epochs_here < stop_after):
+        record = run.train_epoch()
+        images, prompts = record.pop("_images"), record.pop("_prompts")
+        epochs_here += 1
+        last = run.epoch == config.train.num_epochs
+        every = config.train.eval_every
+        if run.main and (last or (every and run.epoch % every == 0)):
+            run.summary["aligned"] = run.evaluate()
+            record["eval"] = {k: run.summary["aligned"][k] for k in ("accuracy", "score", "rewards")}
+            _write_summary(out, run.summary)
+        if run.main:
+            with open(out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            _log_tensorboard(writer, record, images, prompts, config)
+        bar.update(1)
+        bar.set_postfix(reward=f"{record['reward']:.3f}")
+        every_ckpt = config.train.checkpoint_every
+        stopping = stop_after is not None and epochs_here >= stop_after
+        if last or stopping or (every_ckpt and run.epoch % every_ckpt == 0):
+            run.save_checkpoint()
+    bar.close()
+    if writer is not None:
+        writer.close()
+    return run.summary
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """A resumed run rewrites the epochs after its checkpoint, so keep only the lines before."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def _write_summary(out: Path, summary: dict) -> None:
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _writer(config, out: Path, main: bool):
+    if not (main and config.logging.tensorboard):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def _log_tensorboard(writer, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:
+    if writer is None:
+        return
+    epoch = record["epoch"]
+    for key, value in _flatten(record).items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(key, value, epoch)
+    every = config.logging.image_every
+    if every and epoch % every == 0:
+        from torchvision.utils import make_grid
+
+        writer.add_image("samples", make_grid(images[:16].cpu(), nrow=4), epoch)
+        writer.add_text("samples/prompts", " | ".join(prompts[:16]), epoch)
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in record.items():
+        name = f"{prefix}/{key}" if prefix else key
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

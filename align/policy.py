@@ -1,0 +1,97 @@
+"""What training changes in an image model: LoRA (through peft) or the full denoiser.
+
+The reference policy of KL terms and DPO is the same network with the LoRA disabled, never a
+second copy. LoRA weights are saved in the format `pipeline.load_lora_weights()` reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from align.config import LoraSettings
+
+# attention projections of each family's denoiser (Flow-GRPO's choice for SD3; DDPO's for UNets)
+DEFAULT_TARGETS = {
+    "flow": ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"],
+    "unet": ["to_q", "to_k", "to_v", "to_out.0"],
+}
+
+
+class ImagePolicy:
+    """The trainable view of an adapter: its denoiser with a LoRA (or fully trainable)."""
+
+    def __init__(self, adapter, trainable: str = "lora", lora: LoraSettings | None = None):
+        self.adapter = adapter
+        self.trainable = trainable
+        self.model = adapter.model
+        if trainable == "lora":
+            from peft import LoraConfig
+
+            lora = lora or LoraSettings()
+            targets = lora.target_modules or DEFAULT_TARGETS[adapter.family]
+            present = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
+            present |= {".".join(name.rsplit(".", 2)[-2:]) for name, _ in self.model.named_modules()}
+            missing = [t for t in targets if t not in present]
+            if missing:
+                raise ValueError(
+                    f"lora.target_modules {missing} are not modules of {type(self.model).__name__}"
+                )
+            config = LoraConfig(
+                r=lora.rank,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=targets,
+                init_lora_weights="gaussian",
+            )
+            self.model.add_adapter(config)
+        elif trainable == "full":
+            self.model.requires_grad_(True)
+        else:
+            raise ValueError(f"unknown trainable {trainable!r}; use 'lora' or 'full'")
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def named_parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The frozen reference policy: the LoRA switched off (full fine-tuning has none)."""
+        if self.trainable != "lora":
+            raise ValueError("a reference policy needs train.trainable=lora (the base is the LoRA disabled)")
+        self.model.disable_adapters()
+        try:
+            yield
+        finally:
+            self.model.enable_adapters()
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.named_parameters().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        params = self.named_parameters()
+        missing = sorted(set(params) - set(state))
+        if missing:
+            raise ValueError(f"checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(state[name])
+
+    def save_weights(self, directory: Path) -> None:
+        """LoRA in diffusers' format (`lora/`), or the full denoiser (`model/`)."""
+        if self.trainable == "lora":
+            from peft.utils import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(self.model)
+            if self.adapter.family == "unet":
+                from diffusers.utils import convert_state_dict_to_diffusers
+
+                state = convert_state_dict_to_diffusers(state)
+            key = "unet_lora_layers" if self.adapter.family == "unet" else "transformer_lora_layers"
+            type(self.adapter.pipeline).save_lora_weights(str(directory / "lora"), **{key: state})
+        else:
+            self.model.save_pretrained(str(directory / "model"))
