@@ -1,0 +1,206 @@
+"""Build a comparison gallery: every model on the same prompts, seeds, steps and guidance.
+
+OUT/
+  index.html     the page (opens from disk: data, script and style are inline)
+  gallery.json   every prompt, seed, model, config and score, per-model summary rows, runs, plots
+  images/<column>/<prompt>-s<seed>.png
+  plots/reward-<name>.png   reward curves of the runs (from their metrics.jsonl)
+
+File names are built from indices and sanitised names only; prompts and model names live in
+gallery.json and reach the page as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from align.evaluate import generate_grid, score_images, summarise
+from align.runs import checkpoints
+from align.toy.world import is_toy_prompt, parse_prompt
+from gallery.names import safe_name
+from gallery.page import write_page
+from gallery.plots import plot_reward_curves, read_json
+from rewards.base import to_pil
+
+FORMAT = "diffusion-align gallery"
+VERSION = 1
+GALLERY_FILES = ("index.html", "gallery.json", "images", "plots")  # all a gallery writes
+
+
+def prompt_category(prompt: str) -> str:
+    """The toy grammar's kind (single / relation), or `other` for free text."""
+    return parse_prompt(prompt).kind if is_toy_prompt(prompt) else "other"
+
+
+def mark_best(cells: list[dict], reward: str | None) -> None:
+    """Set cell["best"] per (prompt, seed) row: the cells holding the row's highest `reward`.
+
+    A row whose cells all tie marks none: nothing there is better than anything else.
+    """
+    rows: dict[tuple, list[dict]] = {}
+    for cell in cells:
+        cell["best"] = False
+        rows.setdefault((cell["prompt"], cell["seed"]), []).append(cell)
+    if reward is None:
+        return
+    for row in rows.values():
+        values = [cell["scores"][reward] for cell in row]
+        if len(row) < 2 or max(values) == min(values):
+            continue
+        for cell, value in zip(row, values):
+            cell["best"] = value == max(values)
+
+
+def _prepare_out(out: Path) -> None:
+    """Make `out` ready: new, empty, or an earlier gallery (whose images and plots are replaced)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"gallery output {out} is a file; give a folder path")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in GALLERY_FILES)
+        if foreign:
+            raise ValueError(
+                f"{out} holds files that are not a gallery's ({', '.join(foreign[:3])}); "
+                "give a new or empty folder"
+            )
+        for name in ("images", "plots"):
+            shutil.rmtree(out / name, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _check_inputs(models: Mapping, prompts: Sequence[str], seeds: int, rewards: Mapping) -> None:
+    if not models:
+        raise ValueError("no models to compare; give at least one (name -> adapter)")
+    if not prompts:
+        raise ValueError("no prompts; give at least one")
+    if len(set(prompts)) != len(prompts):
+        raise ValueError("prompts repeat; give each prompt once (seeds make the repeats)")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if not isinstance(rewards, Mapping):
+        raise ValueError("rewards must be a dict {name: reward}")
+
+
+def generate_column(adapter, prompts, seeds: int, num_steps: int, guidance_scale: float, batch_size: int):
+    """(images [P*S,3,H,W], flat prompts, flat seeds) at the gallery's steps and guidance."""
+    saved = adapter.guidance_scale
+    adapter.guidance_scale = guidance_scale
+    try:
+        return generate_grid(adapter, prompts, seeds, num_steps, batch_size=batch_size)
+    finally:
+        adapter.guidance_scale = saved
+
+
+def run_entry(name: str, run_dir: Path) -> dict:
+    """A training run as the page shows it: its latest checkpoint and its base / aligned summary."""
+    found = checkpoints(run_dir)
+    return {
+        "name": name,
+        "path": str(run_dir),
+        "checkpoint": found[-1].name if found else None,
+        "summary": read_json(run_dir / "summary.json"),
+    }
+
+
+def _jsonable(value):
+    """Numbers and containers as plain JSON (NaN -> null, numpy/bool scalars -> Python)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (float, np.floating)):
+        return None if np.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def build_gallery(
+    models: Mapping[str, object],
+    prompts: Sequence[str],
+    seeds: int,
+    rewards: Mapping[str, Callable],
+    out: str | Path,
+    *,
+    runs: Mapping[str, str | Path] | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    title: str = "diffusion-align gallery",
+    batch_size: int = 16,
+) -> dict:
+    """Generate, score and write a gallery; returns what gallery.json holds.
+
+    models: column name -> adapter, or -> a zero-argument function returning one (loaded when its
+        column is generated and released after, so large models need not share memory).
+    seeds: images per prompt, seeds 0..seeds-1 (seed s drives the same noise in every column).
+    rewards: name -> reward(images, prompts) -> [B]; the first one marks each row's best cell.
+    runs: name -> training run directory, for reward curves (metrics.jsonl) and run summaries.
+    num_steps, guidance_scale: shared by every column; None takes the first column's defaults.
+    """
+    out = Path(out)
+    _check_inputs(models, prompts, seeds, rewards)
+    _prepare_out(out)
+    prompts = list(prompts)
+    prompt_index = {p: i for i, p in enumerate(prompts)}
+    cells, columns, summary_rows = [], [], []
+    for column, (name, model) in enumerate(models.items()):
+        adapter = model if hasattr(model, "generate") else model()
+        if column == 0:
+            num_steps = num_steps or adapter.default_steps
+            guidance_scale = adapter.guidance_scale if guidance_scale is None else float(guidance_scale)
+        images, flat_prompts, flat_seeds = generate_column(
+            adapter, prompts, seeds, num_steps, guidance_scale, batch_size
+        )
+        scored = score_images(images, flat_prompts, rewards)
+        summary, _ = summarise(flat_prompts, flat_seeds, scored)
+        folder = f"images/{column:02d}-{safe_name(name, 'model')}"
+        (out / folder).mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(to_pil(images)):
+            image = f"{folder}/{prompt_index[flat_prompts[i]]:04d}-s{flat_seeds[i]}.png"
+            picture.save(out / image)
+            cells.append(
+                {
+                    "prompt": prompt_index[flat_prompts[i]],
+                    "seed": flat_seeds[i],
+                    "model": name,
+                    "image": image,
+                    "scores": {r: values[i] for r, values in scored["rewards"].items()},
+                    "checks": scored["checks"][i],
+                }
+            )
+        config = {**adapter.describe(), "num_steps": num_steps, "guidance_scale": guidance_scale}
+        columns.append({"name": name, "folder": folder, "config": config})
+        summary_rows.append({"model": name, **summary})
+        del adapter  # a column loaded by a function is released before the next one loads
+    first_reward = next(iter(rewards), None)
+    mark_best(cells, first_reward)
+    for row in summary_rows:
+        row["wins"] = sum(c["best"] for c in cells if c["model"] == row["model"])
+    runs = {name: Path(path) for name, path in (runs or {}).items()}
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "title": title,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "root": str(out.resolve()),
+        "settings": {"seeds": list(range(seeds)), "num_steps": num_steps, "guidance_scale": guidance_scale},
+        "rewards": list(rewards),
+        "best_by": first_reward,
+        "prompts": [{"text": p, "category": prompt_category(p)} for p in prompts],
+        "models": columns,
+        "summary": summary_rows,
+        "cells": cells,
+        "runs": [run_entry(name, path) for name, path in runs.items()],
+        "plots": plot_reward_curves(runs, out / "plots", relative_to=out),
+    }
+    data = _jsonable(data)
+    (out / "gallery.json").write_text(json.dumps(data, indent=1, allow_nan=False))
+    write_page(data, out / "index.html")
+    return data
