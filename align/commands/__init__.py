@@ -8,6 +8,7 @@ COMMAND_MODULES = [
     "align.commands.evaluate",
     "align.commands.pretrain_toy",
     "align.commands.train",
+    "align.commands.optimize",
     "align.commands.gallery",
 ]
 

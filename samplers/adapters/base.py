@@ -102,6 +102,10 @@ class Adapter:
         """Latents [B, ...] -> images [B, 3, H, W] float32 in [0, 1] (differentiable)."""
         raise NotImplementedError
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The forward process: a clean latent x0 [B, ...] noised to per-sample sigma [B]."""
+        raise NotImplementedError
+
     def pipeline_images(self, prompts: list[str], generators: list[torch.Generator], num_steps: int):
         """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance."""
         raise NotImplementedError

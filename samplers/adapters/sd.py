@@ -49,6 +49,11 @@ class UNetMixin:
             **kwargs,
         )
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_sigma = sqrt(1 - sigma^2) x0 + sigma noise (VP); sigma [B]."""
+        sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
+        return (1 - sigma**2).sqrt() * x0 + sigma * noise
+
     def schedule(self, num_steps: int) -> Schedule:
         """The scheduler's timesteps; sigma_T+1 follows DDIM's `t - num_train_timesteps // steps` rule.
 

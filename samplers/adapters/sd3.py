@@ -21,6 +21,11 @@ class FlowMatchMixin:
     def step(self, model_output, x, sigma, sigma_next, **kwargs):
         return flow_step(model_output, x, sigma, sigma_next, **kwargs)
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """x_sigma = (1 - sigma) x0 + sigma noise; sigma [B]."""
+        sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
+        return (1 - sigma) * x0 + sigma * noise
+
     def _schedule_from_scheduler(self, num_steps: int, **kwargs) -> Schedule:
         scheduler = self.pipeline.scheduler
         retrieve_timesteps(scheduler, num_steps, self.device, **kwargs)

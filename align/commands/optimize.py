@@ -1,0 +1,161 @@
+"""`align optimize MODEL --prompts SPLIT_OR_FILE --reward NAME[=WEIGHT] ... --out DIR` (ReNO)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def parse_rewards(specs: list[str]) -> dict[str, float]:
+    weights = {}
+    for spec in specs:
+        name, _, weight = spec.partition("=")
+        try:
+            weights[name] = float(weight) if weight else 1.0
+        except ValueError as error:
+            raise ValueError(f"--reward {spec!r}: the weight after '=' must be a number") from error
+    if not weights:
+        raise ValueError("give at least one --reward NAME[=WEIGHT] to optimise")
+    return weights
+
+
+def run(args) -> int:
+    import torch
+
+    from align.evaluate import score_images, summarise
+    from align.optimize import OptimizeSettings, best_of_n, explore, images_generated, reno
+    from align.toy.world import is_toy_prompt, load_prompts
+    from rewards.base import build_reward, to_pil
+    from samplers.models import load_adapter
+
+    weights = parse_rewards(args.reward)
+    prompts = list(args.prompt) or load_prompts(args.prompts)
+    prompts = prompts[: args.max_prompts]
+    rewards = {name: build_reward(name) for name in weights}
+    stuck = [n for n, r in rewards.items() if not r.differentiable]
+    if stuck:
+        raise ValueError(
+            f"noise optimisation needs differentiable rewards; {', '.join(stuck)} is not "
+            "(score it with --eval-reward instead)"
+        )
+    report = {name: build_reward(name) for name in args.eval_reward if name not in rewards}
+    report.update(rewards)
+    adapter = load_adapter(args.model, default_steps=args.steps)
+    settings = OptimizeSettings(
+        iterations=args.iterations,
+        seconds=args.seconds,
+        lr=args.lr,
+        regularisation=args.regularisation,
+        num_steps=args.steps,
+        explore=args.explore,
+        keep_every=args.keep_every,
+        weights=weights,
+    )
+    out = Path(args.out)
+    seeds = list(range(len(prompts)))
+
+    def keep(iteration, images, values):
+        if iteration % settings.keep_every == 0 or iteration == settings.iterations:
+            for i, picture in enumerate(to_pil(images)):
+                folder = out / "iterations" / f"{i:03d}"
+                folder.mkdir(parents=True, exist_ok=True)
+                picture.save(folder / f"iter_{iteration:03d}.png")
+
+    with torch.no_grad():
+        base = adapter.generate(prompts, seeds)
+    optimiser = explore if settings.explore > 1 else reno
+    optimised = optimiser(adapter, prompts, seeds, rewards, settings, on_iteration=keep)
+    n = images_generated(optimised["iterations"])
+    baseline = best_of_n(adapter, prompts, seeds, rewards, settings, n)
+    results = {}
+    for method, images in (
+        ("base", base),
+        ("best_of_n", baseline["images"]),
+        ("optimized", optimised["images"]),
+    ):
+        summary, _ = summarise(prompts, seeds, score_images(images.detach(), prompts, report))
+        keys = (
+            ("rewards", "accuracy", "categories") if any(is_toy_prompt(p) for p in prompts) else ("rewards",)
+        )
+        results[method] = {k: summary[k] for k in keys}
+        folder = out / "images" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(to_pil(images)):
+            picture.save(folder / f"{i:03d}.png")
+    results["settings"] = {
+        "iterations": optimised["iterations"],
+        "best_of_n": n,
+        "model": args.model,
+        "weights": weights,
+        "num_prompts": len(prompts),
+    }
+    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    (out / "curves.json").write_text(json.dumps({"prompts": prompts, "history": optimised["history"]}))
+    _plot_curves(out, optimised["history"])
+    print(_table(results, list(report)))
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+def _table(results: dict, names: list[str]) -> str:
+    header = (
+        f"{'method':<10}"
+        + "".join(f"{n:>16}" for n in names)
+        + ("  accuracy" if "accuracy" in results["base"] else "")
+    )
+    lines = [header]
+    for method in ("base", "best_of_n", "optimized"):
+        row = results[method]
+        line = f"{method:<10}" + "".join(f"{row['rewards'][n]:>16.4f}" for n in names)
+        if "accuracy" in row:
+            line += f"  {row['accuracy']:>8.3f}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _plot_curves(out: Path, history: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    totals = list(zip(*[h["total"] for h in history]))
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for curve in totals:
+        axis.plot(curve, alpha=0.4)
+    axis.plot([sum(h["total"]) / len(h["total"]) for h in history], color="black", linewidth=2, label="mean")
+    axis.set_xlabel("iteration")
+    axis.set_ylabel("weighted reward")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "curves.png", dpi=100)
+    plt.close(figure)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "optimize", help="optimise the initial noise per prompt (ReNO) vs best-of-N"
+    )
+    parser.add_argument("model")
+    parser.add_argument("--prompts", default="heldout", help="a toy split or a file of prompts")
+    parser.add_argument(
+        "--prompt", action="append", default=[], help="a prompt (repeatable; overrides --prompts)"
+    )
+    parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument(
+        "--reward", action="append", default=[], help="NAME[=WEIGHT], differentiable (repeatable)"
+    )
+    parser.add_argument(
+        "--eval-reward", action="append", default=[], help="also report this reward (repeatable)"
+    )
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
+    parser.add_argument("--lr", type=float, default=5.0)
+    parser.add_argument("--regularisation", type=float, default=0.01)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
+    parser.add_argument(
+        "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
+    )
+    parser.add_argument("--keep-every", type=int, default=10)
+    parser.add_argument("--out", required=True)
+    parser.set_defaults(run=run)

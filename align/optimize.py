@@ -1,0 +1,158 @@
+"""Inference-time noise optimisation (ReNO, Eyring et al. 2024) and its baselines.
+
+The initial noise is the parameter and the model is frozen. Per image, maximise
+
+    sum_k w_k R_k(decode(sample(noise)))  -  lambda * reg(noise)
+
+where reg is the negative log-density of the noise's norm under the Gaussian: ||eps|| of a
+d-dimensional standard normal has the chi distribution, log p(r) = (d - 1) log r - r^2 / 2 + const,
+so reg keeps the noise on the Gaussian shell (r near sqrt(d - 1)) where the model was trained.
+Gradients flow through every sampling step (checkpointed) and the decoder; one-step (turbo)
+models make an iteration one forward and one backward pass.
+
+Baselines at an equal budget of generated images: the first sample (base), and best-of-N with N
+equal to the number of images ReNO generates (one per iteration). Exploration (after CARINOX)
+spends the budget on several starting noises and keeps the best.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from samplers.noise import generators_from_seeds
+
+
+def noise_norm_regulariser(noise: torch.Tensor) -> torch.Tensor:
+    """-log chi_d(||noise||) up to a constant, per sample [B]: (r^2 / 2) - (d - 1) log r."""
+    dims = noise[0].numel()
+    radius = noise.flatten(1).norm(dim=1)
+    return radius**2 / 2 - (dims - 1) * torch.log(radius)
+
+
+@dataclass
+class OptimizeSettings:
+    iterations: int = 50  # gradient steps per image (the budget, with `seconds`)
+    seconds: float | None = None  # wall-clock budget; stops early when reached
+    lr: float = 5.0  # ReNO's step size on the noise
+    regularisation: float = 0.01  # lambda on the norm regulariser
+    grad_clip: float = 0.1  # ReNO clips the noise gradient norm
+    num_steps: int | None = None  # sampling steps (default: the model's)
+    explore: int = 1  # >1: this many starting noises share the budget; the best is kept
+    keep_every: int = 10  # save images every this many iterations
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+def _images(adapter, noise, prompts, num_steps, grad: bool):
+    trajectory = adapter.sample(
+        prompts, None, num_steps=num_steps, noise=noise, grad_steps=num_steps if grad else 0, checkpoint=grad
+    )
+    if grad:
+        return activation_checkpoint(adapter.decode, trajectory.final, use_reentrant=False)
+    return adapter.decode(trajectory.final)
+
+
+def weighted_reward(rewards: dict, weights: dict, images, prompts) -> tuple[torch.Tensor, dict]:
+    values = {name: reward(images, prompts) for name, reward in rewards.items()}
+    total = sum(weights.get(name, 1.0) * value for name, value in values.items())
+    return total, values
+
+
+def reno(
+    adapter,
+    prompts: list[str],
+    seeds: list[int],
+    rewards: dict,
+    settings: OptimizeSettings,
+    on_iteration=None,
+) -> dict:
+    """Optimise one noise per prompt. Returns per-iteration rewards [I+1, B], best noises and images."""
+    steps = settings.num_steps or adapter.default_steps
+    start = time.perf_counter()
+    noise = (
+        adapter.initial_noise(generators_from_seeds(seeds), len(prompts), steps).detach().requires_grad_(True)
+    )
+    optimizer = torch.optim.SGD([noise], lr=settings.lr)
+    history, best_total, best_noise, best_images = [], None, None, None
+    for iteration in range(settings.iterations + 1):
+        images = _images(adapter, noise, prompts, steps, grad=True)
+        total, values = weighted_reward(rewards, settings.weights, images, prompts)
+        with torch.no_grad():
+            current = total.detach()
+            if best_total is None:
+                best_total, best_noise, best_images = current.clone(), noise.detach().clone(), images.detach()
+            else:
+                better = current > best_total
+                best_total = torch.where(better, current, best_total)
+                best_noise[better] = noise.detach()[better]
+                best_images = best_images.clone()
+                best_images[better] = images.detach()[better]
+        history.append({"total": current.tolist(), **{k: v.detach().tolist() for k, v in values.items()}})
+        if on_iteration is not None:
+            on_iteration(iteration, images.detach(), history[-1])
+        out_of_time = settings.seconds is not None and time.perf_counter() - start > settings.seconds
+        if iteration == settings.iterations or out_of_time:
+            break
+        loss = -(total - settings.regularisation * noise_norm_regulariser(noise)).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([noise], settings.grad_clip)
+        optimizer.step()
+    return {
+        "history": history,
+        "noise": best_noise,
+        "images": best_images,
+        "reward": best_total,
+        "iterations": len(history) - 1,
+    }
+
+
+@torch.no_grad()
+def best_of_n(
+    adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: OptimizeSettings, n: int
+) -> dict:
+    """Sample n images per prompt (seeds s, s+1e6, ...) and keep the best by the same reward."""
+    steps = settings.num_steps or adapter.default_steps
+    best_total, best_images = None, None
+    for k in range(n):
+        images = adapter.decode(
+            adapter.sample(
+                prompts, generators_from_seeds([s + 1_000_003 * k for s in seeds]), num_steps=steps
+            ).final
+        )
+        total, _ = weighted_reward(rewards, settings.weights, images, prompts)
+        if best_total is None:
+            best_total, best_images = total.clone(), images.clone()
+        else:
+            better = total > best_total
+            best_total = torch.where(better, total, best_total)
+            best_images[better] = images[better]
+    return {"images": best_images, "reward": best_total}
+
+
+def explore(adapter, prompts, seeds, rewards, settings: OptimizeSettings, on_iteration=None) -> dict:
+    """CARINOX-style exploration: `settings.explore` starting noises share the iteration budget;
+    the best result per prompt is kept."""
+    count = settings.explore
+    share = OptimizeSettings(**{**settings.__dict__, "iterations": max(1, settings.iterations // count - 1)})
+    results = [
+        reno(adapter, prompts, [s + 7_919 * k for s in seeds], rewards, share, on_iteration)
+        for k in range(count)
+    ]
+    best = results[0]
+    for other in results[1:]:
+        better = other["reward"] > best["reward"]
+        best = {**best, "reward": torch.where(better, other["reward"], best["reward"])}
+        best["images"] = best["images"].clone()
+        best["images"][better] = other["images"][better]
+    best["history"] = results[0]["history"]
+    best["iterations"] = sum(r["iterations"] + 1 for r in results) - 1
+    return best
+
+
+def images_generated(iterations: int) -> int:
+    """Images ReNO decodes for `iterations` gradient steps (the initial one included)."""
+    return iterations + 1
