@@ -163,18 +163,21 @@ class Run:
         trained = time.perf_counter()
         self.epoch += 1
         record = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
-        record["rewards"] = {
-            name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
-            for name, v in ((n, self.context.gather(v)) for n, v in batch["values"].items())
-        }
+        if "values" in batch:  # offline preference data has no rewards of its own
+            record["rewards"] = {
+                name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
+                for name, v in ((n, self.context.gather(v)) for n, v in batch["values"].items())
+            }
         record.update({k: v for k, v in batch["stats"].items()})
         record.update({k: sum(v) / len(v) for k, v in stats.items()})
-        record["monitors"] = _monitors(batch["images"])
+        images = batch.get("images")
+        if images is not None:
+            record["monitors"] = _monitors(images)
         samples = config.train.batch_size * self.accelerator.num_processes
         record["time/training"] = trained - collected
         record["time/epoch"] = trained - start
         record["samples_per_second"] = samples / (trained - start)
-        return record | {"_images": batch["images"], "_prompts": plan.prompts}
+        return record | {"_images": images, "_prompts": plan.prompts}
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -341,7 +344,8 @@ def train(
                 handle.write(json.dumps(record) + "\n")
             _log_tensorboard(writer, record, images, prompts, config)
         bar.update(1)
-        bar.set_postfix(reward=f"{record['reward']:.3f}")
+        if "reward" in record:
+            bar.set_postfix(reward=f"{record['reward']:.3f}")
         every_ckpt = config.train.checkpoint_every
         stopping = stop_after is not None and epochs_here >= stop_after
         if last or stopping or (every_ckpt and run.epoch % every_ckpt == 0):
@@ -381,7 +385,7 @@ def _log_tensorboard(writer, record: dict, images: torch.Tensor, prompts: list[s
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             writer.add_scalar(key, value, epoch)
     every = config.logging.image_every
-    if every and epoch % every == 0:
+    if images is not None and every and epoch % every == 0:
         from torchvision.utils import make_grid
 
         writer.add_image("samples", make_grid(images[:16].cpu(), nrow=4), epoch)

@@ -9,6 +9,7 @@ COMMAND_MODULES = [
     "align.commands.pretrain_toy",
     "align.commands.train",
     "align.commands.optimize",
+    "align.commands.pairs",
     "align.commands.gallery",
 ]
 

@@ -7,6 +7,7 @@ timestep / sigma tables and does the stepping itself with a pure step function.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -105,6 +106,28 @@ class Adapter:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The forward process: a clean latent x0 [B, ...] noised to per-sample sigma [B]."""
         raise NotImplementedError
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] in [0, 1] -> latents in the layout the denoiser takes (VAE mean)."""
+        raise NotImplementedError
+
+    def training_times(self, batch: int, generator: torch.Generator | None = None):
+        """(model timesteps t [B], sigmas [B]) drawn as the family is trained."""
+        raise NotImplementedError
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """What the denoiser regresses at (x0, noise, sigma): velocity, epsilon or v."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def conditional(self):
+        """Denoise without classifier-free guidance (training losses use the conditional model)."""
+        saved = self.guidance_scale
+        self.guidance_scale = 1.0
+        try:
+            yield
+        finally:
+            self.guidance_scale = saved
 
     def pipeline_images(self, prompts: list[str], generators: list[torch.Generator], num_steps: int):
         """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance."""

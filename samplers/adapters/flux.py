@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -90,6 +92,16 @@ class FluxAdapter(FlowMatchMixin, Adapter):
             config.get("max_shift", 1.15),
         )
         return self._schedule_from_scheduler(num_steps, sigmas=sigmas, mu=mu)
+
+    @contextlib.contextmanager
+    def conditional(self):
+        """FLUX.1-dev's guidance is an embedding (conditioning), not a second pass: nothing to switch off."""
+        yield
+
+    def encode_images(self, images):
+        latents = self._vae_encode(images)
+        batch, channels, height, width = latents.shape
+        return self.pipeline._pack_latents(latents, batch, channels, height, width)
 
     def decode(self, latents):
         unpacked = self.pipeline._unpack_latents(

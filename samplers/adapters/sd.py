@@ -49,6 +49,24 @@ class UNetMixin:
             **kwargs,
         )
 
+    def training_times(self, batch: int, generator: torch.Generator | None = None):
+        """(t [B], sigma [B]): uniform integer training timesteps and their VP sigma."""
+        scheduler = self.pipeline.scheduler
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        sigma = (1 - scheduler.alphas_cumprod[t].to(torch.float64)).sqrt().float()
+        return t.to(self.device), sigma.to(self.device)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.pipeline.scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
+            sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
+            return (1 - sigma**2).sqrt() * noise - sigma * x0
+        return noise
+
+    def encode_images(self, images):
+        vae = self.pipeline.vae
+        latents = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
+        return latents * vae.config.scaling_factor
+
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x_sigma = sqrt(1 - sigma^2) x0 + sigma noise (VP); sigma [B]."""
         sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))

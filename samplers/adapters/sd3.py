@@ -26,6 +26,19 @@ class FlowMatchMixin:
         sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
         return (1 - sigma) * x0 + sigma * noise
 
+    def training_times(self, batch: int, generator: torch.Generator | None = None):
+        """(t [B], sigma [B]) for training losses: logit-normal sigma, as SD3 trains."""
+        sigma = torch.sigmoid(torch.randn(batch, generator=generator)).to(self.device)
+        return sigma * 1000, sigma
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return noise - x0  # the velocity
+
+    def _vae_encode(self, images: torch.Tensor) -> torch.Tensor:
+        vae = self.pipeline.vae
+        latents = vae.encode((images * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
+        return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+
     def _schedule_from_scheduler(self, num_steps: int, **kwargs) -> Schedule:
         scheduler = self.pipeline.scheduler
         retrieve_timesteps(scheduler, num_steps, self.device, **kwargs)
@@ -111,6 +124,9 @@ class SD3Adapter(FlowMatchMixin, Adapter):
 
     def decode(self, latents):
         return self._vae_decode(latents)
+
+    def encode_images(self, images):
+        return self._vae_encode(images)
 
     @torch.no_grad()
     def pipeline_images(self, prompts, generators, num_steps):

@@ -1,0 +1,107 @@
+"""Diffusion-DPO / Flow-DPO on the loop: log 2 at the start, learning, and strict pairs files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from align.cli import main
+from align.config import config_from_data
+from align.losses import LOG_2
+from align.pairs import read_pairs_file, write_pairs
+from tests.conftest import tiny_adapter
+
+
+def make_pairs(directory: Path, model: str = "tiny:sd15", count: int = 4) -> Path:
+    adapter = tiny_adapter(model)
+    prompts = ["a red circle", "two blue squares", "a green triangle", "three yellow circles"][:count]
+    with torch.no_grad():
+        chosen = adapter.generate(prompts, list(range(count)), num_steps=2)
+        rejected = torch.flip(adapter.generate(prompts, list(range(10, 10 + count)), num_steps=2), dims=[-1])
+    return write_pairs(directory, prompts, chosen, rejected, "test")
+
+
+def dpo_config(pairs: Path, model: str, name: str, **train):
+    return config_from_data(
+        {
+            "model": {"name": model},
+            "algorithm": {"name": name, "pairs": str(pairs), "beta": 500.0},
+            "rewards": {"terms": [{"name": "geneval"}], "normalise": "none"},
+            "sampling": {"num_steps": 2, "eval_num_steps": 2},
+            "lora": {"rank": 4, "alpha": 4},
+            "train": {
+                "batch_size": 8,
+                "group_size": 2,
+                "micro_batch_size": 8,
+                "num_epochs": 6,
+                "lr": 1e-2,
+                "prompts": "train",
+                **train,
+            },
+            "eval": {"prompts": "heldout", "max_prompts": 2},
+            "logging": {"tensorboard": False, "progress": False},
+        }
+    )
+
+
+@pytest.mark.parametrize("model,name", [("tiny:sd15", "diffusion-dpo"), ("tiny:sd3", "flow-dpo")])
+def test_dpo_loss_is_log2_when_the_policy_is_the_reference(tmp_path, model, name):
+    from align.loop import Run
+
+    pairs = make_pairs(tmp_path / "pairs", model)
+    run = Run(dpo_config(pairs, model, name), tmp_path / "run")
+    batch = run.algorithm.collect(0, [], torch.zeros(8, dtype=torch.long), list(range(8)))
+    loss, stats = run.algorithm.loss(batch, torch.arange(len(batch["prompts"])))
+    assert loss.item() == pytest.approx(LOG_2, abs=1e-6)
+    assert stats["reward_margin"] == 0.0
+    loss.backward()
+    grads = [p.grad for p in run.policy.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_short_dpo_run_raises_the_chosen_over_rejected_margin(tmp_path):
+    from align.loop import train
+
+    pairs = make_pairs(tmp_path / "pairs", "tiny:sd15")
+    train(dpo_config(pairs, "tiny:sd15", "diffusion-dpo"), tmp_path / "run")
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    margins = [line["reward_margin"] for line in lines]
+    assert margins[0] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
+    assert max(margins[-3:]) > 0.05, margins
+    assert lines[-1]["dpo_loss"] < LOG_2
+
+
+def test_pairs_file_errors_name_the_line(tmp_path):
+    pairs = make_pairs(tmp_path / "pairs", count=2)
+    good = pairs.read_text().splitlines()
+    cases = {
+        "missing field": [good[0], json.dumps({"prompt": "x", "chosen": "images/00000_chosen.png"})],
+        "does not exist": [good[0], good[1].replace("00001_rejected", "nope")],
+        "not a readable image": [good[0], good[1]],
+    }
+    (tmp_path / "pairs" / "images" / "broken.png").write_bytes(b"not an image")
+    cases["not a readable image"][1] = good[1].replace("images/00001_rejected.png", "images/broken.png")
+    for problem, lines in cases.items():
+        bad = tmp_path / "pairs" / "bad.jsonl"
+        bad.write_text("\n".join(lines) + "\n")
+        with pytest.raises(ValueError, match=rf"bad.jsonl:2: .*{problem}"):
+            read_pairs_file(bad)
+    assert len(read_pairs_file(pairs)) == 2
+
+
+def test_train_with_a_malformed_pairs_file_exits_2_and_writes_nothing(tmp_path, capsys):
+    import yaml
+
+    from align.config import config_to_data
+
+    pairs = make_pairs(tmp_path / "pairs", count=2)
+    bad = tmp_path / "pairs" / "bad.jsonl"
+    bad.write_text(pairs.read_text().splitlines()[0] + '\n{"prompt": "x"}\n')
+    config = config_to_data(dpo_config(bad, "tiny:sd15", "diffusion-dpo"))
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = main(["train", str(path), "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "bad.jsonl:2: missing field chosen, rejected" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
