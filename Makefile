@@ -19,6 +19,13 @@ setup: $(BIN)/python
 setup-dev: $(BIN)/python
 	$(PIP) install --quiet -c requirements/ci-constraints.txt torch torchvision
 	$(PIP) install --quiet -c requirements/ci-constraints.txt -e '.[dev,ocr,text]'
+	@# Chromium for the gallery's browser test, from Debian, where apt can install it (once).
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver (apt-get) for the gallery browser test"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+			>/tmp/diffusion-align-chromium.log 2>&1 || { tail -n 20 /tmp/diffusion-align-chromium.log; exit 1; }; \
+	else echo "note: no chromium and no root apt-get here; the gallery browser test will skip"; fi
 
 demo: setup
 	$(BIN)/align doctor tiny:sd3

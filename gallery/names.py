@@ -6,6 +6,6 @@ import re
 
 
 def safe_name(text: str, fallback: str = "item") -> str:
-    """A file-name component made of [A-Za-z0-9._-] only (never '.', '..' or empty)."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:40]
+    """A file-name component made of [A-Za-z0-9._-] only, with no '..' (never empty)."""
+    name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).strip("-.")[:40]
     return name or fallback
