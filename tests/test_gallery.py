@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_adapter
 from PIL import Image
 
 from align.cli import main
-from conftest import tiny_adapter
 from gallery import build_gallery
 from gallery.build import mark_best
 from gallery.page import embed_json
@@ -148,7 +148,10 @@ def make_run(run_dir: Path, adapter) -> None:
         info = {"base_model": "tiny:sd3", "epoch": epoch, "adapter": {"guidance_scale": 2.0}}
         (checkpoint / "checkpoint.json").write_text(json.dumps(info))
     metrics = [
-        {"epoch": e, "rewards": {"geneval": {"mean": 0.2 + 0.1 * e, "std": 0.05}, "clip": {"mean": e, "std": 0}}}
+        {
+            "epoch": e,
+            "rewards": {"geneval": {"mean": 0.2 + 0.1 * e, "std": 0.05}, "clip": {"mean": e, "std": 0}},
+        }
         for e in (1, 2, 3)
     ]
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
@@ -180,7 +183,11 @@ def test_align_gallery_over_a_model_and_a_run_directory(tmp_path, capsys):
         base = png(out / cell(data, "base", prompt, 0)["image"])
         assert np.abs(aligned.astype(int) - base).mean() > 2  # and it changes the images
     (run,) = data["runs"]
-    assert (run["name"], run["checkpoint"], run["summary"]["aligned"]["accuracy"]) == ("grpo", "epoch-000002", 0.75)
+    assert (run["name"], run["checkpoint"], run["summary"]["aligned"]["accuracy"]) == (
+        "grpo",
+        "epoch-000002",
+        0.75,
+    )
     assert [p["reward"] for p in data["plots"]] == ["geneval", "clip"]
     for plot in data["plots"]:
         width, height = Image.open(out / plot["image"]).size
@@ -191,7 +198,10 @@ def test_align_gallery_over_a_model_and_a_run_directory(tmp_path, capsys):
 
 
 def test_reward_curves_are_read_from_metrics_and_bad_lines_are_named(tmp_path):
-    lines = [{"epoch": 1, "rewards": {"r": {"mean": 0.5, "std": 0.1}}}, {"epoch": 2, "rewards": {"r": {"mean": 0.7}}}]
+    lines = [
+        {"epoch": 1, "rewards": {"r": {"mean": 0.5, "std": 0.1}}},
+        {"epoch": 2, "rewards": {"r": {"mean": 0.7}}},
+    ]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n\n")
     assert read_curves(tmp_path) == {"r": {"epoch": [1.0, 2.0], "mean": [0.5, 0.7], "std": [0.1, 0.0]}}
     (tmp_path / "metrics.jsonl").write_text(json.dumps(lines[0]) + '\n{"epoch": 3, "rewards": {"r": 1}}\n')

@@ -9,11 +9,12 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import tiny_adapter
-from gallery import build_gallery
+from PIL import Image
 from test_gallery import HOSTILE, Brightness
+
+from align.pairs import read_pairs_file
+from gallery import build_gallery
 
 PROMPTS = ["a red circle", "a red circle left of a blue square", HOSTILE[0]]
 CHROME_FLAGS = [
@@ -40,8 +41,12 @@ def find_chromium() -> tuple[str, str]:
     if browser and driver:
         return browser, driver
     if shutil.which("apt-get") and os.geteuid() == 0:
-        pytest.fail("Chromium is missing but installable here: run `make setup-dev` (apt-get install chromium chromium-driver)")
-    pytest.skip("Chromium and chromedriver are not installed and apt-get is unusable here (not root or not Debian)")
+        pytest.fail(
+            "Chromium is missing but installable here: run `make setup-dev` (apt-get install chromium chromium-driver)"
+        )
+    pytest.skip(
+        "Chromium and chromedriver are not installed and apt-get is unusable here (not root or not Debian)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +114,20 @@ def test_grid_cells_scores_best_marks_and_escaping(browser, gallery_dir):
     assert len(cells) == 3 * 2 * 2
     expected = {(c["model"], c["prompt"], c["seed"]): c for c in data["cells"]}
     for element in cells:
-        key = (element.get_attribute("data-model"), int(element.get_attribute("data-prompt")), int(element.get_attribute("data-seed")))
+        key = (
+            element.get_attribute("data-model"),
+            int(element.get_attribute("data-prompt")),
+            int(element.get_attribute("data-seed")),
+        )
         entry = expected.pop(key)
         value = element.find_element(By.CSS_SELECTOR, "li.score[data-reward=brightness] .value").text
         assert value == f"{entry['scores']['brightness']:.3f}"
         assert ("best" in element.get_attribute("class").split()) == entry["best"]
         image = element.find_element(By.CSS_SELECTOR, "img.thumb")
         assert image.get_attribute("src").endswith(entry["image"])
-        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32
+        assert (
+            browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32
+        )
     assert not expected
     summary = browser.find_elements(By.CSS_SELECTOR, "#summary-table tr[data-model]")
     assert [row.get_attribute("data-model") for row in summary] == ["sd3", "sd15"]
@@ -146,7 +157,10 @@ def test_sort_and_filter_by_reward_and_category(browser, gallery_dir):
     threshold = float(np.median(list(best.values())))
     browser.find_element(By.ID, "min-score").send_keys(repr(threshold))
     assert sorted(shown_rows(browser)) == sorted(r for r in rows if best[r] >= threshold)
-    assert browser.find_element(By.ID, "row-count").text == f"{sum(b >= threshold for b in best.values())} of 6 rows"
+    assert (
+        browser.find_element(By.ID, "row-count").text
+        == f"{sum(b >= threshold for b in best.values())} of 6 rows"
+    )
 
 
 def test_click_enlarges_a_cell_and_escape_closes_it(browser, gallery_dir):
@@ -155,7 +169,9 @@ def test_click_enlarges_a_cell_and_escape_closes_it(browser, gallery_dir):
 
     out, data = gallery_dir
     open_page(browser, out)
-    target = browser.find_element(By.CSS_SELECTOR, "#grid td.cell[data-model=sd15][data-prompt='2'][data-seed='1'] img")
+    target = browser.find_element(
+        By.CSS_SELECTOR, "#grid td.cell[data-model=sd15][data-prompt='2'][data-seed='1'] img"
+    )
     target.click()
     modal = browser.find_element(By.ID, "modal")
     assert modal.is_displayed()
@@ -173,7 +189,9 @@ def test_labelling_exports_preferences_and_survives_a_reload(browser, gallery_di
     from selenium.webdriver.common.keys import Keys
 
     out, data = gallery_dir
-    browser.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
     open_page(browser, out)
     browser.execute_script("localStorage.clear()")
     open_page(browser, out)
@@ -193,7 +211,10 @@ def test_labelling_exports_preferences_and_survives_a_reload(browser, gallery_di
     body.send_keys(Keys.ARROW_LEFT)  # pair 3 again: left -> sd15
     assert progress.text == "3 of 6 pairs labelled"
     browser.find_element(By.ID, "export").click()
-    records = [json.loads(line) for line in browser.find_element(By.ID, "export-text").get_attribute("value").splitlines()]
+    records = [
+        json.loads(line)
+        for line in browser.find_element(By.ID, "export-text").get_attribute("value").splitlines()
+    ]
     expected = [("sd3", "sd15", 0, 0), ("sd15", "sd3", 0, 1), ("sd15", "sd3", 1, 1)]
     for record, (chosen, rejected, prompt, seed) in zip(records, expected, strict=True):
         assert record["prompt"] == PROMPTS[prompt]
@@ -207,6 +228,11 @@ def test_labelling_exports_preferences_and_survives_a_reload(browser, gallery_di
         assert (out / record["rejected"]).is_file()
     downloaded = wait_for(lambda: list(tmp_path.glob("preferences*.jsonl")))
     assert [json.loads(line) for line in downloaded[0].read_text().splitlines()] == records
+    # what the DPO trainer reads: relative paths start at the gallery (algorithm.image_root)
+    pairs = read_pairs_file(downloaded[0], image_root=out)
+    assert [(p.chosen, p.rejected, p.source) for p in pairs] == [
+        (out / r["chosen"], out / r["rejected"], "human") for r in records
+    ]
     open_page(browser, out)  # choices are kept in the browser's storage
     browser.find_element(By.ID, "tab-label").click()
     assert browser.find_element(By.ID, "label-progress").text == "3 of 6 pairs labelled"
