@@ -93,10 +93,7 @@
     }
     for (const plot of data.plots) {
       $("plots").appendChild(
-        node("figure", { className: "plot" }, [
-          node("img", { src: plot.image, alt: `reward curve: ${plot.reward}` }),
-          node("figcaption", { text: plot.reward }),
-        ])
+        node("figure", { className: "plot" }, [node("img", { src: plot.image, alt: `reward curve: ${plot.reward}` })])
       );
     }
   }

@@ -41,6 +41,7 @@ def read_curves(run_dir: Path) -> dict[str, dict[str, list[float]]]:
 def plot_reward_curves(runs: Mapping[str, Path], out_dir: Path, relative_to: Path) -> list[dict]:
     """One PNG per reward with every run's mean +- std against epoch; [{"reward", "image"}]."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.ticker import MaxNLocator
 
     curves = {name: read_curves(path) for name, path in runs.items()}
     rewards = list(dict.fromkeys(r for run in curves.values() for r in run))
@@ -57,6 +58,7 @@ def plot_reward_curves(runs: Mapping[str, Path], out_dir: Path, relative_to: Pat
             (line,) = axes.plot(curve["epoch"], curve["mean"], marker="o", markersize=3, label=run)
             axes.fill_between(curve["epoch"], low, high, color=line.get_color(), alpha=0.2)
         axes.set(xlabel="epoch", ylabel=f"{reward} (mean ± std)", title=reward)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         out_dir.mkdir(parents=True, exist_ok=True)
