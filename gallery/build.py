@@ -86,7 +86,9 @@ def _check_inputs(models: Mapping, prompts: Sequence[str], seeds: int, rewards: 
         raise ValueError("rewards must be a dict {name: reward}")
 
 
-def generate_column(adapter, prompts, seeds: int, num_steps: int, guidance_scale: float, batch_size: int):
+def generate_column(
+    adapter, prompts, seeds: int, *, num_steps: int, guidance_scale: float, batch_size: int = 16
+):
     """(images [P*S,3,H,W], flat prompts, flat seeds) at the gallery's steps and guidance."""
     saved = adapter.guidance_scale
     adapter.guidance_scale = guidance_scale
@@ -94,6 +96,32 @@ def generate_column(adapter, prompts, seeds: int, num_steps: int, guidance_scale
         return generate_grid(adapter, prompts, seeds, num_steps, batch_size=batch_size)
     finally:
         adapter.guidance_scale = saved
+
+
+def write_column(
+    adapter, name: str, prompts: list[str], seeds: int, rewards: Mapping, out: Path, folder: str, **settings
+) -> tuple[list[dict], dict]:
+    """Generate one model's images into out/folder and score them: (cells, summary)."""
+    images, flat_prompts, flat_seeds = generate_column(adapter, prompts, seeds, **settings)
+    scored = score_images(images, flat_prompts, rewards)
+    summary, _ = summarise(flat_prompts, flat_seeds, scored)
+    (out / folder).mkdir(parents=True, exist_ok=True)
+    cells = []
+    for i, picture in enumerate(to_pil(images)):
+        prompt = i // seeds  # generate_grid is prompt-major
+        image = f"{folder}/{prompt:04d}-s{flat_seeds[i]}.png"
+        picture.save(out / image)
+        cells.append(
+            {
+                "prompt": prompt,
+                "seed": flat_seeds[i],
+                "model": name,
+                "image": image,
+                "scores": {r: values[i] for r, values in scored["rewards"].items()},
+                "checks": scored["checks"][i],
+            }
+        )
+    return cells, summary
 
 
 def run_entry(name: str, run_dir: Path) -> dict:
@@ -148,33 +176,16 @@ def build_gallery(
     _check_inputs(models, prompts, seeds, rewards)
     _prepare_out(out)
     prompts = list(prompts)
-    prompt_index = {p: i for i, p in enumerate(prompts)}
     cells, columns, summary_rows = [], [], []
     for column, (name, model) in enumerate(models.items()):
         adapter = model if hasattr(model, "generate") else model()
         if column == 0:
             num_steps = num_steps or adapter.default_steps
             guidance_scale = adapter.guidance_scale if guidance_scale is None else float(guidance_scale)
-        images, flat_prompts, flat_seeds = generate_column(
-            adapter, prompts, seeds, num_steps, guidance_scale, batch_size
-        )
-        scored = score_images(images, flat_prompts, rewards)
-        summary, _ = summarise(flat_prompts, flat_seeds, scored)
         folder = f"images/{column:02d}-{safe_name(name, 'model')}"
-        (out / folder).mkdir(parents=True, exist_ok=True)
-        for i, picture in enumerate(to_pil(images)):
-            image = f"{folder}/{prompt_index[flat_prompts[i]]:04d}-s{flat_seeds[i]}.png"
-            picture.save(out / image)
-            cells.append(
-                {
-                    "prompt": prompt_index[flat_prompts[i]],
-                    "seed": flat_seeds[i],
-                    "model": name,
-                    "image": image,
-                    "scores": {r: values[i] for r, values in scored["rewards"].items()},
-                    "checks": scored["checks"][i],
-                }
-            )
+        settings = {"num_steps": num_steps, "guidance_scale": guidance_scale, "batch_size": batch_size}
+        column_cells, summary = write_column(adapter, name, prompts, seeds, rewards, out, folder, **settings)
+        cells += column_cells
         config = {**adapter.describe(), "num_steps": num_steps, "guidance_scale": guidance_scale}
         columns.append({"name": name, "folder": folder, "config": config})
         summary_rows.append({"model": name, **summary})
