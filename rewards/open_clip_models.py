@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rewards.transforms import ImageTransform
+
 
 def require(module: str, extra: str):
     import importlib
@@ -37,16 +39,10 @@ def load_open_clip(model: str, pretrained: str | None, device, dtype=torch.float
 
 
 def preprocess(images: torch.Tensor, normalisation) -> torch.Tensor:
-    """[B, 3, H, W] in [0, 1] -> the model's input: bicubic resize (antialiased), centre, normalise.
-
-    Differentiable; the same arithmetic as open_clip's PIL transform up to resampling details.
-    """
+    """[B, 3, H, W] in [0, 1] -> the model's input, as open_clip's own eval transform does it: bicubic
+    resize of the shortest side (antialiased), centre crop, normalise. Differentiable."""
     mean, std, size = normalisation
-    if images.shape[-2:] != (size, size):
-        images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-    mean = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    return (images - mean) / std
+    return ImageTransform(size, size, tuple(mean), tuple(std))(images)
 
 
 def image_embeddings(clip, images: torch.Tensor, normalisation) -> torch.Tensor:

@@ -11,6 +11,7 @@ COMMAND_MODULES = [
     "align.commands.optimize",
     "align.commands.pairs",
     "align.commands.gallery",
+    "align.commands.rewards",
 ]
 
 

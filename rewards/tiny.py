@@ -1,0 +1,84 @@
+"""Tiny random reward models of the real architectures, saved in the layouts the real loaders read.
+
+Tests and benchmarks build these in code (seeded, no download) and load them through the very path
+the published weights take: transformers `from_pretrained` for PickScore and DINOv2, an open_clip
+`local-dir:` architecture plus an HPS-style `{"state_dict": ...}` checkpoint for HPS v2.1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def tiny_pickscore(directory: str | Path, seed: int = 0) -> str:
+    """A CLIPModel (ViT 32 px / patch 8, 2 layers per tower) and a CLIPProcessor -> `directory`."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from samplers.tokenizers import clip_tokenizer
+
+    tokenizer = clip_tokenizer(words=["sign", "says", "open", "closed", "photo", "cat"], model_max_length=16)
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    text.update(
+        num_attention_heads=2, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision.update(image_size=32, patch_size=8)
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(directory)
+    images = CLIPImageProcessor(
+        size={"shortest_edge": 32},
+        crop_size={"height": 32, "width": 32},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+    )
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(directory)
+    return str(directory)
+
+
+def tiny_hps(directory: str | Path, seed: int = 0) -> tuple[str, str]:
+    """An open_clip ViT architecture (`local-dir:` config, no weights) and an HPS-style checkpoint file
+    holding its random weights. Returns (model, checkpoint) as the `hps` reward takes them."""
+    import open_clip
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_config = {
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+    }
+    preprocess = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "size": 32}
+    config = {"model_cfg": model_config, "preprocess_cfg": preprocess}
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
+    torch.manual_seed(seed)
+    clip = open_clip.model.CLIP(**model_config)
+    checkpoint = directory / "hps_checkpoint.pt"
+    torch.save({"state_dict": clip.state_dict()}, checkpoint)
+    return f"local-dir:{directory}", str(checkpoint)
+
+
+def tiny_dino(directory: str | Path, seed: int = 0) -> str:
+    """A Dinov2Model (32 px / patch 8, 2 layers, width 32) and its BitImageProcessor -> `directory`."""
+    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
+
+    config = Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, image_size=32, patch_size=8
+    )
+    torch.manual_seed(seed)
+    Dinov2Model(config).save_pretrained(directory)
+    BitImageProcessor(
+        size={"shortest_edge": 36},
+        crop_size={"height": 32, "width": 32},
+        image_mean=IMAGENET_MEAN,
+        image_std=IMAGENET_STD,
+    ).save_pretrained(directory)
+    return str(directory)
