@@ -2,7 +2,8 @@
 and pairs generated and labelled by a reward. Every image is checked before anything trains.
 
 JSONL, one pair per line: {"prompt": str, "chosen": path, "rejected": path, "source": optional}
-Image paths are absolute or relative to the file's folder (or to `image_root`).
+Image paths are absolute or relative to the file's folder (or to `image_root`); the gallery's
+labelling export adds absolute `chosen_path` / `rejected_path`, used when the relative ones miss.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def read_pairs_file(path: str | Path, image_root: str | Path | None = None) -> l
         files = []
         for key in ("chosen", "rejected"):
             file = Path(row[key]) if Path(row[key]).is_absolute() else root / row[key]
+            if not file.is_file() and row.get(f"{key}_path"):  # the gallery export also carries absolute paths
+                file = Path(row[f"{key}_path"])
             if not file.is_file():
                 raise ValueError(f"{where}: {key} image {file} does not exist")
             try:
