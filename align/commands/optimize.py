@@ -19,6 +19,40 @@ def parse_rewards(specs: list[str]) -> dict[str, float]:
     return weights
 
 
+RECIPE_KEYS = {"model", "steps", "rewards", "iterations", "lr", "regularisation", "grad_clip", "explore", "seconds"}
+DEFAULTS = {"iterations": 50, "lr": 5.0, "regularisation": 0.01, "grad_clip": 0.1, "explore": 1}
+
+
+def apply_recipe(args) -> None:
+    """Fill unset arguments from a YAML recipe (`--config`), then from the defaults."""
+    recipe = {}
+    if args.config:
+        import yaml
+
+        from align.registry import did_you_mean
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise ValueError(f"--config {path}: no such file")
+        recipe = yaml.safe_load(path.read_text()) or {}
+        unknown = sorted(set(recipe) - RECIPE_KEYS)
+        if unknown:
+            raise ValueError(f"{path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], RECIPE_KEYS)}")
+    if args.model is None:
+        args.model = recipe.get("model")
+    if args.model is None:
+        raise ValueError("give a MODEL (or a --config recipe naming one)")
+    if not args.reward:
+        args.reward = [f"{name}={weight}" for name, weight in (recipe.get("rewards") or {}).items()]
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, recipe.get(key, default))
+    if args.steps is None:
+        args.steps = recipe.get("steps")
+    if args.seconds is None:
+        args.seconds = recipe.get("seconds")
+
+
 def run(args) -> int:
     import torch
 
@@ -28,6 +62,7 @@ def run(args) -> int:
     from rewards.base import build_reward, to_pil
     from samplers.models import load_adapter
 
+    apply_recipe(args)
     weights = parse_rewards(args.reward)
     prompts = list(args.prompt) or load_prompts(args.prompts)
     prompts = prompts[: args.max_prompts]
@@ -136,7 +171,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "optimize", help="optimise the initial noise per prompt (ReNO) vs best-of-N"
     )
-    parser.add_argument("model")
+    parser.add_argument("model", nargs="?", default=None, help="the model (or take it from --config)")
+    parser.add_argument("--config", default=None, help="a YAML recipe: model, steps, rewards {name: weight}, ...")
     parser.add_argument("--prompts", default="heldout", help="a toy split or a file of prompts")
     parser.add_argument(
         "--prompt", action="append", default=[], help="a prompt (repeatable; overrides --prompts)"
@@ -148,10 +184,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--eval-reward", action="append", default=[], help="also report this reward (repeatable)"
     )
-    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--iterations", type=int, default=None, help="gradient steps (default 50)")
     parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
-    parser.add_argument("--lr", type=float, default=5.0)
-    parser.add_argument("--regularisation", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=None, help="step size on the noise (default 5)")
+    parser.add_argument("--regularisation", type=float, default=None, help="norm regulariser weight (0.01)")
+    parser.add_argument("--grad-clip", type=float, default=None, help="noise-gradient norm clip (0.1)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument(
         "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
