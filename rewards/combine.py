@@ -32,7 +32,9 @@ def check_weights(names: Iterable[str], weights: dict[str, float]) -> None:
     missing = [n for n in names if n not in weights]
     extra = [n for n in weights if n not in names]
     if missing or extra:
-        raise ValueError(f"reward weights do not match the rewards: missing {missing}, unexpected {extra}")
+        raise ValueError(
+            f"reward weights do not match the rewards: no weight for {missing}, weights for unknown {extra}"
+        )
     bad = {n: w for n, w in weights.items() if not isinstance(w, (int, float)) or not math.isfinite(w)}
     if bad:
         raise ValueError(f"reward weights must be finite numbers, got {bad}")
@@ -208,7 +210,8 @@ class RewardSet:
 
     def combine(self, values: dict[str, torch.Tensor], group_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Normalise each reward (per `normalise`), then the weighted sum -> [B]."""
-        check_weights(values, self.weights)
+        if sorted(values) != sorted(self.names):
+            raise ValueError(f"values for rewards {sorted(values)}, but this RewardSet has {self.names}")
         if self.normalise == "group":
             values = {name: group_normalise(v, group_ids) for name, v in values.items()}
         elif self.normalise == "running":
