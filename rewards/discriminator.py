@@ -10,7 +10,8 @@ hinge loss (Lim & Ye 2017; Miyato et al. 2018, eq. 16):
 
     L_D = mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))
 
-so the reward keeps moving with the generator and is hard to hack. `state_dict()` holds exactly what
+so the reward keeps moving with the generator and is hard to hack. Under torch.distributed the head
+gradients are averaged over processes, so every process holds the same discriminator. `state_dict()` holds exactly what
 changes (head weights, optimiser state, step count), in tensors and Python scalars, and
 `load_state_dict()` restores it, so a resumed run continues the same adversarial game.
 """
@@ -32,6 +33,19 @@ def head(dim: int, hidden: int) -> torch.nn.Sequential:
         torch.nn.LeakyReLU(0.2),
         torch.nn.Linear(hidden, 1),
     )
+
+
+def average_gradients(parameters) -> None:
+    """Under torch.distributed (`accelerate launch`), average the gradients over processes, so every
+    process takes the same step and keeps the same discriminator (the policy's DDP does the same)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad /= dist.get_world_size()
 
 
 def hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -89,6 +103,7 @@ class Discriminator(Reward):
             loss = hinge_loss(real_logits, fake_logits)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        average_gradients(self.head_parameters())
         self.optimizer.step()
         self.steps += 1
         loss, real_logits, fake_logits = loss.detach(), real_logits.detach(), fake_logits.detach()
