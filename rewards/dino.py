@@ -7,7 +7,7 @@ nearest references. Rewards looking like *some* reference, and is independent of
 Distributional Rewards Optimize Diffusion Generative Models", arXiv:2504.15217, which scores each
 generation by its effect on a distribution-level metric such as FAD). Here the distribution distance
 is the (biased, V-statistic) squared MMD between batch features X = {x_1..x_n} and references
-Y = {y_1..y_m} under a kernel k (Gretton et al. 2012, eq. 5):
+Y = {y_1..y_m} under a kernel k (Gretton et al. 2012, "A Kernel Two-Sample Test", the biased estimate):
 
     MMD²(X, Y) = 1/n² Σ_ij k(x_i, x_j) + 1/m² Σ_ij k(y_i, y_j) - 2/(nm) Σ_ij k(x_i, y_j)
 

@@ -6,7 +6,7 @@ The head scores an image as real (reference) or generated: a global MLP on the C
 `local=True`, the same kind of MLP on every patch feature, averaged (the paper's global and local
 rewards). The reward is the logit D(x) = (global + local) / 2, higher meaning "looks like the
 references". Between policy updates the training loop calls `update(real, fake)`, one step of the
-hinge loss (Lim & Ye 2017; Miyato et al. 2018, eq. 16):
+hinge loss (Lim & Ye 2017, "Geometric GAN"; as in Miyato et al. 2018's SN-GAN):
 
     L_D = mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))
 

@@ -1,5 +1,5 @@
 """Ensembles of reward models, against over-optimisation (Coste et al. 2023, "Reward Model Ensembles
-Help Mitigate Overoptimization", arXiv:2310.02743, sec. 3). For member values R [K, B]:
+Help Mitigate Overoptimization", arXiv:2310.02743). For member values R [K, B]:
 
     mean          R̄ = 1/K Σ_k R_k
     worst         min_k R_k                                   (worst-case optimisation, WCO)

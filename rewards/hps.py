@@ -40,7 +40,7 @@ class HPS(ClipScore):
 
     def score(self, images, prompts):
         features = self.clip.encode_image(self.transform(images).to(next(self.clip.parameters()).dtype))
-        return (F.normalize(features.float(), dim=-1) * self._texts(prompts)).sum(-1)
+        return self.scale * (F.normalize(features.float(), dim=-1) * self._texts(prompts)).sum(-1)
 
 
 register_reward(

@@ -1,7 +1,7 @@
 """JPEG (in)compressibility: DDPO's classic rewards (Black et al. 2023, "Training Diffusion Models
-with Reinforcement Learning", sec. 6.1): the size in kB of the image saved by PIL as JPEG at a fixed
-quality. Compressibility rewards small files (smooth, flat images); incompressibility large ones
-(texture, noise). Black-box: the encoder is not differentiable.
+with Reinforcement Learning", arXiv:2305.13301): the size in kB of the image saved by PIL as JPEG at
+a fixed quality (95, as ddpo-pytorch). Compressibility rewards small files (smooth, flat images);
+incompressibility large ones (texture, noise). Black-box: the encoder is not differentiable.
 """
 
 from __future__ import annotations

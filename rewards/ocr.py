@@ -10,12 +10,13 @@ after removing whitespace and (by default) case from both, as Flow-GRPO's OCR re
 `ocr-ctc` (differentiable, EasyOCR's english_g2 recogniser: VGG features, BiLSTM, CTC head): the text
 region is found by EasyOCR's CRAFT detector on the uint8 image (no gradient is needed for where the
 text is), cropped from the float image, turned grey, resized to height 64 and read by the recogniser;
-the reward is the CTC log-likelihood of the target (Graves et al. 2006, eq. 14) per character,
+the reward is the CTC log-likelihood of the target (Graves et al. 2006, "Connectionist Temporal Classification") per character,
 
     reward = log p(target | image) / L       (<= 0; about 0 when the text is read with certainty)
 
 summing over the target's case variants (as typed, UPPER, lower, Capitalised, Title) unless
-`case_sensitive`. Gradients reach every pixel inside the detected region.
+`case_sensitive`. Gradients reach every pixel inside the detected region. The recogniser reads one
+line: the detected boxes are joined into one crop, so text set on several lines scores lower.
 """
 
 from __future__ import annotations
