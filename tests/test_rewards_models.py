@@ -256,3 +256,23 @@ def test_discriminator_leaves_the_global_rng_alone_and_checks_its_input(dino_dir
         reward.update(references * float("nan"), references)
     with pytest.raises(ValueError, match="state has heads"):
         reward.load_state_dict(build_reward("discriminator", model=dino_dir, hidden=8).state_dict())
+
+
+def test_discriminator_missing_backbone_weights_says_how_to_get_them():
+    with pytest.raises(
+        ValueError, match="cannot load the DINOv2 model from 'facebook/dinov2-base'.*download"
+    ):
+        build_reward("discriminator")
+
+
+def test_uncertainty_weighted_ensemble_of_differentiable_rewards(dino_dir, references):
+    members = [
+        {"name": "dino", "args": {"model": dino_dir, "references": references, "k": k}} for k in (1, 4)
+    ]
+    ensemble = build_reward("ensemble", members=members, mode="uncertainty", penalty_weight=2.0)
+    assert ensemble.differentiable
+    x = images()
+    values, _, _ = assert_differentiable_and_agrees_with_uint8(ensemble, x, [""] * 3)
+    with torch.no_grad():
+        rows = torch.stack([member(x, [""] * 3) for member in ensemble.members])
+    torch.testing.assert_close(values, rows.mean(0) - 2.0 * rows.std(0, unbiased=False))
