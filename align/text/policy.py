@@ -1,0 +1,351 @@
+"""A causal language model as a policy: templated prompts, batched sampling, per-token log-probs.
+
+Padding is handled here once. Prompts are left-padded (so generation appends on the right);
+completions are right-padded to `max_new_tokens`, and `completion_mask [B, T]` marks the tokens up
+to and including the first end-of-sequence token. Every log-prob comes from one function,
+`token_log_probs`, on the concatenation prompt + completion with position ids counted over real
+tokens only (as `generate` counts them), so sampling and re-scoring agree exactly (ratio 1) and pad
+tokens never influence a counted position. Log-probs are float32, 0 where the mask is 0.
+
+The model stays in eval mode (no dropout): RL re-scores old samples, and dropout would make the
+importance ratio noisy. With LoRA (peft), the reference policy is the same model with the adapter
+disabled; full fine-tuning keeps a frozen copy as the reference only when asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from align.policy import ImagePolicy
+from align.text.logprob import token_log_probs
+from align.types import Trajectory
+
+UNSUPPORTED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def add_lora(model, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0, target_modules=None):
+    """Wrap `model` in a peft LoRA adapter (B = 0 at the start, so it equals the base model)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or "all-linear",  # every linear layer but the output head
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tensor, temperature: float):
+    """A Trajectory whose steps are completion tokens; token ids and masks go in `extra`.
+
+    tokens: prompt_ids [B, P], prompt_mask [B, P], completion_ids [B, T], completion_mask [B, T]
+    (plus anything else batched, e.g. `texts`). noise_levels [T] holds the sampling temperature.
+    """
+    batch, steps = log_probs.shape
+    empty = torch.zeros(batch, 0)
+    return Trajectory(
+        latents=empty,
+        timesteps=empty,
+        sigmas=empty,
+        log_probs=log_probs,
+        noise_levels=torch.full((steps,), float(temperature)),
+        cond={},
+        prompts=list(prompts),
+        extra=dict(tokens),
+    )
+
+
+class TextPolicy:
+    """A causal LM and its tokenizer as a policy; the trainable view matches align.policy.ImagePolicy."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        *,
+        system_prompt: str | None = None,
+        chat_template: bool | None = None,
+        logprob_backend: str = "auto",
+        chunk_size: int = 512,
+        reference_model=None,
+    ):
+        """chat_template None = use the tokenizer's template when it has one."""
+        config = model.config
+        for name in UNSUPPORTED_HEADS:
+            value = getattr(config, name, None)
+            if value not in (None, 1, 1.0):
+                raise ValueError(
+                    f"{type(model).__name__} scales its logits ({name}={value}); the token log-prob "
+                    "here assumes a plain output projection, so this model is not supported yet"
+                )
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if hasattr(causal.get_output_embeddings(), "base_layer"):
+            raise ValueError(
+                "a LoRA on the output head is not seen by the chunked token log-prob (it reads the "
+                "head's weight); leave lm_head out of lora.target_modules"
+            )
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if chat_template and not has_template:
+            raise ValueError("chat_template=True but the tokenizer has none; set chat_template: false")
+        self.model = model.eval()
+        self.network = None  # the distributed wrapper of `model`, when the loop makes one
+        self.reference_model = reference_model
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        self.use_chat_template = has_template if chat_template is None else chat_template
+        self.system_prompt = system_prompt
+        self.logprob_backend = logprob_backend
+        self.chunk_size = chunk_size
+        eos = tokenizer.eos_token_id
+        if eos is None:
+            raise ValueError("the tokenizer has no eos token; completions could never end")
+        generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        extra_eos = generation_eos if isinstance(generation_eos, list) else [generation_eos]
+        self.stop_ids = sorted({eos, *(i for i in extra_eos if i is not None)})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def is_lora(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    # the trainable view is the image policy's own: parameters() and named_parameters() list what
+    # requires grad, trainable_state() / load_trainable_state() copy it for checkpoints and EMA
+    parameters = ImagePolicy.parameters
+    named_parameters = ImagePolicy.named_parameters
+    trainable_state = ImagePolicy.trainable_state
+    load_trainable_state = ImagePolicy.load_trainable_state
+
+    def save_weights(self, directory: Path) -> None:
+        """The LoRA adapter in peft's format (`lora/`), or the whole model (`model/`), with the tokenizer."""
+        target = Path(directory) / ("lora" if self.is_lora else "model")
+        self.model.save_pretrained(str(target))
+        self.tokenizer.save_pretrained(str(target))
+
+    @contextlib.contextmanager
+    def reference(self):
+        """Inside, `self.model` is the reference policy: the adapter disabled (or the frozen copy)."""
+        if self.is_lora:
+            with self.model.disable_adapter():
+                yield self.model
+        elif self.reference_model is not None:
+            yield self.reference_model
+        else:
+            raise ValueError(
+                "a KL or DPO reference needs LoRA (train.trainable: lora) or a policy built with "
+                "keep_reference=True for full fine-tuning"
+            )
+
+    def format_prompt(self, prompt: str) -> str:
+        if not self.use_chat_template:
+            return f"{self.system_prompt}\n\n{prompt}" if self.system_prompt else prompt
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        messages.append({"role": "user", "content": prompt})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """prompt_ids, prompt_mask [B, P], left-padded (templates carry their own special tokens)."""
+        encoded = self.tokenizer(
+            [self.format_prompt(p) for p in prompts],
+            padding=True,
+            add_special_tokens=not self.use_chat_template,
+            return_tensors="pt",
+        )
+        return {
+            "prompt_ids": encoded["input_ids"].to(self.device),
+            "prompt_mask": encoded["attention_mask"].to(self.device),
+        }
+
+    def completion_mask(self, completion_ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] 1 up to and including the first stop token; everything after it is padding."""
+        stops = torch.isin(completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device))
+        stopped_before = (stops.long().cumsum(-1) - stops.long()) > 0
+        return (~stopped_before).long()
+
+    def encode_completions(self, completions: Sequence[str], max_tokens: int | None = None) -> dict:
+        """Given completions (preference data) -> completion_ids, completion_mask [B, T], eos appended."""
+        rows = [self.tokenizer(text, add_special_tokens=False)["input_ids"] for text in completions]
+        rows = [(row[: max_tokens - 1] if max_tokens else row) + [self.stop_ids[0]] for row in rows]
+        width = max(len(row) for row in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+        return {"completion_ids": ids.to(self.device), "completion_mask": mask.to(self.device)}
+
+    def decode(self, completion_ids: torch.Tensor, completion_mask: torch.Tensor) -> list[str]:
+        """Completion texts without the stop token and padding."""
+        keep = completion_mask.bool() & ~torch.isin(
+            completion_ids, torch.tensor(self.stop_ids, device=completion_ids.device)
+        )
+        return [
+            self.tokenizer.decode(ids[row_keep].tolist(), skip_special_tokens=True).strip()
+            for ids, row_keep in zip(completion_ids, keep)
+        ]
+
+    @torch.no_grad()
+    def generate(self, tokens: dict, *, max_new_tokens: int, temperature: float, top_p: float = 1.0):
+        """completion_ids, completion_mask [B, max_new_tokens]; temperature 0 = greedy."""
+        from transformers import GenerationConfig
+
+        sampling = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_k=0 if sampling else None,  # no hidden top-k from the model's generation_config
+            top_p=top_p if sampling else None,
+            pad_token_id=self.pad_id,
+            eos_token_id=self.stop_ids,
+        )
+        prompt_ids, prompt_mask = tokens["prompt_ids"], tokens["prompt_mask"]
+        output = self.model.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config
+        )
+        completion_ids = output[:, prompt_ids.shape[1] :]
+        pad = max_new_tokens - completion_ids.shape[1]  # generation stops early when every row ended
+        completion_ids = torch.nn.functional.pad(completion_ids, (0, pad), value=self.pad_id)
+        completion_mask = self.completion_mask(completion_ids)
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.pad_id)
+        return completion_ids, completion_mask
+
+    def token_log_probs(self, tokens: dict, temperature: float = 1.0, model=None) -> torch.Tensor:
+        """log pi(completion token | prompt, earlier tokens) [B, T] float32; 0 where masked.
+
+        The model runs through its own forward (so a distributed wrapper in `self.network` sees
+        it) with logits for one position only; the decoder's final hidden states are caught on
+        the way and projected chunk by chunk for the counted tokens alone.
+        """
+        model = model or self.network or self.model
+        causal = self.model.get_base_model() if self.is_lora else self.model
+        if model is self.reference_model:
+            causal = model
+        prompt_ids, completion_ids = tokens["prompt_ids"], tokens["completion_ids"]
+        completion_mask = tokens["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], 1)
+        attention_mask = torch.cat([tokens["prompt_mask"], completion_mask], 1)
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        caught = {}
+
+        def catch(module, args, output):  # returns None: the model's output is left as it is
+            caught["hidden"] = output.last_hidden_state
+
+        hook = causal.get_decoder().register_forward_hook(catch)
+        try:
+            model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                logits_to_keep=1,
+                use_cache=False,
+            )
+        finally:
+            hook.remove()
+        width = prompt_ids.shape[1]
+        hidden = caught["hidden"][
+            :, width - 1 : width - 1 + completion_ids.shape[1]
+        ]  # state before each token
+        counted = completion_mask.bool()
+        head = causal.get_output_embeddings()
+        values = token_log_probs(
+            hidden[counted],
+            head.weight,
+            completion_ids[counted],
+            bias=head.bias,
+            temperature=temperature,
+            chunk_size=self.chunk_size,
+            backend=self.logprob_backend,
+        )
+        out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=values.device)
+        return out.masked_scatter(counted, values)
+
+    @torch.no_grad()
+    def reference_log_probs(self, tokens: dict, temperature: float = 1.0) -> torch.Tensor:
+        """Log-probs under the reference policy (see `reference`)."""
+        with self.reference() as model:
+            return self.token_log_probs(tokens, temperature, model=model)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        score: bool = True,
+    ) -> Trajectory:
+        """Sample one completion per prompt (repeat prompts for groups). `seed` fixes the draws.
+
+        log_probs are taken at the sampling temperature (1 for greedy), as the loss re-scores them;
+        with top_p < 1 they are the untruncated policy's, as in TRL. `score=False` skips that pass
+        (log_probs are then zeros) for callers that train on-policy only.
+        """
+        tokens = self.encode_prompts(prompts)
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            ids, mask = self.generate(
+                tokens, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+            )
+        tokens.update(completion_ids=ids, completion_mask=mask)
+        scoring_temperature = temperature if temperature > 0 else 1.0
+        log_probs = (
+            self.token_log_probs(tokens, scoring_temperature)
+            if score
+            else torch.zeros(ids.shape, device=ids.device)
+        )
+        tokens["texts"] = self.decode(ids, mask)
+        tokens["truncated"] = mask.all(1) & ~torch.isin(
+            ids[:, -1], torch.tensor(self.stop_ids, device=ids.device)
+        )
+        return text_trajectory(prompts, tokens, log_probs, scoring_temperature)
+
+
+def load_text_policy(
+    name: str,
+    *,
+    trainable: str = "lora",
+    lora: dict | None = None,
+    keep_reference: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+    **policy_options,
+) -> TextPolicy:
+    """A TextPolicy for `smollm2`, `tiny:llama`, a hub id or a directory.
+
+    trainable "lora" (lora = {rank, alpha, dropout, target_modules}) or "full"; `keep_reference`
+    keeps a frozen copy for KL/DPO under full fine-tuning (LoRA needs none).
+    """
+    from align.text.models import load_text_model
+
+    model, tokenizer = load_text_model(name, dtype=dtype, device=device, seed=seed)
+    reference = None
+    if trainable == "lora":
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        model = add_lora(model, **(lora or {}))
+    elif trainable == "full":
+        if keep_reference:
+            reference = copy.deepcopy(model).requires_grad_(False)
+    else:
+        raise ValueError(f"unknown trainable {trainable!r}; use 'lora' or 'full'")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if trainable == "lora":
+            model.enable_input_require_grads()
+    return TextPolicy(model, tokenizer, reference_model=reference, **policy_options)

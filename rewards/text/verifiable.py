@@ -1,0 +1,118 @@
+"""Verifiable text rewards: exact answers, numeric answers, format checks. 1.0 right, 0.0 wrong."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from rewards.base import register_reward
+from rewards.text.base import References, TextReward
+
+NUMBER = re.compile(r"[-+]?(?:\d+(?:,\d{3})*(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
+POSITIONS = ("last", "first", "only")
+
+
+def normalise_answer(text: str, ignore_case: bool = True) -> str:
+    """Collapse whitespace, drop surrounding quotes and a trailing full stop."""
+    text = " ".join(text.split()).strip().strip("\"'`").rstrip(".").strip()
+    return text.lower() if ignore_case else text
+
+
+def parse_number(text: str) -> float | None:
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def extract_number(text: str, position: str = "last") -> float | None:
+    """The last / first number in `text`, or (`only`) the number that is the whole text."""
+    if position == "only":
+        return parse_number(normalise_answer(text)) if NUMBER.fullmatch(normalise_answer(text)) else None
+    found = NUMBER.findall(text)
+    if not found:
+        return None
+    return parse_number(found[-1] if position == "last" else found[0])
+
+
+@register_reward(
+    "text-exact",
+    differentiable=False,
+    weights="none",
+    description="1 if the completion equals a reference answer (whitespace, case, final '.' ignored)",
+)
+class ExactMatchReward(TextReward):
+    def __init__(self, references: dict | str, ignore_case: bool = True, device: str = "cpu"):
+        super().__init__(device)
+        self.references = References(references)
+        self.ignore_case = ignore_case
+
+    def score(self, texts, prompts):
+        return [
+            float(
+                normalise_answer(text, self.ignore_case)
+                in {normalise_answer(r, self.ignore_case) for r in refs}
+            )
+            for text, refs in zip(texts, self.references(prompts))
+        ]
+
+
+@register_reward(
+    "text-numeric",
+    differentiable=False,
+    weights="none",
+    description="1 if the completion's answer number (last, first, or the whole text) equals the reference",
+)
+class NumericAnswerReward(TextReward):
+    def __init__(
+        self, references: dict | str, position: str = "last", tolerance: float = 1e-6, device: str = "cpu"
+    ):
+        super().__init__(device)
+        if position not in POSITIONS:
+            raise ValueError(f"text-numeric: position {position!r} is not one of {', '.join(POSITIONS)}")
+        self.references = References(references)
+        self.position = position
+        self.tolerance = tolerance
+
+    def score(self, texts, prompts):
+        values = []
+        for text, refs in zip(texts, self.references(prompts)):
+            answer = extract_number(text, self.position)
+            targets = [parse_number(r) for r in refs]
+            values.append(
+                float(
+                    answer is not None
+                    and any(
+                        t is not None and math.isclose(answer, t, abs_tol=self.tolerance) for t in targets
+                    )
+                )
+            )
+        return values
+
+
+@register_reward(
+    "text-format",
+    differentiable=False,
+    weights="none",
+    description="1 if the completion matches a regular expression (whole text, or anywhere) within max_chars",
+)
+class FormatReward(TextReward):
+    def __init__(self, pattern: str, mode: str = "full", max_chars: int | None = None, device: str = "cpu"):
+        super().__init__(device)
+        if mode not in ("full", "search"):
+            raise ValueError(f"text-format: mode {mode!r} is not 'full' or 'search'")
+        try:
+            self.pattern = re.compile(pattern, re.DOTALL)
+        except re.error as error:
+            raise ValueError(
+                f"text-format: pattern {pattern!r} is not a valid regular expression ({error})"
+            ) from error
+        self.mode = mode
+        self.max_chars = max_chars
+
+    def score(self, texts, prompts):
+        match = self.pattern.fullmatch if self.mode == "full" else self.pattern.search
+        return [
+            float(match(text.strip()) is not None and (self.max_chars is None or len(text) <= self.max_chars))
+            for text in texts
+        ]

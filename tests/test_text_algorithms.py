@@ -1,0 +1,190 @@
+"""Text GRPO, DPO, SimPO and online DPO on the loop's epoch, with a tiny Llama built in code."""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from align.config import config_from_data
+from align.schema import ConfigError
+from align.text import grpo, preference  # noqa: F401  (registers the text algorithms)
+from align.text.data import load_text_prompts, read_pairs
+from align.text.grpo import reduce_tokens
+from align.text.preference import best_and_worst, sequence_log_probs
+from align.text.run import TextRun
+from align.text.tasks import task_problems
+
+CONFIGS = Path(__file__).parents[1] / "configs" / "text"
+SAYS_YES = {"name": "text-format", "args": {"pattern": "yes", "mode": "search"}}
+
+
+def tiny_config(algorithm: dict, rewards=(SAYS_YES,), **train):
+    data = {
+        "model": {"name": "tiny:llama"},
+        "lora": {"rank": 8, "alpha": 16.0},
+        "rewards": {"terms": [dict(r) for r in rewards], "normalise": "none"},
+        "algorithm": {"max_new_tokens": 6, "logprob_chunk_size": 16} | algorithm,
+        "train": {
+            "seed": 0, "lr": 3e-2, "batch_size": 32, "group_size": 8, "micro_batch_size": 16,
+            "num_epochs": 8, "prompts": "arithmetic:train", "max_grad_norm": 1.0,
+        } | train,
+        "eval": {"prompts": "arithmetic:heldout", "max_prompts": 16},
+        "logging": {"tensorboard": False, "progress": False},
+    }  # fmt: skip
+    return config_from_data(data)
+
+
+def run_epochs(config, tmp_path, epochs=None):
+    run = TextRun(config, tmp_path)
+    before = {n: p.detach().clone() for n, p in run.policy.named_parameters().items()}
+    records = []
+    for _ in range(epochs or config.train.num_epochs):
+        record = run.train_epoch()
+        record.pop("_images"), record.pop("_prompts")
+        records.append(record)
+    return run, records, before
+
+
+def test_token_and_sequence_reduction_by_hand():
+    values = torch.tensor([[1.0, 2.0, 9.0], [4.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert reduce_tokens(values, mask, "token").item() == pytest.approx((1 + 2 + 4) / 3)
+    assert reduce_tokens(values, mask, "sequence").item() == pytest.approx((1.5 + 4) / 2)
+    log_probs = torch.tensor([[-1.0, -2.0, 5.0], [-3.0, 7.0, 7.0]])
+    assert sequence_log_probs(log_probs, mask, mean=False).tolist() == [-3.0, -3.0]
+    assert sequence_log_probs(log_probs, mask, mean=True).tolist() == [-1.5, -3.0]
+
+
+def test_best_and_worst_of_each_group_with_a_margin():
+    signal = torch.tensor([0.1, 0.9, 0.5, 0.5, 0.5, 0.2, 0.7, 0.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    assert best_and_worst(signal, groups, 0.0) == ([1, 6], [0, 7])  # group 1 has no spread
+    assert best_and_worst(signal, groups, 0.75) == ([1], [0])
+
+
+def test_short_grpo_run_raises_a_verifiable_reward_and_trains_every_lora_tensor(tmp_path):
+    config = tiny_config({"name": "text-grpo", "temperature": 1.0})
+    run, records, before = run_epochs(config, tmp_path)
+    rewards = [r["reward"] for r in records]
+    assert sum(rewards[-2:]) / 2 > rewards[0] + 0.2, rewards
+    after = run.policy.named_parameters()
+    assert all(not torch.equal(before[n], p) for n, p in after.items())  # every trainable tensor moved
+    assert records[0]["ratio_min"] == records[0]["ratio_max"] == 1.0  # on-policy: ratio exactly 1
+    summary = run.evaluate()
+    assert summary["rewards"]["text-format"] > 0.5 and math.isnan(summary["accuracy"]) is False
+
+
+def test_grpo_first_loss_has_zero_kl_and_unit_ratio_when_rescored(tmp_path):
+    from align.loop import plan_epoch
+
+    config = tiny_config({"name": "text-grpo", "kl_coef": 0.1, "normalisation": "sequence"}, inner_epochs=2)
+    run = TextRun(config, tmp_path)
+    plan = plan_epoch(run.prompts, config, 0, 0, 1)
+    batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
+    unit = run.algorithm.units(batch, torch.Generator().manual_seed(0))[0]
+    loss, stats = run.algorithm.loss(batch, unit)
+    assert stats["kl"] == 0.0  # a fresh LoRA (B = 0) is the reference
+    # old log-probs came from the whole batch, these from a micro-batch: equal up to float rounding
+    assert abs(stats["ratio_min"] - 1) < 1e-5 and abs(stats["ratio_max"] - 1) < 1e-5
+    advantages = batch["advantages"][unit]
+    assert loss.item() == pytest.approx(-advantages.mean().item(), abs=1e-5)  # ratio 1: -mean A
+
+
+def _pairs_file(tmp_path, lines):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(line) if isinstance(line, dict) else line for line in lines) + "\n")
+    return path
+
+
+PAIRS = [
+    {"prompt": "reply with yes", "chosen": "yes", "rejected": "no"},
+    {"prompt": "was it a good movie ?", "chosen": "yes it was good", "rejected": "no it was bad"},
+    {"prompt": "what is 3 plus 4 ?", "chosen": "7", "rejected": "8"},
+    {"prompt": "is the cat happy ?", "chosen": "yes very happy", "rejected": "no sad"},
+]
+
+
+@pytest.mark.parametrize("name", ["text-dpo", "text-simpo"])
+def test_offline_preferences_learn_the_chosen_side(tmp_path, name):
+    path = _pairs_file(tmp_path, PAIRS)
+    config = tiny_config(
+        {"name": name, "pairs": str(path)}, batch_size=8, group_size=2, micro_batch_size=4, lr=1e-2
+    )
+    run, records, _ = run_epochs(config, tmp_path, epochs=8)
+    if name == "text-dpo":
+        assert records[0]["preference_loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy = reference
+    assert records[-1]["reward_margin"] > records[0]["reward_margin"] + 0.5
+    assert records[-1]["reward_accuracy"] == 1.0
+    assert records[-1]["preference_loss"] < records[0]["preference_loss"]
+
+
+def test_online_dpo_pairs_the_best_and_worst_samples(tmp_path):
+    config = tiny_config({"name": "text-online-dpo", "beta": 0.5}, lr=1e-2)
+    run, records, before = run_epochs(config, tmp_path, epochs=4)
+    assert all(0 <= r["pairs"] <= 4 for r in records) and records[0]["pairs"] > 0
+    assert all(r["pair_gap"] > 0 for r in records if r["pairs"])
+    assert any(not torch.equal(before[n], p) for n, p in run.policy.named_parameters().items())
+
+
+def test_a_malformed_pairs_file_names_its_line(tmp_path):
+    path = _pairs_file(tmp_path, [PAIRS[0], {"prompt": "x", "chosen": "a"}, PAIRS[1]])
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: missing or non-string rejected"):
+        read_pairs(path)
+    path = _pairs_file(tmp_path, [PAIRS[0], "{not json"])
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: not valid JSON"):
+        read_pairs(path)
+    path = _pairs_file(tmp_path, [{"prompt": "x", "chosen": "same", "rejected": "same"}])
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1: chosen and rejected are the same text"):
+        read_pairs(path)
+    config = tiny_config(
+        {"name": "text-dpo", "pairs": str(path)}, batch_size=8, group_size=2, micro_batch_size=4
+    )
+    with pytest.raises(ValueError, match=r"pairs.jsonl:1"):
+        TextRun(config, tmp_path)
+    with pytest.raises(ValueError, match="set algorithm.pairs"):
+        TextRun(tiny_config({"name": "text-simpo"}, batch_size=8, group_size=2, micro_batch_size=4), tmp_path)
+
+
+def test_algorithm_settings_are_checked_with_their_paths():
+    with pytest.raises(ConfigError) as error:
+        tiny_config({"name": "text-grpo", "normalisation": "tokens", "temperature": 0.0})
+    text = str(error.value)
+    assert "algorithm.normalisation: 'tokens' is not one of token, sequence" in text
+    assert "algorithm.temperature: 0.0 must be greater than 0.0" in text
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        TextRun(
+            tiny_config({"name": "text-grpo"}, batch_size=4, group_size=1, micro_batch_size=4), Path("unused")
+        )
+
+
+def test_arithmetic_task_splits_prompts_and_files(tmp_path):
+    train, heldout = task_problems("arithmetic:train"), task_problems("arithmetic:heldout")
+    assert len(train) == 60 and len(heldout) == 40
+    assert not {p["prompt"] for p in train} & {p["prompt"] for p in heldout}
+    assert all(int(p["answer"]) == sum(map(int, p["prompt"].split("?")[0][8:].split(" + "))) for p in train)
+    (tmp_path / "prompts.txt").write_text("one\n\ntwo\n")
+    assert load_text_prompts(str(tmp_path / "prompts.txt")) == ["one", "two"]
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    with pytest.raises(ValueError, match="prompts.jsonl:2: needs a string `prompt`"):
+        load_text_prompts(str(tmp_path / "prompts.jsonl"))
+    with pytest.raises(ValueError, match="has no split 'test'"):
+        load_text_prompts("arithmetic:test")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_text_configs_validate(path):
+    config = config_from_data(yaml.safe_load(path.read_text()))
+    assert (
+        config.algorithm.name.startswith("text-") and config.train.batch_size % config.train.group_size == 0
+    )
+
+
+def test_the_demo_runs_the_cpu_config_file():
+    from align.text.demo import DEMO_CONFIG
+
+    data = yaml.safe_load((CONFIGS / "smollm2-grpo-arithmetic.yaml").read_text())
+    assert data == copy.deepcopy(DEMO_CONFIG)
