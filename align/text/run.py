@@ -23,7 +23,7 @@ class TextRun(Run):
         from align.algorithms.base import ALGORITHMS, Context
         from align.text import grpo, preference  # noqa: F401  (register the text algorithms)
         from align.text.data import load_text_prompts
-        from align.text.policy import load_text_policy
+        from align.text.models import load_text_policy
         from align.text.settings import policy_options
         from rewards.combine import RewardSet
 

@@ -1,0 +1,9 @@
+"""The text pathway: causal language models aligned with the image pathway's objectives.
+
+policy.py       TextPolicy: templates, padding, sampling, per-token log-probs, LoRA reference
+models.py       where models come from (embedded SmolLM2, tiny:llama, hub ids, directories), LoRA
+logprob.py      chunked token log-probs (logprob_triton.py: the CUDA kernel)
+grpo.py         text-grpo; preference.py: text-dpo, text-simpo, text-online-dpo
+run.py          TextRun: the loop's Run with a text policy; demo.py: `align demo --text`
+tasks.py        built-in verifiable tasks; data.py: prompt and preference-pair files
+"""
