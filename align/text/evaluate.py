@@ -1,9 +1,11 @@
 """Greedy evaluation of a text policy on held-out prompts.
 
-The summary has the keys the loop reads from an image evaluation: `accuracy` (exact answer match
-against the prompts' references, NaN when there are none), `score` (the mean combined reward of the
-rewards given, NaN without rewards) and `rewards` (each reward's mean), plus `completion_tokens`,
-`num_prompts` and a few `examples`.
+The summary has the keys the loop reads from an image evaluation: `accuracy`, `score` (the mean
+combined reward of the rewards given, NaN without rewards) and `rewards` (each reward's mean), plus
+`exact_accuracy`, `completion_tokens`, `num_prompts` and a few `examples`. `exact_accuracy`: the
+whole answer equals a reference of its prompt. `accuracy`: where every reference is a number, the
+answer's last number equals it (as math benchmarks score a final answer); otherwise the exact
+accuracy. Both are NaN when the prompts have no references.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from rewards.text.verifiable import normalise_answer
+from rewards.text.verifiable import extract_number, normalise_answer, parse_number
 
 
 def eval_references(source: str):
@@ -61,11 +63,15 @@ def evaluate_text(
     prompts = list(prompts)
     generated = generate_texts(policy, prompts, max_new_tokens)
     texts = generated["texts"]
-    summary = {"accuracy": float("nan"), "score": float("nan"), "rewards": {}}
+    summary = {"accuracy": float("nan"), "exact_accuracy": float("nan"), "score": float("nan"), "rewards": {}}
     if references is not None:
         targets = references(prompts)
         hits = [normalise_answer(t) in {normalise_answer(r) for r in refs} for t, refs in zip(texts, targets)]
-        summary["accuracy"] = float(np.mean(hits))
+        summary["accuracy"] = summary["exact_accuracy"] = float(np.mean(hits))
+        numbers = [[parse_number(r) for r in refs] for refs in targets]
+        if all(None not in row for row in numbers):
+            found = [extract_number(t, "last") for t in texts]
+            summary["accuracy"] = float(np.mean([f in row for f, row in zip(found, numbers)]))
     if rewards is not None:
         values = rewards.score(texts, prompts)
         summary["rewards"] = {name: float(v.float().mean()) for name, v in values.items()}
@@ -81,7 +87,7 @@ def evaluate_text(
 def format_text_summary(summary: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(
-        f"accuracy {summary['accuracy']:.3f}  score {summary['score']:.3f}  "
+        f"accuracy {summary['accuracy']:.3f}  exact {summary['exact_accuracy']:.3f}  score {summary['score']:.3f}  "
         f"({summary['num_prompts']} prompts, {summary['completion_tokens']:.1f} tokens per answer)"
     )
     if summary["rewards"]:

@@ -76,6 +76,8 @@ def sample_and_score(context, prompts, group_ids, seeds, score: bool):
 
 
 class TextGRPO(Algorithm):
+    modality = "text"  # runs on align.text.run.TextRun (a text policy), not the image Run
+
     def __init__(self, context):
         super().__init__(context)
         settings, policy = context.settings, context.policy

@@ -101,6 +101,8 @@ def best_and_worst(signal: torch.Tensor, group_ids: torch.Tensor, margin: float)
 
 
 class TextPreference(Algorithm):
+    modality = "text"  # runs on align.text.run.TextRun (a text policy), not the image Run
+
     def __init__(self, context):
         super().__init__(context)
         settings, policy = context.settings, context.policy
@@ -134,7 +136,7 @@ class TextPreference(Algorithm):
         return batch
 
     def _offline(self, epoch: int, count: int) -> dict:
-        """`count` pairs (a batch counts completions, two per pair), a seeded pass over the file."""
+        """`count` pairs (a batch counts completions, two per pair), drawn by a per-epoch seeded shuffle."""
         context, policy = self.context, self.context.policy
         processes, index = context.accelerator.num_processes, context.accelerator.process_index
         order = list(range(len(self.pairs)))

@@ -61,32 +61,45 @@ class ExactMatchReward(TextReward):
     "text-numeric",
     differentiable=False,
     weights="none",
-    description="1 if the completion's answer number (last, first, or the whole text) equals the reference",
+    description=(
+        "1 if the completion's answer number (last, first, or the whole text) equals the reference; "
+        "with brevity_chars, less for every character around it"
+    ),
 )
 class NumericAnswerReward(TextReward):
+    """A right answer scores 1, or with `brevity_chars` = c: max(0, 1 - extra / c), extra being the
+    characters of the completion beyond the answer's own ("14" -> 1, "9 + 5 = 14" -> 1 - 8/c): a
+    length-shaped verifiable reward whose optimum is the bare answer."""
+
     def __init__(
-        self, references: dict | str, position: str = "last", tolerance: float = 1e-6, device: str = "cpu"
+        self,
+        references: dict | str,
+        position: str = "last",
+        tolerance: float = 1e-6,
+        brevity_chars: int | None = None,
+        device: str = "cpu",
     ):
         super().__init__(device)
         if position not in POSITIONS:
             raise ValueError(f"text-numeric: position {position!r} is not one of {', '.join(POSITIONS)}")
+        if brevity_chars is not None and brevity_chars < 1:
+            raise ValueError(f"text-numeric: brevity_chars must be >= 1, got {brevity_chars}")
         self.references = References(references)
-        self.position = position
-        self.tolerance = tolerance
+        self.position, self.tolerance, self.brevity_chars = position, tolerance, brevity_chars
 
     def score(self, texts, prompts):
         values = []
         for text, refs in zip(texts, self.references(prompts)):
             answer = extract_number(text, self.position)
             targets = [parse_number(r) for r in refs]
-            values.append(
-                float(
-                    answer is not None
-                    and any(
-                        t is not None and math.isclose(answer, t, abs_tol=self.tolerance) for t in targets
-                    )
-                )
+            right = answer is not None and any(
+                t is not None and math.isclose(answer, t, abs_tol=self.tolerance) for t in targets
             )
+            value = float(right)
+            if right and self.brevity_chars:
+                extra = len(text.strip()) - min(len(r.strip()) for r in refs)
+                value = max(0.0, 1.0 - max(extra, 0) / self.brevity_chars)
+            values.append(value)
         return values
 
 
