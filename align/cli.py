@@ -67,12 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_plugins(spec: str | None) -> None:
+    """Import the comma-separated modules of ALIGN_PLUGINS, so that rewards and algorithms a user
+    registers in their own code exist in every process `accelerate launch` starts."""
+    import importlib
+
+    for name in filter(None, (part.strip() for part in (spec or "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise UsageError(
+                f"ALIGN_PLUGINS: cannot import {name!r} ({error}); fix the module name or PYTHONPATH"
+            ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     from align.schema import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        load_plugins(os.environ.get("ALIGN_PLUGINS"))
         return args.run(args)
     except ConfigError as error:
         for line in error.errors:

@@ -63,6 +63,19 @@ def plan_epoch(
     return EpochPlan(local, torch.tensor(group_ids), seeds)
 
 
+def make_accelerator(mixed_precision: str):
+    """accelerate's Accelerator; a multi-process launch (`accelerate launch --multi_gpu` or torchrun)
+    on a machine without CUDA runs its processes on the CPU over gloo. (`accelerate launch --cpu`
+    starts a single process unless it is given an MPI hostfile.)"""
+    import os
+
+    from accelerate import Accelerator
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cpu = world > 1 and not torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+
+
 class EMA:
     """Exponential moving average of the trainable parameters (swapped in for evaluation)."""
 
@@ -80,17 +93,15 @@ class Run:
     """Everything one training run holds; `train()` below drives it."""
 
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
-        from accelerate import Accelerator
-        from rewards.combine import RewardSet
-
         import align.algorithms  # noqa: F401  (registers the algorithms)
         from align.policy import ImagePolicy
         from align.toy.world import load_prompts
+        from rewards.combine import RewardSet
         from samplers.models import load_adapter
 
         self.config, self.out = config, Path(out)
         precision = {"no": "no", "fp16": "fp16", "bf16": "bf16"}[config.train.mixed_precision]
-        self.accelerator = accelerator or Accelerator(mixed_precision=precision)
+        self.accelerator = accelerator or make_accelerator(precision)
         device = self.accelerator.device
         torch.manual_seed(config.train.seed)  # same LoRA init on every process
         model = config.model
@@ -162,7 +173,12 @@ class Run:
             self.ema.update(self.policy.named_parameters())
         trained = time.perf_counter()
         self.epoch += 1
-        record = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+        record = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "processes": self.accelerator.num_processes,
+        }
         if "values" in batch:  # offline preference data has no rewards of its own
             record["rewards"] = {
                 name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}

@@ -20,6 +20,26 @@ DEFAULT_TARGETS = {
 }
 
 
+def lora_targets(model: torch.nn.Module, suffixes: list[str]) -> list[str]:
+    """Full names of the modules matching `suffixes`, leaving out projections whose output the
+    network discards (SD3's last block computes text queries it never uses: a LoRA there would be
+    trained by nothing)."""
+    modules = [name for name, _ in model.named_modules()]
+    dead = {
+        f"{name}.add_q_proj"
+        for name, module in model.named_modules()
+        if getattr(module, "context_pre_only", False) and hasattr(module, "add_q_proj")
+    }
+
+    def matches(name: str, suffix: str) -> bool:
+        return name == suffix or name.endswith("." + suffix)
+
+    missing = [s for s in suffixes if not any(matches(n, s) for n in modules)]
+    if missing:
+        raise ValueError(f"lora.target_modules {missing} are not modules of {type(model).__name__}")
+    return [n for n in modules if any(matches(n, s) for s in suffixes) and n not in dead]
+
+
 class ImagePolicy:
     """The trainable view of an adapter: its denoiser with a LoRA (or fully trainable)."""
 
@@ -31,14 +51,7 @@ class ImagePolicy:
             from peft import LoraConfig
 
             lora = lora or LoraSettings()
-            targets = lora.target_modules or DEFAULT_TARGETS[adapter.family]
-            present = {name.rsplit(".", 1)[-1] for name, _ in self.model.named_modules()}
-            present |= {".".join(name.rsplit(".", 2)[-2:]) for name, _ in self.model.named_modules()}
-            missing = [t for t in targets if t not in present]
-            if missing:
-                raise ValueError(
-                    f"lora.target_modules {missing} are not modules of {type(self.model).__name__}"
-                )
+            targets = lora_targets(self.model, lora.target_modules or DEFAULT_TARGETS[adapter.family])
             config = LoraConfig(
                 r=lora.rank,
                 lora_alpha=lora.alpha,

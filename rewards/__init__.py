@@ -4,8 +4,19 @@ Importing this package registers every reward; no reward imports its heavy depen
 (open_clip, OCR engines, ...) before it is constructed.
 """
 
-from rewards import aesthetic, clip_score, dino, discriminator, ensemble, geneval, hps, jpeg, ocr, pickscore  # noqa: F401
-from rewards import text  # noqa: F401  (text rewards: rewards/text/)
+from rewards import (  # noqa: F401
+    aesthetic,
+    clip_score,
+    dino,
+    discriminator,
+    ensemble,
+    geneval,
+    hps,
+    jpeg,
+    ocr,
+    pickscore,
+    text,
+)
 from rewards.base import REWARDS, Reward, build_reward, register_reward
 
 __all__ = ["REWARDS", "Reward", "build_reward", "register_reward"]

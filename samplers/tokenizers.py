@@ -1,4 +1,4 @@
-"""Tokenizers built in code (no hub): CLIP-style byte-level BPE and T5-style Unigram.
+"""Tokenizers built in code (no hub): CLIP-style and T5-style (Unigram).
 
 Every character is a token, and each word of `words` becomes a single token, so small models
 see whole words of their prompt grammar while any text still tokenizes.
@@ -54,21 +54,22 @@ PRINTABLE = [chr(c) for c in range(33, 127)]
 
 
 def clip_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32) -> CLIPTokenizer:
-    """A CLIP tokenizer (byte-level BPE, `</w>` word ends) with one merge chain per word."""
+    """A CLIP tokenizer whose base vocabulary is every printable character (plain and word-final,
+    no merges) and in which each word of `words` is one added whole-word token.
+
+    Deterministic: the ids depend only on `words` (BPE training breaks ties differently from one
+    process to the next, and hand-written merge chains interfere: the "r e" of "red" splits "three").
+    """
+    from tokenizers import AddedToken
+
     vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in PRINTABLE:
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))
-    merges: list[tuple[str, str]] = []
-    for word in dict.fromkeys(w.lower() for w in words):
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        left = symbols[0]
-        for right in symbols[1:]:
-            if (left, right) not in merges:
-                merges.append((left, right))
-            left = left + right
-            vocab.setdefault(left, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
+    unique = [w for w in dict.fromkeys(w.lower() for w in words) if w not in vocab]
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=True) for w in unique])
+    return tokenizer
 
 
 def t5_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32) -> T5Tokenizer:

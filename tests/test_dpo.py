@@ -61,15 +61,28 @@ def test_dpo_loss_is_log2_when_the_policy_is_the_reference(tmp_path, model, name
 
 
 def test_short_dpo_run_raises_the_chosen_over_rejected_margin(tmp_path):
-    from align.loop import train
+    """The margin is measured on fixed noised batches (epochs 0-5's timesteps and noise), before
+    and after training: per-epoch training margins are one random timestep each, too noisy."""
+    from align.loop import Run
 
     pairs = make_pairs(tmp_path / "pairs", "tiny:sd15")
-    train(dpo_config(pairs, "tiny:sd15", "diffusion-dpo"), tmp_path / "run")
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    margins = [line["reward_margin"] for line in lines]
-    assert margins[0] == pytest.approx(0.0, abs=1e-6)  # the first update starts at the reference
-    assert max(margins[-3:]) > 0.05, margins
-    assert lines[-1]["dpo_loss"] < LOG_2
+    config = dpo_config(pairs, "tiny:sd15", "diffusion-dpo")
+    config.algorithm.beta = 5000.0  # Diffusion-DPO's own beta (500 moves the margin ten times less)
+    run = Run(config, tmp_path / "run")
+    fixed = [run.algorithm.collect(e, [], torch.zeros(8, dtype=torch.long), list(range(8))) for e in range(6)]
+
+    def measured():
+        with torch.no_grad():
+            outs = [run.algorithm.loss(b, torch.arange(len(b["prompts"]))) for b in fixed]
+        return sum(o[0].item() for o in outs) / 6, sum(o[1]["reward_margin"] for o in outs) / 6
+
+    loss_before, margin_before = measured()
+    assert loss_before == pytest.approx(LOG_2, abs=1e-6) and margin_before == pytest.approx(0.0, abs=1e-6)
+    for _ in range(4):
+        run.train_epoch()
+    loss_after, margin_after = measured()
+    assert margin_after > 0.1, margin_after
+    assert loss_after < LOG_2 - 0.01, loss_after
 
 
 def test_pairs_file_errors_name_the_line(tmp_path):

@@ -245,7 +245,7 @@ class PolicyGradient(Algorithm):
             kl = gaussian_mean_kl(out.mean, reference.mean, out.std).mean()
             loss = loss + settings.beta * kl
             stats["kl"] = float(kl.detach())
-        stats["policy_loss"] = float(loss)
+        stats["policy_loss"] = float(loss.detach())
         return loss, stats
 
     def state_dict(self):

@@ -12,6 +12,7 @@ COMMAND_MODULES = [
     "align.commands.pairs",
     "align.commands.gallery",
     "align.commands.rewards",
+    "align.commands.demo",
 ]
 
 

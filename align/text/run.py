@@ -13,12 +13,11 @@ from pathlib import Path
 import torch
 
 from align.config import ExperimentConfig
-from align.loop import EMA, Run
+from align.loop import EMA, Run, make_accelerator
 
 
 class TextRun(Run):
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
-        from accelerate import Accelerator
 
         from align.algorithms.base import ALGORITHMS, Context
         from align.text import grpo, preference  # noqa: F401  (register the text algorithms)
@@ -28,7 +27,7 @@ class TextRun(Run):
         from rewards.combine import RewardSet
 
         self.config, self.out = config, Path(out)
-        self.accelerator = accelerator or Accelerator(mixed_precision=config.train.mixed_precision)
+        self.accelerator = accelerator or make_accelerator(config.train.mixed_precision)
         device = self.accelerator.device
         torch.manual_seed(config.train.seed)  # same LoRA init on every process
         lora = config.lora

@@ -126,5 +126,7 @@ def load_toy_pipeline(dtype: torch.dtype = torch.float32, path: str | Path = PIP
         raise ValueError(
             f"the toy model is not at {path}; build it with `align pretrain-toy` (see README) or reinstall"
         )
-    pipeline = StableDiffusion3Pipeline.from_pretrained(str(path), torch_dtype=dtype)
+    pipeline = StableDiffusion3Pipeline.from_pretrained(
+        str(path), torch_dtype=dtype, text_encoder_3=None, tokenizer_3=None
+    )
     return pipeline, dict(ADAPTER_DEFAULTS, guidance_scale=DEFAULT_GUIDANCE)

@@ -192,6 +192,9 @@ class DiffusionTrainer:
     def save(self) -> None:
         with atomic_directory(self.out / "diffusion" / "checkpoint") as staging:
             save_state(staging, self.state())
+            self.pipeline.tokenizer.save_pretrained(
+                str(staging / "tokenizer")
+            )  # the ids the encoders learned
 
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
@@ -264,6 +267,17 @@ class DiffusionTrainer:
         return results
 
 
+def check_tokenizer(checkpoint: Path, tokenizer) -> None:
+    """A checkpoint's text encoders learned the ids of the tokenizer saved with it: refuse another."""
+    from transformers import CLIPTokenizer
+
+    saved = CLIPTokenizer.from_pretrained(str(checkpoint / "tokenizer"))
+    if saved.get_vocab() != tokenizer.get_vocab():
+        raise ValueError(
+            f"{checkpoint} was trained with another tokenizer; its text encoders would read wrong ids"
+        )
+
+
 def train_diffusion(
     out: Path,
     *,
@@ -278,6 +292,7 @@ def train_diffusion(
     if resume:
         if not checkpoint.is_dir():
             raise ValueError(f"--resume: no checkpoint at {checkpoint}; run without --resume to start")
+        check_tokenizer(checkpoint, trainer.pipeline.tokenizer)
         trainer.load(load_state(checkpoint))
     elif checkpoint.is_dir():
         raise ValueError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
@@ -310,6 +325,7 @@ def train_diffusion(
 def export(out: Path, destination: Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
     """Write the EMA pipeline (fp16 on disk, half the size) with `save_pretrained`."""
     trainer = DiffusionTrainer(out, total_steps=1)
+    check_tokenizer(out / "diffusion" / "checkpoint", trainer.pipeline.tokenizer)
     trainer.load(load_state(out / "diffusion" / "checkpoint"))
     pipeline = trainer.ema_pipeline()
     destination = destination or out / "pipeline"

@@ -1,0 +1,30 @@
+"""`align demo --out DIR`: the README's main job on the shipped toy model (`--text`: the SmolLM2 demo)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run(args) -> int:
+    if args.text:
+        from align.text.demo import run_text_demo
+
+        run_text_demo(args.out, epochs=args.epochs)
+        return 0
+    from align.demo import run_demo
+
+    run_demo(Path(args.out or "runs/demo"), epochs=args.epochs, extras=not args.grpo_only)
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="align the shipped toy model on a CPU and print base vs aligned (no download)"
+    )
+    parser.add_argument("--out", default=None, help="a new or empty directory (default runs/demo)")
+    parser.add_argument("--epochs", type=int, default=None, help="Flow-GRPO epochs (default: the recipe's)")
+    parser.add_argument(
+        "--grpo-only", action="store_true", help="skip ReNO, DRaFT-LV and the gallery (about half the time)"
+    )
+    parser.add_argument("--text", action="store_true", help="the text demo: GRPO on SmolLM2-135M-Instruct")
+    parser.set_defaults(run=run)
