@@ -67,7 +67,13 @@ def _reno(out: Path, prompts: list[str], iterations: int) -> dict:
 
 
 def run_demo(
-    out: Path, *, reno_prompts: int = 16, reno_iterations: int = 20, gallery_prompts: int = 12
+    out: Path,
+    *,
+    epochs: int | None = None,
+    extras: bool = True,
+    reno_prompts: int = 12,
+    reno_iterations: int = 20,
+    gallery_prompts: int = 12,
 ) -> dict:
     from align.config import load_config
     from align.loop import train
@@ -76,21 +82,42 @@ def run_demo(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new --out for the demo")
-    start = time.perf_counter()
-    timings = {}
-    print("[1/4] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
-    grpo = train(load_config(recipe("grpo-demo.yaml")), out / "grpo")
-    timings["grpo"] = time.perf_counter() - start
-    print("[2/4] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
     heldout = load_prompts("heldout")
-    reno = _reno(
-        out / "reno", heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts], reno_iterations
-    )
-    timings["reno"] = time.perf_counter() - start - sum(timings.values())
-    print("[3/4] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
-    draft = train(load_config(recipe("draft-clip.yaml")), out / "draft")
-    timings["draft"] = time.perf_counter() - start - sum(timings.values())
-    print("[4/4] comparison gallery")
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        timings[name] = time.perf_counter() - start - sum(timings.values())
+
+    steps = 4 if extras else 1
+    print(f"[1/{steps}] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
+    config = load_config(recipe("grpo-demo.yaml"), [f"train.num_epochs={epochs}"] if epochs else None)
+    grpo = train(config, out / "grpo")
+    lap("grpo")
+    summary = {"base": grpo["base"], "aligned": grpo["aligned"]}
+    if extras:
+        print(f"[2/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
+        subset = heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts]
+        summary["reno"] = _reno(out / "reno", subset, reno_iterations)
+        lap("reno")
+        print(f"[3/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
+        draft = train(load_config(recipe("draft-clip.yaml")), out / "draft")
+        summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
+        lap("draft")
+        print(f"[4/{steps}] comparison gallery")
+        _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts])
+        lap("gallery")
+    summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(results_table(summary))
+    where = f"files: {out}/summary.json, Flow-GRPO run {out}/grpo"
+    if extras:
+        where += f", DRaFT-LV run {out}/draft, ReNO {out}/reno, gallery {out}/gallery/index.html"
+    print(where)
+    return summary
+
+
+def _gallery(out: Path, prompts: list[str]) -> None:
     from gallery import build_gallery
     from rewards.base import build_reward
     from samplers.models import load_adapter
@@ -103,31 +130,21 @@ def run_demo(
     }
     build_gallery(
         models,
-        heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts],
+        prompts,
         [0, 1],
         rewards,
         out / "gallery",
         runs={"flow-grpo": out / "grpo", "draft-lv": out / "draft"},
         title="align demo: toy world, held-out prompts",
     )
-    timings["gallery"] = time.perf_counter() - start - sum(timings.values())
-    summary = {
-        "base": grpo["base"],
-        "aligned": grpo["aligned"],
-        "reno": reno,
-        "draft": {"base": draft["base"], "aligned": draft["aligned"]},
-        "seconds": {k: round(v, 1) for k, v in timings.items()},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(results_table(summary))
-    print(f"files: {out}/summary.json, runs in {out}/grpo and {out}/draft, gallery {out}/gallery/index.html")
-    return summary
 
 
 def results_table(summary: dict) -> str:
     base, aligned = summary["base"], summary["aligned"]
     names = ["count", "colour", "shape", "position"]
-    rows = [("base", base), ("flow-grpo", aligned), ("draft-lv", summary["draft"]["aligned"])]
+    rows = [("base", base), ("flow-grpo", aligned)]
+    if "draft" in summary:
+        rows.append(("draft-lv (clip-toy)", summary["draft"]["aligned"]))
     gold = ["clip-toy", "aesthetic-toy"]
     lines = [
         "held-out prompts      accuracy  "
@@ -139,7 +156,9 @@ def results_table(summary: dict) -> str:
         cats = "  ".join(f"{row['categories'].get(n, float('nan')):>8.3f}" for n in names)
         golds = "  ".join(f"{row['rewards'].get(g, float('nan')):>13.4f}" for g in gold)
         lines.append(f"{label:<20} {row['accuracy']:>9.3f}  {cats}  {golds}")
-    reno = summary["reno"]
+    reno = summary.get("reno")
+    if reno is None:
+        return "\n".join(lines)
     lines.append(
         "ReNO (toy CLIP)       "
         + "  ".join(

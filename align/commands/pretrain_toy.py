@@ -32,7 +32,7 @@ def run(args) -> int:
         else:
             from align.toy import reward_models
 
-            result = reward_models.train(stage, out)
+            result = reward_models.train(stage, out, steps=args.reward_steps)
         print(json.dumps({stage: result}))
     return 0
 
@@ -53,5 +53,8 @@ def register(subparsers) -> None:
         "--resume", action="store_true", help="continue the diffusion stage from its checkpoint"
     )
     parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument(
+        "--reward-steps", type=int, default=None, help="steps of the clip/quality stages (default 3000/1500)"
+    )
     parser.add_argument("--data-count", type=int, default=120_000)
     parser.set_defaults(run=run)

@@ -184,9 +184,9 @@ def quality_report(directory: Path, clip_model: str) -> dict:
     }
 
 
-def train(stage: str, out: Path) -> dict:
+def train(stage: str, out: Path, steps: int | None = None) -> dict:
     if stage == "clip":
-        return train_clip(out)
+        return train_clip(out, **({"steps": steps} if steps else {}))
     if stage == "quality":
-        return train_quality(out)
+        return train_quality(out, **({"steps": steps} if steps else {}))
     raise ValueError(f"unknown reward-model stage {stage!r}")
