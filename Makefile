@@ -28,7 +28,7 @@ setup-dev: $(BIN)/python
 	else echo "note: no chromium and no root apt-get here; the gallery browser test will skip"; fi
 
 demo: setup
-	$(BIN)/align doctor tiny:sd3
+	$(BIN)/align demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup-dev
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,7 +140,7 @@ def trl_grpo_step() -> float | str:
 
     batch = settings["prompts"] * settings["group_size"]
     arguments = GRPOConfig(
-        output_dir="/tmp/trl-grpo-benchmark",
+        output_dir=tempfile.mkdtemp(prefix="trl-grpo-benchmark-"),
         learning_rate=settings["lr"],
         per_device_train_batch_size=batch,
         num_generations=settings["group_size"],

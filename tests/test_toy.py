@@ -102,7 +102,7 @@ def test_shipped_pipeline_loads_offline_through_the_sd3_adapter_and_passes_docto
 
 @needs_assets
 def test_shipped_model_draws_the_colours_it_is_asked_for():
-    """A floor on the base model: colour is the category it learns first (measured 1.0 at export)."""
+    """A floor on the base model: colour is the category it learns first (0.96 on held-out prompts at export)."""
     from samplers.models import load_adapter
 
     adapter = load_adapter("toy")
@@ -114,7 +114,7 @@ def test_shipped_model_draws_the_colours_it_is_asked_for():
     assert colour >= COLOUR_FLOOR, colour
 
 
-COLOUR_FLOOR = 0.6
+COLOUR_FLOOR = 0.85
 
 
 @pytest.mark.skipif(not (PIPELINE_DIR.parent / "clip").is_dir(), reason="toy CLIP not built")
@@ -126,7 +126,7 @@ def test_toy_clip_ranks_the_true_caption_first_on_heldout_images():
     assert top1 >= CLIP_TOP1_FLOOR, top1  # chance is 1/8
 
 
-CLIP_TOP1_FLOOR = 0.5
+CLIP_TOP1_FLOOR = 0.8
 
 
 def test_world_rng_is_local():
