@@ -131,7 +131,7 @@ def _gallery(out: Path, prompts: list[str]) -> None:
     build_gallery(
         models,
         prompts,
-        [0, 1],
+        2,
         rewards,
         out / "gallery",
         runs={"flow-grpo": out / "grpo", "draft-lv": out / "draft"},

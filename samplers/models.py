@@ -107,7 +107,9 @@ def load_adapter(
     if found is not None:
         base, checkpoint, settings = found
         options = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
-        family = options.pop("family", family)
+        family = options.pop("family", None) or family
+        dtype = options.pop("dtype", None) or dtype  # the run's weights dtype
+        options.pop("device", None)
         adapter = load_adapter(base, family=family, dtype=dtype, device=device, **options)
         apply_checkpoint(adapter, checkpoint)
         adapter.name = name

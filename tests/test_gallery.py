@@ -64,7 +64,10 @@ def test_gallery_json_matches_a_direct_generation_with_the_same_seeds(built):
             adapter.guidance_scale = saved
         for image, (prompt, seed) in zip(images, [(0, 1), (1, 0), (1, 1)]):
             entry = cell(data, name, prompt, seed)
-            assert np.array_equal(png(out / entry["image"]), to_uint8(image[None])[0])
+            # the same image up to float rounding of a different batch composition (threads split
+            # batches differently): one uint8 level at most, on a handful of pixels
+            delta = np.abs(png(out / entry["image"]).astype(int) - to_uint8(image[None])[0].astype(int))
+            assert delta.max() <= 1 and (delta > 0).mean() < 0.01
             assert entry["scores"]["brightness"] == pytest.approx(float(image.mean()), abs=1e-6)
         assert data["models"][list(models).index(name)]["config"]["num_steps"] == STEPS
     # seed s drives the noise: the two seeds of one prompt differ, the same seed repeats exactly

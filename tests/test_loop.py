@@ -228,6 +228,10 @@ def test_saved_lora_loads_into_a_plain_pipeline_and_changes_it(tmp_path, caplog)
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     after = pipeline("a red circle", generator=generators_from_seeds([0]), **kwargs).images
     assert (after - before).abs().max() > 1e-4
+    from samplers.models import load_adapter
+
+    adapter = load_adapter(str(tmp_path / "run"))  # a run directory is a model: base + its LoRA
+    assert adapter.name == str(tmp_path / "run") and adapter.dtype == torch.float32
 
 
 def test_two_processes_match_one_process(tmp_path):
@@ -291,3 +295,17 @@ def test_two_processes_match_one_process(tmp_path):
     assert worst < 1e-4 * max(1.0, scale), worst
     for first, second in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
         assert first["rewards"]["test-pattern"] == pytest.approx(second["rewards"]["test-pattern"], rel=1e-4)
+
+
+def test_shared_initial_noise_gives_a_group_one_start_and_its_own_sde_draws(tmp_path):
+    from align.loop import Run
+
+    config = tiny_config(batch_size=8, group_size=4)
+    config.algorithm.shared_initial_noise = True
+    run = Run(config, tmp_path / "run")
+    plan = plan_epoch(run.prompts, config, 0, 0, 1)
+    batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
+    start, end = batch["trajectory"].latents[:, 0], batch["trajectory"].latents[:, -1]
+    assert torch.equal(start[0], start[3]) and torch.equal(start[4], start[7])
+    assert not torch.equal(start[0], start[4])
+    assert (end[0] - end[1]).abs().max() > 1e-3  # the SDE spreads the group

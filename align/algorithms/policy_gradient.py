@@ -38,6 +38,7 @@ class PolicyGradientConfig:
     tracker_min_count: int = param(16, min=1)  # below this many, fall back to batch statistics
     signal: str = param("combined", choices=("combined", "win_rate"))  # Pref-GRPO: win rate within group
     reference_images: str | None = None  # Adv-GRPO: "toy" (render the prompts) or a folder of images
+    shared_initial_noise: bool = False  # a group starts from one x_T: its spread comes from the SDE alone
 
     def check(self):
         if self.sde_window_range is not None and (
@@ -152,9 +153,20 @@ class PolicyGradient(Algorithm):
         rng = random.Random(config.train.seed * 1_000_003 + epoch)
         levels = noise_levels(settings, config.sampling.noise_level, num_steps, epoch, rng)
         start = time.perf_counter()
+        generators, noise = generators_from_seeds(seeds), None
+        if settings.shared_initial_noise:
+            # x_T from the group's first seed, the SDE noise from each sample's own (offset) seed: the
+            # rewards of a group then differ only by what the policy drew, so the credit is the policy's.
+            first: dict[int, int] = {}
+            for group, seed in zip(group_ids.tolist(), seeds):
+                first.setdefault(group, seed)
+            noise = adapter.initial_noise(
+                generators_from_seeds([first[g] for g in group_ids.tolist()]), len(seeds), num_steps
+            )
+            generators = generators_from_seeds([seed + 7_777_777 for seed in seeds])
         with context.accelerator.autocast():
             trajectory = adapter.sample(
-                prompts, generators_from_seeds(seeds), num_steps=num_steps, noise_levels=levels
+                prompts, generators, num_steps=num_steps, noise_levels=levels, noise=noise
             )
             images = adapter.decode(trajectory.final).float()
         sampled = time.perf_counter()
