@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from align.optimize import OptimizeSettings, best_of_n, noise_norm_regulariser, reno
+from align.toy.model import PIPELINE_DIR
 from rewards.base import Reward
 from tests.conftest import tiny_adapter
 
@@ -49,3 +50,20 @@ def test_short_reno_raises_every_images_reward_and_beats_best_of_n():
     baseline = best_of_n(adapter, prompts, [0, 1, 2], rewards, settings, n=9)
     assert best.mean() > baseline["reward"].mean()
     assert result["images"].shape == (3, 3, 32, 32)
+
+
+@pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(), reason="toy assets not built")
+def test_reno_on_the_toy_model_raises_the_toy_clip_score_of_every_image_with_room():
+    from rewards.base import build_reward
+    from samplers.models import load_adapter
+
+    adapter = load_adapter("toy")
+    prompts = ["a blue square left of a red circle", "three green triangles", "a yellow circle"]
+    settings = OptimizeSettings(
+        iterations=12, lr=5.0, regularisation=0.01, grad_clip=0.1, num_steps=8, weights={"clip-toy": 100.0}
+    )
+    result = reno(adapter, prompts, [0, 1, 2], {"clip-toy": build_reward("clip-toy")}, settings)
+    first, best = torch.tensor(result["history"][0]["total"]), result["reward"]
+    room = first < 95.0  # an image already scoring 0.95+ (here "three green triangles", 0.956) may stay put
+    assert room.sum() >= 2 and (best[room] > first[room] + 1.0).all(), (first, best)
+    assert (best >= first).all()
