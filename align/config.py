@@ -77,6 +77,7 @@ class TrainConfig:
     micro_batch_size: int = param(4, min=1)  # samples per backward pass: memory vs speed
     num_epochs: int = param(10, min=1)  # collect-then-train rounds
     inner_epochs: int = param(1, min=1)  # passes over each collected batch (PPO reuse)
+    steps_per_pass: int = param(1, min=1)  # optimiser steps per pass (Flow-GRPO: several; the PPO clip acts)
     max_grad_norm: float | None = param(1.0, gt=0.0)  # None = no clipping
     mixed_precision: str = param("no", choices=("no", "fp16", "bf16"))
     ema_decay: float = param(0.0, min=0.0, max=1.0)  # 0 = no EMA of trainable weights

@@ -76,6 +76,14 @@ def make_accelerator(mixed_precision: str):
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
+def _chunks(units: list, count: int) -> list[list]:
+    """`units` cut into `count` contiguous, nearly equal chunks (fewer if there are fewer units)."""
+    count = max(1, min(count, len(units)))
+    size, extra = divmod(len(units), count)
+    bounds = [i * size + min(i, extra) for i in range(count + 1)]
+    return [units[bounds[i] : bounds[i + 1]] for i in range(count)]
+
+
 class EMA:
     """Exponential moving average of the trainable parameters (swapped in for evaluation)."""
 
@@ -155,20 +163,23 @@ class Run:
         stats: dict[str, list[float]] = {}
         for _ in range(config.train.inner_epochs):
             units = self.algorithm.units(batch, generator)
-            for index, unit in enumerate(units):
-                last = index == len(units) - 1
-                sync = self.accelerator.no_sync(self.network) if not last else _nothing()
-                with sync:
-                    loss, unit_stats = self.algorithm.loss(batch, unit)
-                    self.accelerator.backward(loss / len(units))
-                for key, value in unit_stats.items():
-                    stats.setdefault(key, []).append(value)
-            if config.train.max_grad_norm is not None:
-                norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), config.train.max_grad_norm)
-                stats.setdefault("grad_norm", []).append(float(norm))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
+            for chunk in _chunks(units, config.train.steps_per_pass):
+                for index, unit in enumerate(chunk):
+                    last = index == len(chunk) - 1
+                    sync = self.accelerator.no_sync(self.network) if not last else _nothing()
+                    with sync:
+                        loss, unit_stats = self.algorithm.loss(batch, unit)
+                        self.accelerator.backward(loss / len(chunk))
+                    for key, value in unit_stats.items():
+                        stats.setdefault(key, []).append(value)
+                if config.train.max_grad_norm is not None:
+                    norm = self.accelerator.clip_grad_norm_(
+                        self.policy.parameters(), config.train.max_grad_norm
+                    )
+                    stats.setdefault("grad_norm", []).append(float(norm))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
         if self.ema is not None:
             self.ema.update(self.policy.named_parameters())
         trained = time.perf_counter()

@@ -309,3 +309,10 @@ def test_shared_initial_noise_gives_a_group_one_start_and_its_own_sde_draws(tmp_
     assert torch.equal(start[0], start[3]) and torch.equal(start[4], start[7])
     assert not torch.equal(start[0], start[4])
     assert (end[0] - end[1]).abs().max() > 1e-3  # the SDE spreads the group
+
+
+def test_several_optimiser_steps_per_pass_leave_the_first_on_policy_and_move_the_ratio(tmp_path):
+    train(tiny_config(num_epochs=1, steps_per_pass=2), tmp_path / "run")
+    (record,) = metrics(tmp_path / "run")
+    assert record["step"] == 2  # two optimiser steps in the one epoch
+    assert record["ratio_min"] < 1.0 or record["ratio_max"] > 1.0  # the second step sees moved weights

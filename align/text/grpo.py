@@ -87,7 +87,8 @@ class TextGRPO(Algorithm):
             raise ValueError(
                 "algorithm.kl_coef > 0 needs train.trainable=lora (the reference is the LoRA off)"
             )
-        self.rescore = context.config.train.inner_epochs > 1  # else on-policy: old = new, detached
+        train = context.config.train
+        self.rescore = train.inner_epochs > 1 or train.steps_per_pass > 1  # else on-policy: old = new
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
