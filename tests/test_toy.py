@@ -133,3 +133,24 @@ def test_world_rng_is_local():
     state = random.getstate()
     make_example("a red circle", 0)
     assert random.getstate() == state
+
+
+def test_shipped_configs_name_no_absolute_path():
+    import json
+
+    from align.toy.model import ASSETS
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    found = [
+        (path.name, s)
+        for path in ASSETS.rglob("*.json")
+        for s in strings(json.loads(path.read_text()))
+        if s.startswith("/") or s[1:3] == ":\\"
+    ]
+    assert not found, found

@@ -328,6 +328,8 @@ def export(out: Path, destination: Path | None = None, dtype: torch.dtype = torc
     check_tokenizer(out / "diffusion" / "checkpoint", trainer.pipeline.tokenizer)
     trainer.load(load_state(out / "diffusion" / "checkpoint"))
     pipeline = trainer.ema_pipeline()
+    for name in ("vae", "transformer"):  # the working directory's path must not ship with the model
+        getattr(pipeline, name).register_to_config(_name_or_path=name)
     destination = destination or out / "pipeline"
     pipeline.to(dtype).save_pretrained(str(destination))
     return destination
