@@ -28,38 +28,25 @@ def recipe(name: str) -> Path:
 
 
 def _reno(out: Path, prompts: list[str], iterations: int) -> dict:
-    import torch
-
-    from align.evaluate import score_images, summarise
-    from align.optimize import OptimizeSettings, best_of_n, images_generated, reno
+    from align.optimize import OptimizeSettings, compare_with_best_of_n
     from rewards.base import build_reward
     from samplers.models import load_adapter
 
-    adapter = load_adapter("toy")
-    clip = build_reward("clip-toy")
-    rewards = {"clip-toy": clip}
-    seeds = list(range(len(prompts)))
     settings = OptimizeSettings(
         iterations=iterations, lr=5.0, regularisation=0.01, grad_clip=0.1, weights={"clip-toy": 100.0}
     )
-    with torch.no_grad():
-        base = adapter.generate(prompts, seeds)
-    optimised = reno(adapter, prompts, seeds, rewards, settings)
-    baseline = best_of_n(
-        adapter, prompts, seeds, rewards, settings, images_generated(optimised["iterations"])
+    rewards = {"clip-toy": build_reward("clip-toy")}
+    compared = compare_with_best_of_n(
+        load_adapter("toy"), prompts, list(range(len(prompts))), rewards, settings
     )
-    results = {}
-    for method, images in (
-        ("base", base),
-        ("best_of_n", baseline["images"]),
-        ("optimized", optimised["images"]),
-    ):
-        summary, _ = summarise(prompts, seeds, score_images(images.detach(), prompts, rewards))
-        results[method] = {"accuracy": summary["accuracy"], "rewards": summary["rewards"]}
+    results = {
+        method: {"accuracy": summary["accuracy"], "rewards": summary["rewards"]}
+        for method, summary in compared["summaries"].items()
+    }
     results["settings"] = {
-        "iterations": optimised["iterations"],
+        "iterations": compared["optimised"]["iterations"],
         "prompts": len(prompts),
-        "best_of_n": images_generated(optimised["iterations"]),
+        "best_of_n": compared["best_of_n"],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(results, indent=2))

@@ -156,3 +156,32 @@ def explore(adapter, prompts, seeds, rewards, settings: OptimizeSettings, on_ite
 def images_generated(iterations: int) -> int:
     """Images ReNO decodes for `iterations` gradient steps (the initial one included)."""
     return iterations + 1
+
+
+def compare_with_best_of_n(
+    adapter,
+    prompts,
+    seeds,
+    rewards: dict,
+    settings: OptimizeSettings,
+    report: dict | None = None,
+    on_iteration=None,
+) -> dict:
+    """The base sample, noise optimisation (ReNO, or exploration when `settings.explore` > 1) and
+    best-of-N with as many model evaluations, on the same prompts and seeds, each scored by `report`
+    (default: the optimised rewards). Returns {"images": {method: [B,3,H,W]}, "summaries": {method:
+    evaluate summary}, "optimised": the optimiser's result, "best_of_n": N}."""
+    from align.evaluate import score_images, summarise
+
+    with torch.no_grad():  # at the steps the optimiser samples with
+        base = adapter.generate(prompts, seeds, num_steps=settings.num_steps)
+    optimiser = explore if settings.explore > 1 else reno
+    optimised = optimiser(adapter, prompts, seeds, rewards, settings, on_iteration=on_iteration)
+    n = images_generated(optimised["iterations"])
+    baseline = best_of_n(adapter, prompts, seeds, rewards, settings, n)
+    images = {"base": base, "best_of_n": baseline["images"], "optimized": optimised["images"].detach()}
+    summaries = {
+        method: summarise(prompts, seeds, score_images(batch, prompts, report or rewards))[0]
+        for method, batch in images.items()
+    }
+    return {"images": images, "summaries": summaries, "optimised": optimised, "best_of_n": n}

@@ -67,3 +67,17 @@ def test_reno_on_the_toy_model_raises_the_toy_clip_score_of_every_image_with_roo
     room = first < 95.0  # an image already scoring 0.95+ (here "three green triangles", 0.956) may stay put
     assert room.sum() >= 2 and (best[room] > first[room] + 1.0).all(), (first, best)
     assert (best >= first).all()
+
+
+def test_comparison_uses_equal_model_evaluations_and_never_scores_reno_below_its_start(tmp_path):
+    from align.optimize import compare_with_best_of_n
+
+    adapter = tiny_adapter("tiny:sd3")
+    prompts, seeds = ["a red circle", "two blue squares"], [0, 1]
+    settings = OptimizeSettings(iterations=3, lr=5.0, grad_clip=1.0, num_steps=4)
+    compared = compare_with_best_of_n(adapter, prompts, seeds, {"bright": Brightness()}, settings)
+    assert compared["best_of_n"] == 4  # the start and three steps: four decoded images per prompt
+    assert set(compared["summaries"]) == {"base", "best_of_n", "optimized"}
+    means = {m: s["rewards"]["bright"] for m, s in compared["summaries"].items()}
+    assert means["optimized"] >= means["base"] - 1e-6 and means["best_of_n"] >= means["base"] - 1e-6
+    assert torch.equal(compared["images"]["base"], adapter.generate(prompts, seeds, num_steps=4))

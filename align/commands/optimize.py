@@ -19,7 +19,17 @@ def parse_rewards(specs: list[str]) -> dict[str, float]:
     return weights
 
 
-RECIPE_KEYS = {"model", "steps", "rewards", "iterations", "lr", "regularisation", "grad_clip", "explore", "seconds"}
+RECIPE_KEYS = {
+    "model",
+    "steps",
+    "rewards",
+    "iterations",
+    "lr",
+    "regularisation",
+    "grad_clip",
+    "explore",
+    "seconds",
+}
 DEFAULTS = {"iterations": 50, "lr": 5.0, "regularisation": 0.01, "grad_clip": 0.1, "explore": 1}
 
 
@@ -54,10 +64,7 @@ def apply_recipe(args) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from align.evaluate import score_images, summarise
-    from align.optimize import OptimizeSettings, best_of_n, explore, images_generated, reno
+    from align.optimize import OptimizeSettings, compare_with_best_of_n
     from align.toy.world import is_toy_prompt, load_prompts
     from rewards.base import build_reward, to_pil
     from samplers.models import load_adapter
@@ -96,23 +103,12 @@ def run(args) -> int:
                 folder.mkdir(parents=True, exist_ok=True)
                 picture.save(folder / f"iter_{iteration:03d}.png")
 
-    with torch.no_grad():
-        base = adapter.generate(prompts, seeds)
-    optimiser = explore if settings.explore > 1 else reno
-    optimised = optimiser(adapter, prompts, seeds, rewards, settings, on_iteration=keep)
-    n = images_generated(optimised["iterations"])
-    baseline = best_of_n(adapter, prompts, seeds, rewards, settings, n)
+    compared = compare_with_best_of_n(adapter, prompts, seeds, rewards, settings, report, on_iteration=keep)
+    optimised, n = compared["optimised"], compared["best_of_n"]
+    keys = ("rewards", "accuracy", "categories") if any(is_toy_prompt(p) for p in prompts) else ("rewards",)
     results = {}
-    for method, images in (
-        ("base", base),
-        ("best_of_n", baseline["images"]),
-        ("optimized", optimised["images"]),
-    ):
-        summary, _ = summarise(prompts, seeds, score_images(images.detach(), prompts, report))
-        keys = (
-            ("rewards", "accuracy", "categories") if any(is_toy_prompt(p) for p in prompts) else ("rewards",)
-        )
-        results[method] = {k: summary[k] for k in keys}
+    for method, images in compared["images"].items():
+        results[method] = {k: compared["summaries"][method][k] for k in keys}
         folder = out / "images" / method
         folder.mkdir(parents=True, exist_ok=True)
         for i, picture in enumerate(to_pil(images)):
@@ -172,7 +168,9 @@ def register(subparsers) -> None:
         "optimize", help="optimise the initial noise per prompt (ReNO) vs best-of-N"
     )
     parser.add_argument("model", nargs="?", default=None, help="the model (or take it from --config)")
-    parser.add_argument("--config", default=None, help="a YAML recipe: model, steps, rewards {name: weight}, ...")
+    parser.add_argument(
+        "--config", default=None, help="a YAML recipe: model, steps, rewards {name: weight}, ..."
+    )
     parser.add_argument("--prompts", default="heldout", help="a toy split or a file of prompts")
     parser.add_argument(
         "--prompt", action="append", default=[], help="a prompt (repeatable; overrides --prompts)"

@@ -18,7 +18,6 @@ from align.loop import EMA, Run, make_accelerator
 
 class TextRun(Run):
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
-
         from align.algorithms.base import ALGORITHMS, Context
         from align.text import grpo, preference  # noqa: F401  (register the text algorithms)
         from align.text.data import load_text_prompts
