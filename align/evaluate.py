@@ -48,6 +48,22 @@ def score_images(images: torch.Tensor, prompts: Sequence[str], rewards: dict | N
     return {"checks": checks, "rewards": values}
 
 
+def standard_error(values) -> float:
+    """Standard error of a mean over images (sample std / sqrt(n)); nan below two values."""
+    values = np.asarray(list(values), dtype=np.float64)
+    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def paired_difference(base: dict, aligned: dict) -> tuple[float, float]:
+    """(aligned - base accuracy, its standard error) over the same prompts and seeds: the SE of the
+    per-image differences, much tighter than either accuracy's own SE because the seeds are shared."""
+    before, after = base.get("outcomes"), aligned.get("outcomes")
+    if not before or not after or len(before) != len(after):
+        raise ValueError("paired difference: both evaluations need per-image outcomes of the same grid")
+    differences = np.asarray(after, np.float64) - np.asarray(before, np.float64)
+    return float(differences.mean()), standard_error(differences)
+
+
 def summarise(prompts: Sequence[str], seeds: Sequence[int], scored: dict) -> tuple[dict, list[dict]]:
     """(summary, per-prompt rows) from per-image results."""
     checks, rewards = scored["checks"], scored["rewards"]
@@ -59,14 +75,17 @@ def summarise(prompts: Sequence[str], seeds: Sequence[int], scored: dict) -> tup
     kinds = defaultdict(list)
     for i in toy:
         kinds[parse_prompt(prompts[i]).kind].append(checks[i]["all"])
+    outcomes = [int(checks[i]["all"]) for i in toy]
     summary = {
-        "accuracy": _mean(checks[i]["all"] for i in toy),
+        "accuracy": _mean(outcomes),
+        "accuracy_se": standard_error(outcomes),
         "score": _mean(checks[i]["score"] for i in toy),
         "categories": {k: v for k, v in categories.items() if not np.isnan(v)},
         "kinds": {k: _mean(v) for k, v in sorted(kinds.items())},
         "rewards": {name: _mean(values) for name, values in rewards.items()},
         "num_images": len(prompts),
         "num_prompts": len(dict.fromkeys(prompts)),
+        "outcomes": outcomes,  # all constraints met, per toy image (prompt-major): for paired comparisons
     }
     rows = []
     for prompt in dict.fromkeys(prompts):
@@ -99,8 +118,9 @@ def format_summary(summary: dict, title: str = "") -> str:
     if not np.isnan(summary.get("accuracy", float("nan"))):
         cats = "  ".join(f"{k} {v:.3f}" for k, v in summary["categories"].items())
         kinds = "  ".join(f"{k} {v:.3f}" for k, v in summary["kinds"].items())
+        se = summary.get("accuracy_se", float("nan"))
         lines.append(
-            f"accuracy {summary['accuracy']:.3f}  (score {summary['score']:.3f})  | {cats}  | {kinds}"
+            f"accuracy {summary['accuracy']:.3f} +- {se:.3f}  (score {summary['score']:.3f})  | {cats}  | {kinds}"
         )
     if summary["rewards"]:
         lines.append("rewards: " + "  ".join(f"{k} {v:.4f}" for k, v in summary["rewards"].items()))
@@ -124,3 +144,82 @@ def write_evaluation(out: Path, summary: dict, rows: list[dict]) -> None:
     with open(out / "prompts.jsonl", "w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def swapped_prompt(prompt: str) -> str:
+    """The same two objects with the opposite relation ("left of" <-> "right of", "above" <-> "below")."""
+    from dataclasses import replace
+
+    spec = parse_prompt(prompt)
+    if spec.relation is None:
+        raise ValueError(f"{prompt!r} has no relation to swap")
+    return replace(spec, relation=OPPOSITE[spec.relation]).text()
+
+
+def _offset_on_axis(image: np.ndarray, prompt: str) -> float | None:
+    """Signed offset (px) of the second object from the first along the prompt's relation axis,
+    positive when the relation holds; None when either object is not found."""
+    from rewards.geneval import detect
+
+    spec = parse_prompt(prompt)
+    objects = detect(image)
+
+    def largest(colour):
+        found = [o for o in objects if o.colour == colour]
+        return max(found, key=lambda o: o.area) if found else None
+
+    first, second = largest(spec.colour), largest(spec.colour2)
+    if first is None or second is None:
+        return None
+    dx, dy = second.cx - first.cx, second.cy - first.cy
+    return {"left of": dx, "right of": -dx, "above": dy, "below": -dy}[spec.relation]
+
+
+@torch.no_grad()
+def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | None = None) -> dict:
+    """Does the model listen to the relation word? Each relation prompt and its swap ("left of" <->
+    "right of", "above" <-> "below") are drawn with the same seeds (the same initial noise); a pair
+    *flips* when the placement of the two objects along the relation's axis changes sign.
+
+    Returns {"flip_fraction": flips / pairs, "pairs", "detected" (pairs with both objects found in
+    both images), "pixel_difference" (mean |image - swapped image|), "seed_difference" (mean |image
+    of seed s - image of seed s+1| of the same prompt: what a real change of placement looks like)}.
+    A model that ignores the relation word flips nothing and its swapped images are near-identical.
+    """
+    relations = [p for p in prompts if parse_prompt(p).relation]
+    if not relations:
+        raise ValueError("the swap test needs relation prompts (e.g. 'a red circle left of a blue square')")
+    images, flat, _ = generate_grid(adapter, relations, seeds, num_steps)
+    swapped, flat_swapped, _ = generate_grid(adapter, [swapped_prompt(p) for p in relations], seeds, num_steps)
+    arrays = images.float().permute(0, 2, 3, 1).cpu().numpy()
+    arrays_swapped = swapped.float().permute(0, 2, 3, 1).cpu().numpy()
+    flips, detected = 0, 0
+    for array, array_swapped, prompt in zip(arrays, arrays_swapped, flat):
+        before = _offset_on_axis(array, prompt)
+        after = _offset_on_axis(array_swapped, prompt)  # measured on the original relation's axis
+        if before is None or after is None:
+            continue
+        detected += 1
+        flips += int(np.sign(before) != np.sign(after) and before != 0 and after != 0)
+    by_seed = images.view(len(relations), seeds, *images.shape[1:])
+    seed_difference = (
+        float((by_seed[:, 1:] - by_seed[:, :-1]).abs().mean()) if seeds > 1 else float("nan")
+    )
+    return {
+        "flip_fraction": flips / len(flat),
+        "pairs": len(flat),
+        "detected": detected,
+        "pixel_difference": float((images - swapped).abs().mean()),
+        "seed_difference": seed_difference,
+    }
+
+
+def format_swap_test(result: dict) -> str:
+    return (
+        f"swap test: placement flips in {result['flip_fraction']:.3f} of {result['pairs']} pairs "
+        f"(both objects found in {result['detected']}); mean |image - swapped| {result['pixel_difference']:.4f}, "
+        f"between seeds {result['seed_difference']:.4f}"
+    )

@@ -84,6 +84,39 @@ def _chunks(units: list, count: int) -> list[list]:
     return [units[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
+class GradientAgreement:
+    """Do the micro-batch gradients of one optimiser step point the same way? With g_u the gradient of
+    unit u (read off the accumulating .grad) and G = sum g_u over n units:
+
+        agreement = (|G|^2 - sum |g_u|^2) / ((n - 1) sum |g_u|^2)
+
+    the mean pairwise inner product over the mean squared norm: about 0 when the units' gradients are
+    independent noise, 1 when they all agree. A recipe whose advantages carry no signal shows ~0."""
+
+    def __init__(self, parameters):
+        self.parameters = [p for p in parameters if p.requires_grad]
+        self.previous = [torch.zeros_like(p) for p in self.parameters]
+        self.squares = torch.zeros((), dtype=torch.float64)  # sum of |g_u|^2, kept on the device until read
+        self.units = 0
+
+    @torch.no_grad()
+    def add(self) -> None:
+        for param, previous in zip(self.parameters, self.previous):
+            if param.grad is None:
+                continue
+            unit = param.grad.double() - previous.double()
+            self.squares = self.squares.to(unit.device) + unit.pow(2).sum()
+            previous.copy_(param.grad)
+        self.units += 1
+
+    def value(self) -> float | None:
+        squares = float(self.squares)
+        if self.units < 2 or squares == 0:
+            return None
+        total = sum(float(p.double().pow(2).sum()) for p in self.previous)
+        return (total - squares) / ((self.units - 1) * squares)
+
+
 class EMA:
     """Exponential moving average of the trainable parameters (swapped in for evaluation)."""
 
@@ -164,14 +197,21 @@ class Run:
         for _ in range(config.train.inner_epochs):
             units = self.algorithm.units(batch, generator)
             for chunk in _chunks(units, config.train.steps_per_pass):
+                agreement = None
+                if config.logging.gradient_agreement:
+                    agreement = GradientAgreement(self.policy.parameters())
                 for index, unit in enumerate(chunk):
                     last = index == len(chunk) - 1
                     sync = self.accelerator.no_sync(self.network) if not last else _nothing()
                     with sync:
                         loss, unit_stats = self.algorithm.loss(batch, unit)
                         self.accelerator.backward(loss / len(chunk))
+                    if agreement is not None:
+                        agreement.add()
                     for key, value in unit_stats.items():
                         stats.setdefault(key, []).append(value)
+                if agreement is not None and (value := agreement.value()) is not None:
+                    stats.setdefault("grad_agreement", []).append(value)
                 if config.train.max_grad_norm is not None:
                     norm = self.accelerator.clip_grad_norm_(
                         self.policy.parameters(), config.train.max_grad_norm

@@ -22,14 +22,23 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None = None, dim=None
 
 
 def group_advantages(
-    rewards: torch.Tensor, group_ids: torch.Tensor, *, scale: bool = True, eps: float = 1e-4
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    *,
+    scale: bool = True,
+    std_over: str = "group",
+    eps: float = 1e-4,
 ):
     """GRPO advantages: (r - mean of its group) / (std of its group + eps).
 
     rewards [B], group_ids [B] (samples of one prompt share an id). With `scale=False` only the
-    mean is removed (Dr. GRPO). Groups of one sample, or with no spread, get advantage 0. Returns (advantages [B],
-    zero_std_fraction: the fraction of samples whose group had no reward spread).
+    mean is removed (Dr. GRPO); with `std_over="batch"` the divisor is the std of the whole batch
+    (Flow-GRPO's GenEval recipe: a group with a small spread then moves the policy less than one whose
+    outcomes really differ). Groups of one sample, or with no spread, get advantage 0. Returns
+    (advantages [B], zero_std_fraction: the fraction of samples whose group had no reward spread).
     """
+    if std_over not in ("group", "batch"):
+        raise ValueError(f"std_over must be 'group' or 'batch', got {std_over!r}")
     rewards = rewards.float()
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     groups = counts.shape[0]
@@ -39,7 +48,8 @@ def group_advantages(
     squares = torch.zeros(groups, device=rewards.device).index_add_(0, inverse, centred**2)
     stds = (squares / (counts - 1).clamp(min=1)).sqrt()  # unbiased, as torch.std
     flat = stds[inverse] < 1e-8
-    advantages = centred / (stds[inverse] + eps) if scale else centred
+    divisor = stds[inverse] if std_over == "group" else rewards.std().expand_as(rewards)
+    advantages = centred / (divisor + eps) if scale else centred
     advantages = torch.where((counts[inverse] > 1) & ~flat, advantages, torch.zeros_like(advantages))
     return advantages, float(flat.float().mean())
 

@@ -106,3 +106,19 @@ def test_unknown_models_and_families_are_refused():
         load_adapter("/nonexistent/model/dir")
     with pytest.raises(ValueError, match="unknown model family"):
         load_adapter("tiny:sd3", family="dalle")
+
+
+def test_guidance_can_hold_the_unconditional_branch_constant():
+    from samplers.models import load_adapter
+
+    adapter = load_adapter("tiny:sd3", guidance_scale=4.0)
+    unconditional = torch.ones(3, requires_grad=True)
+    conditional = torch.full((3,), 2.0, requires_grad=True)
+    adapter.guide(unconditional, conditional).sum().backward()
+    assert unconditional.grad.tolist() == [-3.0] * 3 and conditional.grad.tolist() == [4.0] * 3  # 1 - s, s
+    unconditional.grad, conditional.grad = None, None
+    with adapter.detached_unconditional():
+        guided = adapter.guide(unconditional, conditional)
+    guided.sum().backward()
+    assert unconditional.grad is None and conditional.grad.tolist() == [4.0] * 3
+    assert guided.tolist() == [5.0] * 3  # the same value: 1 + 4 (2 - 1)

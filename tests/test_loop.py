@@ -1,6 +1,7 @@
 """The one training loop on a tiny model: it learns, resumes exactly, distributes, saves usable LoRA."""
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -316,3 +317,46 @@ def test_several_optimiser_steps_per_pass_leave_the_first_on_policy_and_move_the
     (record,) = metrics(tmp_path / "run")
     assert record["step"] == 2  # two optimiser steps in the one epoch
     assert record["ratio_min"] < 1.0 or record["ratio_max"] > 1.0  # the second step sees moved weights
+
+
+def test_gradient_agreement_is_one_for_agreeing_units_and_about_zero_for_noise():
+    from align.loop import GradientAgreement
+
+    def agreement(unit_grads):
+        param = torch.nn.Parameter(torch.zeros(len(unit_grads[0])))
+        meter = GradientAgreement([param])
+        for grad in unit_grads:  # what backward does: accumulate into .grad
+            param.grad = grad.clone() if param.grad is None else param.grad + grad
+            meter.add()
+        return meter.value()
+
+    g = torch.tensor([1.0, -2.0, 0.5])
+    assert agreement([g, g, g]) == pytest.approx(1.0)
+    assert agreement([g, -g]) == pytest.approx(-1.0)  # (0 - 2|g|^2) / (1 * 2|g|^2)
+    noise = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0))
+    assert abs(agreement(list(noise))) < 0.01
+
+
+def test_noise_levels_keep_the_last_flow_step_deterministic_and_windows_inside_the_live_steps():
+    import random
+
+    from align.algorithms.policy_gradient import FlowGRPOConfig, noise_levels
+
+    sigmas = [1.0, 0.889, 0.778, 0.667, 0.556, 0.445, 0.334, 0.223, 0.112, 0.001, 0.0]  # the toy's 10 steps
+    assert noise_levels(FlowGRPOConfig(), 0.7, sigmas, 0, random.Random(0)) == [0.7] * 9 + [0.0]
+    window = FlowGRPOConfig(sde_window=3)
+    starts = set()
+    for seed in range(50):
+        levels = noise_levels(window, 0.7, sigmas, 0, random.Random(seed))
+        stochastic = [i for i, level in enumerate(levels) if level > 0]
+        assert len(stochastic) == 3 and stochastic == list(range(stochastic[0], stochastic[0] + 3))
+        starts.add(stochastic[0])
+    assert starts == set(range(7))  # windows start anywhere in 0..6 and never reach step 9
+
+
+def test_policy_gradient_records_what_tells_signal_from_noise(tmp_path):
+    train(tiny_config(num_epochs=1), tmp_path / "run")
+    (record,) = metrics(tmp_path / "run")
+    for key in ("grad_agreement", "reward_std_in_groups", "advantage_abs_mean", "zero_std_fraction"):
+        assert key in record and math.isfinite(record[key]), key
+    assert -1.0 <= record["grad_agreement"] <= 1.0

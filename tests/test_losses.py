@@ -96,3 +96,13 @@ def test_simpo_loss_margin():
     loss, stats = simpo_loss(torch.tensor([-1.0]), torch.tensor([-2.0]), beta=2.0, gamma=1.0)
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))))
     assert stats["reward_margin"] == pytest.approx(2.0)
+
+
+def test_group_advantages_with_one_batch_std():
+    rewards = torch.tensor([1.0, 3.0, 2.0, 2.0])
+    advantages, zero_std = group_advantages(rewards, torch.tensor([0, 0, 1, 1]), std_over="batch", eps=0.0)
+    # group means 2 and 2; batch std of [1, 3, 2, 2] = sqrt(2/3): the centred rewards divided by it
+    assert advantages.tolist() == pytest.approx([-1 / math.sqrt(2 / 3), 1 / math.sqrt(2 / 3), 0.0, 0.0])
+    assert zero_std == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="std_over"):
+        group_advantages(rewards, torch.tensor([0, 0, 1, 1]), std_over="prompt")

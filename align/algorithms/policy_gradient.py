@@ -9,6 +9,7 @@ mean, Flow-GRPO eq. 12). Only stochastic steps carry a log-prob, so only they ar
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,7 +31,8 @@ class PolicyGradientConfig:
     timestep_fraction: float = param(1.0, gt=0.0, max=1.0)  # share of stochastic steps trained per sample
     log_prob_reduction: str = param("mean", choices=("mean", "sum"))  # mean: per-dimension (Flow-GRPO/DDPO)
     advantage: str = param("group", choices=("group", "prompt_tracker", "batch"))
-    scale_advantages: bool = True  # divide by the group std (False: Dr. GRPO, mean only)
+    scale_advantages: bool = True  # divide by a std (False: Dr. GRPO, mean only)
+    advantage_std: str = param("group", choices=("group", "batch"))  # group: per-group std; batch: one std
     sde_window: int = param(0, min=0)  # 0: every step stochastic; k: only a window of k steps (Fast)
     sde_window_range: list[int] | None = None  # [lo, hi): where the window may start (default: anywhere)
     sliding_window_every: int = param(0, min=0)  # >0: MixGRPO, the window moves one step every N epochs
@@ -39,6 +41,9 @@ class PolicyGradientConfig:
     signal: str = param("combined", choices=("combined", "win_rate"))  # Pref-GRPO: win rate within group
     reference_images: str | None = None  # Adv-GRPO: "toy" (render the prompts) or a folder of images
     shared_initial_noise: bool = False  # a group starts from one x_T: its spread comes from the SDE alone
+    # with CFG, which branches the update trains: both, or the conditional one only (the unconditional
+    # prediction held constant, as the Flow-GRPO reference does)
+    cfg_gradient: str = param("both", choices=("both", "conditional"))
 
     def check(self):
         if self.sde_window_range is not None and (
@@ -93,19 +98,34 @@ class PromptStatTracker:
         return out
 
 
+# A step that starts below this sigma stays deterministic: its SDE noise (std ~ noise_level * sigma) is
+# far below what changes a pixel, so it carries no credit, while its log-prob gradient, which grows as
+# 1 / std, is the largest of the chain. (Flow schedules end with such a step: sigma 0.001 -> 0.)
+MIN_STOCHASTIC_SIGMA = 0.01
+
+
 def noise_levels(
-    settings: PolicyGradientConfig, level: float, num_steps: int, epoch: int, rng: random.Random
+    settings: PolicyGradientConfig,
+    level: float,
+    sigmas: list[float],
+    epoch: int,
+    rng: random.Random,
 ):
-    """[T] noise level per step: `level` on the stochastic window, 0 (ODE) elsewhere."""
-    if settings.sde_window == 0 or settings.sde_window >= num_steps:
-        return [level] * num_steps
-    lo, hi = settings.sde_window_range or (0, num_steps - settings.sde_window + 1)
-    hi = min(hi, num_steps - settings.sde_window + 1)
-    if settings.sliding_window_every:
-        start = lo + (epoch // settings.sliding_window_every) % max(1, hi - lo)
+    """[T] noise level per step: `level` on the stochastic window, 0 (ODE) elsewhere and on every step
+    starting below MIN_STOCHASTIC_SIGMA. sigmas [T + 1]: the schedule's."""
+    num_steps = len(sigmas) - 1
+    live = [i for i in range(num_steps) if sigmas[i] >= MIN_STOCHASTIC_SIGMA]
+    if settings.sde_window == 0 or settings.sde_window >= len(live):
+        window = set(live)
     else:
-        start = rng.randrange(lo, max(lo + 1, hi))
-    return [level if start <= i < start + settings.sde_window else 0.0 for i in range(num_steps)]
+        lo, hi = settings.sde_window_range or (0, len(live) - settings.sde_window + 1)
+        hi = min(hi, len(live) - settings.sde_window + 1)
+        if settings.sliding_window_every:
+            start = lo + (epoch // settings.sliding_window_every) % max(1, hi - lo)
+        else:
+            start = rng.randrange(lo, max(lo + 1, hi))
+        window = set(live[start : start + settings.sde_window])
+    return [level if i in window else 0.0 for i in range(num_steps)]
 
 
 def reference_batch(source: str, prompts: list[str], epoch: int) -> torch.Tensor:
@@ -151,7 +171,8 @@ class PolicyGradient(Algorithm):
         config, adapter = context.config, context.adapter
         num_steps = config.sampling.num_steps
         rng = random.Random(config.train.seed * 1_000_003 + epoch)
-        levels = noise_levels(settings, config.sampling.noise_level, num_steps, epoch, rng)
+        sigmas = adapter.schedule(num_steps).sigmas.tolist()
+        levels = noise_levels(settings, config.sampling.noise_level, sigmas, epoch, rng)
         start = time.perf_counter()
         generators, noise = generators_from_seeds(seeds), None
         if settings.shared_initial_noise:
@@ -192,6 +213,8 @@ class PolicyGradient(Algorithm):
         stats.update(
             {
                 "reward": float(signal.mean()),
+                "reward_std_in_groups": _mean_group_std(signal, group_ids),
+                "advantage_abs_mean": float(advantages.abs().mean()),
                 "zero_std_fraction": zero_std,
                 "time/sampling": sampled - start,
                 "time/reward": scored - sampled,
@@ -220,7 +243,9 @@ class PolicyGradient(Algorithm):
         everything = context.gather(signal)
         all_groups = context.gather(group_ids)
         if settings.advantage == "group":
-            advantages, zero_std = group_advantages(everything, all_groups, scale=settings.scale_advantages)
+            advantages, zero_std = group_advantages(
+                everything, all_groups, scale=settings.scale_advantages, std_over=settings.advantage_std
+            )
         elif settings.advantage == "batch":
             advantages, zero_std = (everything - everything.mean()) / (everything.std() + 1e-6), 0.0
         else:
@@ -245,7 +270,12 @@ class PolicyGradient(Algorithm):
         context, settings = self.context, self.context.settings
         trajectory = batch["trajectory"].select(rows)
         steps = batch["steps"][rows, k]
-        with context.accelerator.autocast():
+        guidance = (
+            context.adapter.detached_unconditional()
+            if settings.cfg_gradient == "conditional"
+            else contextlib.nullcontext()
+        )
+        with context.accelerator.autocast(), guidance:
             out = context.adapter.rescore(trajectory, steps)
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
         scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
@@ -265,6 +295,12 @@ class PolicyGradient(Algorithm):
 
     def load_state_dict(self, state):
         self.tracker.history = {p: list(v) for p, v in state.get("tracker", {}).items()}
+
+
+def _mean_group_std(values: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Mean over groups of the within-group std of `values`: the spread GRPO can learn from."""
+    stds = [values[group_ids == g].std() for g in group_ids.unique() if int((group_ids == g).sum()) > 1]
+    return float(torch.stack(stds).mean()) if stds else 0.0
 
 
 def _gather_prompts(context, prompts: list[str]) -> list[str]:

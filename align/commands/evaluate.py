@@ -6,7 +6,14 @@ from pathlib import Path
 
 
 def run(args) -> int:
-    from align.evaluate import evaluate, format_rows, format_summary, write_evaluation
+    from align.evaluate import (
+        evaluate,
+        format_rows,
+        format_summary,
+        format_swap_test,
+        swap_test,
+        write_evaluation,
+    )
     from align.toy.world import load_prompts
     from rewards.base import build_reward
     from samplers.models import load_adapter
@@ -18,6 +25,9 @@ def run(args) -> int:
     summary.update(model=args.model, prompts=args.prompts)
     print(format_rows(rows))
     print(format_summary(summary, f"{args.model} on {args.prompts} ({summary['num_images']} images)"))
+    if args.swap_test:
+        summary["swap_test"] = swap_test(adapter, prompts, seeds=args.seeds)
+        print(format_swap_test(summary["swap_test"]))
     if args.out:
         write_evaluation(Path(args.out), summary, rows)
         print(f"wrote {Path(args.out) / 'summary.json'}")
@@ -35,5 +45,11 @@ def register(subparsers) -> None:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--max-prompts", type=int, default=None)
+    parser.add_argument(
+        "--swap-test",
+        action="store_true",
+        help="also draw every relation prompt with its relation swapped (left/right, above/below) and "
+        "report how often the placement flips: does the model listen to the relation word?",
+    )
     parser.add_argument("--out", default=None, help="directory for summary.json and prompts.jsonl")
     parser.set_defaults(run=run)

@@ -145,12 +145,17 @@ class DiffusionTrainer:
         lr: float = 6e-4,
         ema_decay: float = 0.999,
         caption_dropout: float = 0.1,
+        relation_fraction: float | None = None,
+        sigma_location: float = 0.0,
+        warmup: int = 300,
+        init_from: Path | None = None,
         seed: int = 0,
     ):
         from diffusers import AutoencoderKL
 
         self.out, self.total_steps, self.batch_size = out, total_steps, batch_size
         self.lr, self.ema_decay, self.caption_dropout = lr, ema_decay, caption_dropout
+        self.warmup, self.sigma_location = warmup, sigma_location
         vae = AutoencoderKL.from_pretrained(out / "vae").eval()
         self.pipeline = toy.build_pipeline(seed, vae=vae)
         self.trainable = {
@@ -158,6 +163,8 @@ class DiffusionTrainer:
             "text_encoder": self.pipeline.text_encoder,
             "text_encoder_2": self.pipeline.text_encoder_2,
         }
+        if init_from is not None:
+            self._initialise_from(Path(init_from))
         self.ema = {
             name: copy.deepcopy(module).requires_grad_(False) for name, module in self.trainable.items()
         }
@@ -166,9 +173,36 @@ class DiffusionTrainer:
         data = load_file(str(out / "data.safetensors"))
         self.latents = data["latents"]
         self.prompts = json.loads((out / "data.json").read_text())["prompts"]
+        kinds = {p: parse_prompt(p).kind for p in dict.fromkeys(self.prompts)}
+        self.by_kind = {
+            kind: [i for i, p in enumerate(self.prompts) if kinds[p] == kind] for kind in ("single", "relation")
+        }
+        self.relation_fraction = relation_fraction
         self.step = 0
         self.rng = random.Random(seed)
         torch.manual_seed(seed)
+
+    def _initialise_from(self, directory: Path) -> None:
+        """Start from an exported pipeline's transformer and text encoders (e.g. to continue the shipped
+        model on another data mix); their tokenizer must be this one."""
+        from diffusers import StableDiffusion3Pipeline
+
+        check_tokenizer(directory, self.pipeline.tokenizer)
+        source = StableDiffusion3Pipeline.from_pretrained(
+            str(directory), torch_dtype=torch.float32, text_encoder_3=None, tokenizer_3=None
+        )
+        for name, module in self.trainable.items():
+            module.load_state_dict(getattr(source, name).state_dict())
+
+    def sample_indices(self) -> list[int]:
+        """A batch of example indices: uniform over the data, or relations with `relation_fraction`."""
+        if self.relation_fraction is None:
+            return [self.rng.randrange(len(self.prompts)) for _ in range(self.batch_size)]
+        pools = self.by_kind
+        return [
+            self.rng.choice(pools["relation" if self.rng.random() < self.relation_fraction else "single"])
+            for _ in range(self.batch_size)
+        ]
 
     def state(self) -> dict:
         return {
@@ -198,8 +232,8 @@ class DiffusionTrainer:
 
     def train_step(self) -> float:
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * cosine_lr(self.step, self.total_steps, 300)
-        index = [self.rng.randrange(len(self.prompts)) for _ in range(self.batch_size)]
+            group["lr"] = self.lr * cosine_lr(self.step, self.total_steps, self.warmup)
+        index = self.sample_indices()
         prompts = ["" if self.rng.random() < self.caption_dropout else self.prompts[i] for i in index]
         x0 = self.latents[index].float()
         embeds, _, pooled, _ = self.pipeline.encode_prompt(
@@ -209,7 +243,8 @@ class DiffusionTrainer:
             do_classifier_free_guidance=False,
             max_sequence_length=toy.ADAPTER_DEFAULTS["max_sequence_length"],
         )
-        sigma = torch.sigmoid(torch.randn(self.batch_size))  # logit-normal, as SD3 trains
+        # logit-normal, as SD3 trains; a positive location puts more weight on the noisy steps that lay out the scene
+        sigma = torch.sigmoid(torch.randn(self.batch_size) + self.sigma_location)
         noise = torch.randn_like(x0)
         view = sigma.view(-1, 1, 1, 1)
         noisy = (1 - view) * x0 + view * noise
@@ -249,7 +284,7 @@ class DiffusionTrainer:
         )
 
     def evaluate(self, seeds: int = 2) -> dict:
-        from align.evaluate import evaluate
+        from align.evaluate import evaluate, swap_test
         from samplers.adapters.sd3 import SD3Adapter
 
         adapter = SD3Adapter(
@@ -262,6 +297,7 @@ class DiffusionTrainer:
         for split in ("heldout", "novel"):
             summary, _, _ = evaluate(adapter, prompt_splits()[split], seeds=seeds)
             results[split] = {k: summary[k] for k in ("accuracy", "score", "categories", "kinds")}
+        results["swap"] = swap_test(adapter, prompt_splits()["heldout"], seeds=seeds)
         for module in self.ema.values():
             module.requires_grad_(False)
         return results
@@ -286,8 +322,10 @@ def train_diffusion(
     resume: bool,
     eval_every: int = 1000,
     checkpoint_every: int = 250,
+    **options,
 ) -> dict:
-    trainer = DiffusionTrainer(out, total_steps=total_steps)
+    """options: DiffusionTrainer's (relation_fraction, sigma_location, lr, warmup, init_from, ...)."""
+    trainer = DiffusionTrainer(out, total_steps=total_steps, **options)
     checkpoint = out / "diffusion" / "checkpoint"
     if resume:
         if not checkpoint.is_dir():
@@ -315,7 +353,7 @@ def train_diffusion(
             held = results["heldout"]
             tqdm.write(
                 f"step {trainer.step}: heldout accuracy {held['accuracy']:.3f} {held['categories']} "
-                f"novel {results['novel']['accuracy']:.3f}"
+                f"novel {results['novel']['accuracy']:.3f} swap flips {results['swap']['flip_fraction']:.3f}"
             )
     trainer.save()
     bar.close()

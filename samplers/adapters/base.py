@@ -129,6 +129,23 @@ class Adapter:
         finally:
             self.guidance_scale = saved
 
+    @contextlib.contextmanager
+    def detached_unconditional(self):
+        """Guided denoising whose gradient flows through the conditional branch only (the unconditional
+        prediction is a constant of the update, as the Flow-GRPO reference trains with CFG)."""
+        saved = getattr(self, "_detach_unconditional", False)
+        self._detach_unconditional = True
+        try:
+            yield
+        finally:
+            self._detach_unconditional = saved
+
+    def guide(self, unconditional: torch.Tensor, conditional: torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance: uncond + scale * (cond - uncond)."""
+        if getattr(self, "_detach_unconditional", False):
+            unconditional = unconditional.detach()
+        return unconditional + self.guidance_scale * (conditional - unconditional)
+
     def pipeline_images(self, prompts: list[str], generators: list[torch.Generator], num_steps: int):
         """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance."""
         raise NotImplementedError

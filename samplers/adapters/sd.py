@@ -99,7 +99,7 @@ class UNetMixin:
         if self.guidance_scale <= 1:
             return call(x, t, False)
         uncond, text = call(torch.cat([x, x]), torch.cat([t, t]), True).chunk(2)
-        return uncond + self.guidance_scale * (text - uncond)
+        return self.guide(uncond, text)
 
     def _scaled_input(self, x):
         return x.to(self.dtype)

@@ -105,7 +105,7 @@ class SD3Adapter(FlowMatchMixin, Adapter):
         )[0]
         if guided:
             uncond, text = output.chunk(2)
-            output = uncond + self.guidance_scale * (text - uncond)
+            output = self.guide(uncond, text)
         return output
 
     def schedule(self, num_steps: int) -> Schedule:
