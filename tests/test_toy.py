@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from align.toy.model import PIPELINE_DIR
-from align.toy.world import Obj, Scene, load_prompts, make_example, parse_prompt, render
-from rewards.geneval import evaluate_images
+from align.toy.world import (
+    BACKGROUND,
+    COLOURS,
+    SHAPES,
+    Obj,
+    Scene,
+    coverage,
+    load_prompts,
+    make_example,
+    parse_prompt,
+    render,
+)
+from rewards.geneval import detect, evaluate_images, template
 
 SHIPPED = (PIPELINE_DIR / "model_index.json").is_file()
 needs_assets = pytest.mark.skipif(not SHIPPED, reason="toy assets not built (align pretrain-toy)")
@@ -46,8 +57,6 @@ def test_degraded_renders_stay_above_the_floor_and_blobs_do_not_pass():
 
 
 def scene(prompt: str, objects: list[tuple[str, str, float, float]]) -> np.ndarray:
-    from align.toy.world import COLOURS
-
     return render(Scene(parse_prompt(prompt), [Obj(c, s, x, y, 11, COLOURS[c]) for c, s, x, y in objects]))
 
 
@@ -65,6 +74,113 @@ def test_hand_made_errors_give_the_expected_partial_scores():
     ]
     got = scores([scene(p, objects) for p, objects, _ in cases], [p for p, _, _ in cases])
     assert got == pytest.approx([expected for _, _, expected in cases])
+
+
+def composite(alpha: np.ndarray, rgb) -> np.ndarray:
+    """Colour `rgb` (0-255: one colour, or one per pixel [H, W, 3]) at coverage `alpha` over the
+    background, as `render` composites an object."""
+    a = alpha[..., None]
+    background = np.asarray(BACKGROUND, np.float32) / 255
+    return (background * (1 - a) + a * np.asarray(rgb, np.float32) / 255).astype(np.float32)
+
+
+def nearest_colour(rgb) -> str:
+    """The palette colour whose offset from the background points nearest (by cosine) that of `rgb`."""
+    offset = np.subtract(rgb, BACKGROUND)
+
+    def cosine(name):
+        direction = np.subtract(COLOURS[name], BACKGROUND)
+        return offset @ direction / np.linalg.norm(direction)
+
+    return max(COLOURS, key=cosine)
+
+
+def test_an_off_palette_colour_split_between_two_palette_colours_is_one_object():
+    """Violet lies between blue and purple: noise or shading puts its pixels on both sides of the
+    boundary (two fragments, no shape, with per-pixel colours), and the fragments make one circle of
+    the palette colour nearest the mean."""
+    circle = coverage("circle", 15.7, 16.2, 11)
+    violet = (105, 82, 222)
+    noisy = composite(circle, violet) + np.random.default_rng(0).normal(0, 0.02, (32, 32, 3))
+    cases = [(np.clip(noisy, 0, 1).astype(np.float32), violet)]
+    t = np.clip((np.arange(32) + 0.5 - 15.7) / 11 + 0.5, 0, 1)[None, :, None]  # across the circle
+    for left, right in [((75, 90, 230), (125, 76, 216)), ((90, 87, 227), (130, 75, 215))]:  # shaded
+        shading = np.broadcast_to((1 - t) * np.asarray(left) + t * np.asarray(right), (32, 32, 3))
+        cases.append((composite(circle, shading), np.add(left, right) / 2))
+    assert [nearest_colour(mean) for _, mean in cases] == ["purple", "blue", "purple"]
+    for image, mean in cases:
+        objects = detect(image)
+        assert [(o.colour, o.shape) for o in objects] == [(nearest_colour(mean), "circle")]
+        assert objects[0].iou >= 0.9
+
+
+def test_touching_objects_of_different_colours_stay_two():
+    cases = [
+        ("a red circle left of a blue square", [("red", "circle", 10, 16), ("blue", "square", 21, 16)]),
+        ("a blue circle left of a purple square", [("blue", "circle", 10, 16), ("purple", "square", 21, 16)]),
+        ("a blue square above a purple circle", [("blue", "square", 16, 10), ("purple", "circle", 16, 21)]),
+    ]
+    assert scores([scene(p, objects) for p, objects in cases], [p for p, _ in cases]) == [1.0] * len(cases)
+
+
+def test_shapes_of_one_colour_that_touch_are_separate_objects():
+    from scipy import ndimage
+
+    cases = [  # squares meeting at a pixel corner, and inside a pixel that both cover; tangent circles;
+        # triangles whose base corners meet
+        ("two red squares", [("red", "square", 8.5, 8.5), ("red", "square", 19.5, 19.5)]),
+        ("two red squares", [("red", "square", 8, 8), ("red", "square", 19, 19)]),
+        ("two red circles", [("red", "circle", 10, 16), ("red", "circle", 21, 16)]),
+        ("two red triangles", [("red", "triangle", 10, 16), ("red", "triangle", 21, 16)]),
+    ]
+    sharp = [scene(p, objects) for p, objects in cases]
+    soft = [ndimage.gaussian_filter(a, sigma=(1.0, 1.0, 0)) for a in sharp]
+    prompts = [p for p, _ in cases] * 2
+    assert scores(sharp + soft, prompts) == [1.0] * len(prompts)
+
+
+def box(cx: float, cy: float, width: float, height: float) -> np.ndarray:
+    """Coverage of an axis-aligned width x height box: the world's square is the product of a row
+    and a column profile, so the profiles of two squares make the box."""
+    rows = coverage("square", cx, cy, height).max(axis=1)
+    columns = coverage("square", cx, cy, width).max(axis=0)
+    return np.outer(rows, columns)
+
+
+def ellipse(cx: float, cy: float, width: float, height: float, n: int = 8) -> np.ndarray:
+    """Coverage of an axis-aligned ellipse, n x n supersampled."""
+    s = (np.arange(32 * n) + 0.5) / n
+    inside = ((s[None, :] - cx) / (width / 2)) ** 2 + ((s[:, None] - cy) / (height / 2)) ** 2 <= 1
+    return inside.reshape(32, n, 32, n).mean(axis=(1, 3))
+
+
+def test_slightly_stretched_squares_are_squares_and_elongated_boxes_are_not():
+    from scipy import ndimage
+
+    assert np.array_equal(box(16.3, 15.8, 11, 11), coverage("square", 16.3, 15.8, 11))
+
+    def fits(alpha, blur=0.0):
+        image = composite(alpha, COLOURS["orange"])
+        image = ndimage.gaussian_filter(image, sigma=(blur, blur, 0)) if blur else image
+        return [(o.shape, round(o.iou, 3)) for o in detect(image)]
+
+    # aspect 1.1 and 1.2: a square template with one side from both variances scored 0.915 and 0.846
+    for width in (11, 12):
+        [(shape, iou)] = fits(box(16.3, 15.8, width, 10))
+        assert shape == "square" and iou >= 0.98
+    # with soft edges and a duller colour (85 % coverage), as generated squares have: 0.739, no shape
+    [(shape, iou)] = fits(0.85 * box(16.3, 15.8, 12, 10), blur=1.5)
+    assert shape == "square" and iou >= 0.77
+    # aspect 1.5 is elongated: no shape; an ellipse of aspect 1.2 is a circle (its template stretches too)
+    assert fits(box(16.3, 15.8, 15, 10)) == [(None, 0.0)]
+    [(shape, iou)] = fits(ellipse(16.3, 15.8, 12, 10))
+    assert shape == "circle" and iou >= 0.95
+
+
+def test_verifier_templates_are_the_worlds_shapes_when_width_equals_height():
+    for shape in SHAPES:
+        for cx, cy, size in [(16, 16, 11), (9.3, 20.7, 9.6), (20.5, 11.25, 13)]:
+            assert np.array_equal(template(shape, cx, cy, size, size, 32), coverage(shape, cx, cy, size))
 
 
 def test_splits_are_disjoint_and_novel_pairs_are_unseen():
