@@ -6,7 +6,7 @@ PIP := $(BIN)/python -m pip
 export HF_HUB_OFFLINE ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup setup-dev demo test lint
+.PHONY: setup setup-dev demo test lint gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +39,8 @@ test: setup-dev
 
 lint: setup-dev
 	$(BIN)/ruff check .
+
+# By hand on a machine with a CUDA GPU: doctor in bf16, xformers vs SDPA, the Triton log-prob kernel,
+# rollout ratios and the toy demo's time, in one table (about 8 minutes).
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py

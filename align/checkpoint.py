@@ -2,17 +2,21 @@
 
 Nested state (module and optimizer state dicts, RNG states, counters) is flattened into dotted keys;
 `save_state` and `load_state` round-trip it exactly. Directories are written atomically: into a
-temporary sibling first, renamed into place only when complete.
+temporary sibling first, flushed to the disk, renamed into place only when complete. A manifest of
+every file's size and SHA-256, written last, lets a reader refuse a checkpoint that was damaged later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import math
 import os
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,11 @@ from safetensors.torch import load_file, save_file
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
+MANIFEST = "manifest.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is incomplete or damaged; never loaded."""
 
 
 def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -85,6 +94,7 @@ def atomic_directory(target: str | Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield staging
+        _sync(staging)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -93,9 +103,125 @@ def atomic_directory(target: str | Path):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, target)
+        _sync_entry(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _sync(root: Path) -> None:
+    """fsync every file and directory under `root`: after a power loss, a renamed checkpoint must not
+    turn out to hold empty files (the rename can reach the disk before the data does)."""
+    for path in [*sorted(root.rglob("*")), root]:
+        _sync_entry(path)
+
+
+def _sync_entry(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def remove_staging(parent: Path) -> None:
+    """Delete what a killed `atomic_directory` left in `parent` (hidden `.name.*` directories). Call it
+    only while no other process writes there (the run's lock)."""
+    for path in Path(parent).glob(".*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace a small file whole: a kill leaves the old text or the new, never half of one."""
+    path = Path(path)
+    staging = path.with_name(f".{path.name}.tmp")
+    with open(staging, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, path)
+
+
+# --- manifests --------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path) -> None:
+    """Record each file's size and SHA-256 in `directory/manifest.json`; call it after every other
+    file is written."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {
+        p.relative_to(directory).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files
+    }
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+
+
+def verify_checkpoint(directory: Path) -> Path:
+    """`directory` if every file its manifest lists is there with its size and SHA-256; otherwise a
+    one-line CheckpointError naming the checkpoint and the file."""
+    directory = Path(directory)
+    advice = "delete it to continue from an earlier checkpoint"
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except FileNotFoundError:
+        problem = f"has no {MANIFEST} (incomplete, or not written by align train)"
+        raise CheckpointError(f"checkpoint {directory} {problem}; {advice}") from None
+    except ValueError:
+        problem = f"is corrupt: {MANIFEST} is not valid JSON"
+        raise CheckpointError(f"checkpoint {directory} {problem}; {advice}") from None
+    for name, expected in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {directory} is corrupt: {name} is missing; {advice}")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CheckpointError(
+                f"checkpoint {directory} is corrupt: {name} has {size} bytes, {expected['bytes']} were "
+                f"written (truncated?); {advice}"
+            )
+        if _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"checkpoint {directory} is corrupt: {name} fails its checksum; {advice}")
+    return directory
+
+
+# --- checks on what is saved ------------------------------------------------------------------------
+
+
+def _leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every tensor and number in nested dicts, lists and tuples."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _leaves(item, f"{prefix}.{index}")
+    else:
+        yield prefix, value
+
+
+def nonfinite_values(state: Any) -> list[str]:
+    """Dotted keys of the floats and floating-point tensors in `state` that hold a NaN or an inf."""
+    bad = []
+    for key, value in _leaves(state):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(key)
+        elif isinstance(value, float) and not math.isfinite(value):
+            bad.append(key)
+    return bad
+
+
+def tensor_bytes(state: Any) -> int:
+    return sum(v.numel() * v.element_size() for _, v in _leaves(state) if isinstance(v, torch.Tensor))
 
 
 def rng_state() -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The `align` command line. Heavy imports happen inside each command, so `align --help` is instant.
 
 Bad input (a malformed config, an unknown model, a missing file) prints one line per problem
-prefixed `error:` and exits with code 2, before anything is written.
+prefixed `error:` and exits with code 2, before anything is written. A run that cannot go on (disk
+full, NaN steps in a row, a run directory in use, a damaged checkpoint) does the same.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ def _doctor(args) -> int:
     from align.doctor import format_table, run_checks
     from samplers.models import load_adapter
 
-    adapter = load_adapter(args.model, family=args.family, dtype=args.dtype, device=args.device)
+    adapter = load_adapter(
+        args.model, family=args.family, dtype=args.dtype, device=args.device, attention=args.attention
+    )
     checks = run_checks(adapter, num_steps=args.steps, noise_level=args.noise_level)
-    print(format_table(args.model, checks))
+    where = f"{adapter.device}, {adapter.describe()['dtype']}, attention {adapter.attention}"
+    print(format_table(f"{args.model} ({where})", checks))
     failed = [c for c in checks if not c.passed]
     print(f"{len(checks) - len(failed)}/{len(checks)} checks passed")
     return 1 if failed else 0
@@ -40,6 +44,8 @@ def _config_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from align.commands import add_commands, add_device_arguments
+
     parser = argparse.ArgumentParser(prog="align", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -52,16 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--noise-level", type=float, default=None, help="SDE noise / DDIM eta for the ratio check"
     )
     doctor.add_argument("--family", default="auto", help="force an adapter family")
-    doctor.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
-    doctor.add_argument("--device", default="cpu")
+    doctor.add_argument(
+        "--attention", default="sdpa", choices=("sdpa", "xformers"), help="xformers: only where it runs"
+    )
+    add_device_arguments(doctor)
     doctor.set_defaults(run=_doctor)
 
     config = commands.add_parser("config", help="validate an experiment file and print it resolved")
-    config.add_argument("config", help="YAML experiment file")
+    config.add_argument("config", help="YAML experiment file, or a shipped recipe such as toy/grpo-demo.yaml")
     config.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=3e-4")
     config.set_defaults(run=_config_check)
-
-    from align.commands import add_commands
 
     add_commands(commands)
     return parser
@@ -82,6 +88,7 @@ def load_plugins(spec: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from align.faults import RunFault
     from align.schema import ConfigError
 
     parser = build_parser()
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in error.errors:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, ValueError, FileNotFoundError, ImportError) as error:
+    except (UsageError, RunFault, ValueError, FileNotFoundError, ImportError) as error:
         if os.environ.get("ALIGN_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

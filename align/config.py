@@ -26,7 +26,7 @@ class ModelConfig:
     dtype: str = param("float32", choices=("float32", "float16", "bfloat16"))  # weights; log-probs stay fp32
     resolution: int | None = param(None, min=8)  # pixels; None = the model's native size (memory ~ res^2)
     guidance_scale: float | None = param(None, min=0.0)  # CFG scale; None = the family default
-    attention: str = param("auto", choices=("auto", "sdpa", "xformers"))
+    attention: str = param("auto", choices=("auto", "sdpa", "xformers"))  # auto = SDPA; xformers if it runs
     gradient_checkpointing: bool = False  # recompute activations in backward: ~30% slower, far less memory
 
 
@@ -79,6 +79,9 @@ class TrainConfig:
     inner_epochs: int = param(1, min=1)  # passes over each collected batch (PPO reuse)
     steps_per_pass: int = param(1, min=1)  # optimiser steps per pass (Flow-GRPO: several; the PPO clip acts)
     max_grad_norm: float | None = param(1.0, gt=0.0)  # None = no clipping
+    # optimiser steps skipped in a row (a NaN or inf in a reward, the loss or the gradients) before the run
+    # stops: rides out a rare bad batch vs hours spent on a run that has diverged
+    max_nonfinite_steps: int = param(5, min=1)
     mixed_precision: str = param("no", choices=("no", "fp16", "bf16"))
     ema_decay: float = param(0.0, min=0.0, max=1.0)  # 0 = no EMA of trainable weights
     checkpoint_every: int = param(0, min=0)  # epochs; 0 = only at the end
@@ -179,9 +182,13 @@ def config_from_data(data: dict) -> ExperimentConfig:
 
 
 def read_config_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError([f"{path}: no such config file"])
+    """A YAML file, or a shipped recipe named under configs/ (`toy/grpo-demo.yaml`) where no such file is."""
+    from align.recipes import find_file
+
+    found = find_file(path)
+    if found is None:
+        raise ConfigError([f"{path}: no such config file (nor a shipped recipe such as toy/grpo-demo.yaml)"])
+    path = found
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:

@@ -6,6 +6,7 @@
 2. Noise optimisation (ReNO) on held-out prompts with the toy CLIP reward, against best-of-N.
 3. Reward backprop (DRaFT-LV) with the toy CLIP and quality rewards (configs/toy/draft-clip.yaml).
 4. A comparison gallery of the base model and both fine-tuned runs.
+Every step runs on one device (`device`, as samplers/devices.py resolves it) in one dtype.
 DIR/summary.json holds {"base": evaluation, "aligned": evaluation, "reno": ..., "draft": ...}.
 """
 
@@ -15,19 +16,10 @@ import json
 import time
 from pathlib import Path
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "toy"
+import torch
 
 
-def recipe(name: str) -> Path:
-    path = CONFIGS / name
-    if not path.is_file():
-        raise ValueError(
-            f"the demo recipe {path} is missing: run `align demo` from a clone of the repository"
-        )
-    return path
-
-
-def _reno(out: Path, prompts: list[str], iterations: int) -> dict:
+def _reno(out: Path, prompts: list[str], iterations: int, device: torch.device, dtype: str) -> dict:
     from align.optimize import OptimizeSettings, compare_with_best_of_n
     from rewards.base import build_reward
     from samplers.models import load_adapter
@@ -35,9 +27,9 @@ def _reno(out: Path, prompts: list[str], iterations: int) -> dict:
     settings = OptimizeSettings(
         iterations=iterations, lr=5.0, regularisation=0.01, grad_clip=0.1, weights={"clip-toy": 100.0}
     )
-    rewards = {"clip-toy": build_reward("clip-toy")}
+    rewards = {"clip-toy": build_reward("clip-toy", device=device)}
     compared = compare_with_best_of_n(
-        load_adapter("toy"), prompts, list(range(len(prompts))), rewards, settings
+        load_adapter("toy", device=device, dtype=dtype), prompts, list(range(len(prompts))), rewards, settings
     )
     results = {
         method: {"accuracy": summary["accuracy"], "rewards": summary["rewards"]}
@@ -61,14 +53,26 @@ def run_demo(
     reno_prompts: int = 12,
     reno_iterations: int = 20,
     gallery_prompts: int = 12,
+    device: str = "auto",
+    dtype: str = "float32",
 ) -> dict:
     from align.config import load_config
-    from align.loop import train
+    from align.loop import make_accelerator, train
+    from align.recipes import recipe
     from align.toy.world import load_prompts
+    from samplers.devices import resolve_device
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new --out for the demo")
+    chosen = resolve_device(device)
+
+    def load(name: str, overrides: list[str] | tuple[str, ...] = ()):
+        return load_config(recipe(f"toy/{name}"), [f"model.dtype={dtype}", *overrides])
+
+    def accelerator(config):
+        return make_accelerator(config.train.mixed_precision, device=device)
+
     heldout = load_prompts("heldout")
     start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -78,21 +82,27 @@ def run_demo(
 
     steps = 4 if extras else 1
     print(f"[1/{steps}] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
-    config = load_config(recipe("grpo-demo.yaml"), [f"train.num_epochs={epochs}"] if epochs else None)
-    grpo = train(config, out / "grpo")
+    config = load("grpo-demo.yaml", [f"train.num_epochs={epochs}"] if epochs else [])
+    grpo = train(config, out / "grpo", accelerator=accelerator(config))
     lap("grpo")
     summary = {"base": grpo["base"], "aligned": grpo["aligned"]}
     if extras:
         print(f"[2/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
         subset = heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts]
-        summary["reno"] = _reno(out / "reno", subset, reno_iterations)
+        summary["reno"] = _reno(out / "reno", subset, reno_iterations, chosen, dtype)
         lap("reno")
         print(f"[3/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
-        draft = train(load_config(recipe("draft-clip.yaml")), out / "draft")
+        draft_config = load("draft-clip.yaml")
+        same_evaluation = (draft_config.eval, draft_config.sampling.eval_num_steps) == (
+            config.eval,
+            config.sampling.eval_num_steps,
+        )
+        base = grpo["base"] if same_evaluation else None
+        draft = train(draft_config, out / "draft", base=base, accelerator=accelerator(draft_config))
         summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
         lap("draft")
         print(f"[4/{steps}] comparison gallery")
-        _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts])
+        _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts], chosen, dtype)
         lap("gallery")
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -104,16 +114,19 @@ def run_demo(
     return summary
 
 
-def _gallery(out: Path, prompts: list[str]) -> None:
+def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) -> None:
     from gallery import build_gallery
     from rewards.base import build_reward
     from samplers.models import load_adapter
 
-    rewards = {name: build_reward(name) for name in ("geneval", "clip-toy", "aesthetic-toy")}
+    rewards = {name: build_reward(name, device=device) for name in ("geneval", "clip-toy", "aesthetic-toy")}
     models = {
-        "base": lambda: load_adapter("toy"),
-        "flow-grpo": lambda: load_adapter(str(out / "grpo")),
-        "draft-lv": lambda: load_adapter(str(out / "draft")),
+        name: (lambda model=model: load_adapter(model, device=device, dtype=dtype))
+        for name, model in (
+            ("base", "toy"),
+            ("flow-grpo", str(out / "grpo")),
+            ("draft-lv", str(out / "draft")),
+        )
     }
     build_gallery(
         models,
@@ -127,6 +140,10 @@ def _gallery(out: Path, prompts: list[str]) -> None:
 
 
 def results_table(summary: dict) -> str:
+    """Accuracy (all constraints met) +- its SE over images, the change from the base +- the SE of the
+    paired per-image differences (same prompts and seeds), categories and the gold rewards."""
+    from align.evaluate import paired_difference
+
     base, aligned = summary["base"], summary["aligned"]
     names = ["count", "colour", "shape", "position"]
     rows = [("base", base), ("flow-grpo", aligned)]
@@ -134,7 +151,7 @@ def results_table(summary: dict) -> str:
         rows.append(("draft-lv (clip-toy)", summary["draft"]["aligned"]))
     gold = ["clip-toy", "aesthetic-toy"]
     lines = [
-        "held-out prompts      accuracy  "
+        f"held-out prompts ({base['num_images']} images)     accuracy     vs base  "
         + "  ".join(f"{n:>8}" for n in names)
         + "  "
         + "  ".join(f"{g:>13}" for g in gold)
@@ -142,7 +159,9 @@ def results_table(summary: dict) -> str:
     for label, row in rows:
         cats = "  ".join(f"{row['categories'].get(n, float('nan')):>8.3f}" for n in names)
         golds = "  ".join(f"{row['rewards'].get(g, float('nan')):>13.4f}" for g in gold)
-        lines.append(f"{label:<20} {row['accuracy']:>9.3f}  {cats}  {golds}")
+        accuracy = f"{row['accuracy']:.3f} +- {row.get('accuracy_se', float('nan')):.3f}"
+        change = "" if row is base else "{:+.3f} +- {:.3f}".format(*paired_difference(base, row))
+        lines.append(f"{label:<32} {accuracy:>14} {change:>15}  {cats}  {golds}")
     reno = summary.get("reno")
     if reno is None:
         return "\n".join(lines)

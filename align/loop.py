@@ -7,7 +7,9 @@ owns whole prompt groups, and advantages are computed over the gathered groups.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import shutil
 import time
@@ -20,13 +22,20 @@ import yaml
 from align.algorithms.base import ALGORITHMS, Context
 from align.checkpoint import (
     atomic_directory,
+    atomic_write_text,
     load_state,
+    nonfinite_values,
+    remove_staging,
     restore_int_keys,
     rng_state,
     save_state,
     set_rng_state,
+    tensor_bytes,
+    verify_checkpoint,
+    write_manifest,
 )
 from align.config import ExperimentConfig, config_to_data
+from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
 from align.runs import checkpoint_name, checkpoints, is_run
 
 
@@ -63,16 +72,24 @@ def plan_epoch(
     return EpochPlan(local, torch.tensor(group_ids), seeds)
 
 
-def make_accelerator(mixed_precision: str):
+def make_accelerator(mixed_precision: str, device: str = "auto"):
     """accelerate's Accelerator; a multi-process launch (`accelerate launch --multi_gpu` or torchrun)
     on a machine without CUDA runs its processes on the CPU over gloo. (`accelerate launch --cpu`
-    starts a single process unless it is given an MPI hostfile.)"""
+    starts a single process unless it is given an MPI hostfile.) `device` (auto, cpu, cuda, mps) is
+    checked as every command checks it; cpu keeps the run on the CPU beside a GPU."""
     import os
 
     from accelerate import Accelerator
 
+    from samplers.devices import resolve_device
+
+    chosen = resolve_device(device)
+    if chosen.index is not None:
+        raise ValueError(
+            f"device {device!r}: accelerate places training; pick the GPU with CUDA_VISIBLE_DEVICES"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = world > 1 and not torch.cuda.is_available()
+    cpu = (world > 1 and not torch.cuda.is_available()) or chosen.type == "cpu"
     return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
 
 
@@ -133,6 +150,10 @@ class EMA:
 class Run:
     """Everything one training run holds; `train()` below drives it."""
 
+    # optimiser steps skipped in a row for a NaN or inf (a class default: subclasses that build their own
+    # state, as TextRun does, start from it too)
+    nonfinite_in_a_row = 0
+
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
         import align.algorithms  # noqa: F401  (registers the algorithms)
         from align.policy import ImagePolicy
@@ -188,15 +209,25 @@ class Run:
             self.prompts, config, epoch, self.accelerator.process_index, self.accelerator.num_processes
         )
         start = time.perf_counter()
+        kept = self.algorithm.state_dict()
         batch = self.algorithm.collect(
             epoch, plan.prompts, plan.group_ids.to(self.accelerator.device), plan.seeds
         )
+        kill_point("sampled")
         collected = time.perf_counter()
+        finite_rewards = self._finite_rewards(batch)
+        if not finite_rewards:  # not trained on, nor left in the algorithm's state (DDPO's prompt statistics)
+            self.algorithm.load_state_dict(kept)
         generator = torch.Generator().manual_seed(config.train.seed * 104_729 + epoch)
         stats: dict[str, list[float]] = {}
+        skipped: dict[str, int] = {}  # optimiser steps skipped for a NaN or inf, by source
         for _ in range(config.train.inner_epochs):
             units = self.algorithm.units(batch, generator)
             for chunk in _chunks(units, config.train.steps_per_pass):
+                if not finite_rewards:
+                    self._skip("reward", skipped)
+                    continue
+                losses = []
                 agreement = None
                 if config.logging.gradient_agreement:
                     agreement = GradientAgreement(self.policy.parameters())
@@ -205,6 +236,7 @@ class Run:
                     sync = self.accelerator.no_sync(self.network) if not last else _nothing()
                     with sync:
                         loss, unit_stats = self.algorithm.loss(batch, unit)
+                        losses.append(loss.detach())
                         self.accelerator.backward(loss / len(chunk))
                     if agreement is not None:
                         agreement.add()
@@ -212,6 +244,11 @@ class Run:
                         stats.setdefault(key, []).append(value)
                 if agreement is not None and (value := agreement.value()) is not None:
                     stats.setdefault("grad_agreement", []).append(value)
+                source = self._nonfinite(losses)
+                if source is not None:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._skip(source, skipped)
+                    continue
                 if config.train.max_grad_norm is not None:
                     norm = self.accelerator.clip_grad_norm_(
                         self.policy.parameters(), config.train.max_grad_norm
@@ -220,6 +257,8 @@ class Run:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                self.nonfinite_in_a_row = 0
+                kill_point("step")
         if self.ema is not None:
             self.ema.update(self.policy.named_parameters())
         trained = time.perf_counter()
@@ -229,7 +268,10 @@ class Run:
             "step": self.step,
             "lr": self.optimizer.param_groups[0]["lr"],
             "processes": self.accelerator.num_processes,
+            "skipped_steps": sum(skipped.values()),
         }
+        if skipped:
+            record["skipped_by"] = skipped
         if "values" in batch:  # offline preference data has no rewards of its own
             record["rewards"] = {
                 name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
@@ -245,6 +287,40 @@ class Run:
         record["time/epoch"] = trained - start
         record["samples_per_second"] = samples / (trained - start)
         return record | {"_images": images, "_prompts": plan.prompts}
+
+    # --- NaN and inf ------------------------------------------------------------------------------
+    # A step with a NaN or inf in a reward, the loss or the gradients is skipped, not taken: one
+    # poisoned update would leave NaN in every weight and in the optimiser's moments for good. A NaN
+    # reward skips the whole batch's update rather than only its own sample, whose group would be left
+    # short (and whose advantages depend on the rest of it). Every process decides alike.
+
+    def _finite_rewards(self, batch: dict) -> bool:
+        values = batch.get("values", {}).values()
+        return all(bool(torch.isfinite(self.context.gather(v.detach())).all()) for v in values)
+
+    def _nonfinite(self, losses: list[torch.Tensor]) -> str | None:
+        """Why the accumulated step must be skipped ("loss" or "gradient"), or None to take it."""
+        bad_loss = ~torch.stack(losses).isfinite().all()
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        bad_gradient = torch.zeros_like(bad_loss)
+        if grads and self.accelerator.scaler is None:  # fp16's grad scaler skips overflows itself
+            bad_gradient = ~torch.stack([g.isfinite().all() for g in grads]).all().to(bad_loss.device)
+        flags = torch.stack([bad_loss, bad_gradient]).float()
+        if self.accelerator.num_processes > 1:
+            flags = self.accelerator.reduce(flags, "sum")
+        bad_loss, bad_gradient = flags.tolist()
+        return "loss" if bad_loss else "gradient" if bad_gradient else None
+
+    def _skip(self, source: str, skipped: dict[str, int]) -> None:
+        skipped[source] = skipped.get(source, 0) + 1
+        self.nonfinite_in_a_row += 1
+        limit = self.config.train.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            raise RunFault(
+                f"stopped: {self.nonfinite_in_a_row} optimiser steps in a row skipped for a NaN or inf, the "
+                f"last in the {source} (train.max_nonfinite_steps={limit}); the checkpoints hold no NaN: "
+                "fix the cause (a reward that fails, too high a train.lr) and continue with --resume"
+            )
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -285,19 +361,28 @@ class Run:
     def save_checkpoint(self) -> Path:
         directory = self.out / "checkpoints" / checkpoint_name(self.epoch)
         if self.main:
+            state = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "trainable": self.policy.trainable_state(),
+                "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.shadow if self.ema is not None else None,
+                "rewards": self.rewards.state_dict(),
+                "algorithm": self.algorithm.state_dict(),
+                "rng": rng_state(),
+                "summary": self.summary,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            }
+            # not the summary: it reports evaluations (NaN accuracy for prompts the toy world cannot judge)
+            bad = nonfinite_values({k: v for k, v in state.items() if k != "summary"})
+            if bad:
+                raise RunFault(
+                    f"refusing to save {directory}: {bad[0]} holds NaN or inf ({len(bad)} values in all); "
+                    "the earlier checkpoints are as they were"
+                )
             with atomic_directory(directory) as staging:
                 self.policy.save_weights(staging)
-                state = {
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "trainable": self.policy.trainable_state(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "ema": self.ema.shadow if self.ema is not None else None,
-                    "rewards": self.rewards.state_dict(),
-                    "algorithm": self.algorithm.state_dict(),
-                    "rng": rng_state(),
-                    "summary": self.summary,
-                }
+                kill_point("checkpoint")
                 save_state(staging, state)
                 adapter = self.adapter
                 info = {
@@ -312,6 +397,8 @@ class Run:
                     },
                 }
                 (staging / "checkpoint.json").write_text(json.dumps(info, indent=2))
+                write_manifest(staging)
+            kill_point("saved")
             for old in checkpoints(self.out)[: -self.config.train.keep_checkpoints]:
                 shutil.rmtree(old)
         self.accelerator.wait_for_everyone()
@@ -329,6 +416,14 @@ class Run:
         self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.summary = state["epoch"], state["step"], state["summary"]
+        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+
+    def checkpoint_bytes(self) -> int:
+        """About what a checkpoint takes on disk: the weights twice (to load, to resume), the optimiser
+        state and the EMA."""
+        ema = self.ema.shadow if self.ema is not None else {}
+        weights = tensor_bytes(self.policy.named_parameters())
+        return 2 * weights + tensor_bytes(self.optimizer.state_dict()["state"]) + tensor_bytes(ema)
 
 
 class _nothing:
@@ -345,16 +440,21 @@ def _monitors(images: torch.Tensor) -> dict:
     return hacking_monitors(images)
 
 
-def resolve_resume(path: Path) -> Path:
-    """A checkpoint directory, or a run directory's latest checkpoint; missing is an error."""
+def resolve_resume(path: Path, out: Path) -> Path | None:
+    """The checkpoint to continue from, checked against its manifest: `path` itself, or a run
+    directory's latest. None when `path` is `out` and that run stopped before its first checkpoint:
+    it starts over. Anything else is an error."""
     path = Path(path)
+    started = (path / "config.yaml").is_file()
+    if started and not checkpoints(path) and path.resolve() == Path(out).resolve():
+        return None
     if is_run(path):
         found = checkpoints(path)
         if not found:
             raise ValueError(f"--resume {path}: the run has no complete checkpoint to resume from")
-        return found[-1]
+        return verify_checkpoint(found[-1])
     if (path / "checkpoint.json").is_file():
-        return path
+        return verify_checkpoint(path)
     raise ValueError(f"--resume {path}: neither a run directory with checkpoints nor a checkpoint")
 
 
@@ -366,28 +466,43 @@ def train(
     stop_after: int | None = None,
     accelerator=None,
     progress: bool | None = None,
+    base: dict | None = None,
 ) -> dict:
     """Train per `config` into the run directory `out`; returns the run summary.
 
     resume      a run directory or checkpoint to continue exactly (its epoch, optimiser, RNG, ...)
     stop_after  leave after this many epochs in this call (a checkpoint is written first)
+    base        the base model's evaluation under this config's model and eval settings, when it was
+                already measured (the demo's runs share one); otherwise the run measures it first
     """
     out = Path(out)
-    checkpoint = resolve_resume(Path(resume)) if resume is not None else None
-    if checkpoint is None and out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty; pass --resume {out} to continue it, or choose another --out")
-    run = Run(config, out, accelerator)
+    checkpoint = resolve_resume(Path(resume), out) if resume is not None else None
+    # the lock is taken before the model loads; the launcher's RANK names the main process until then
+    main = accelerator.is_main_process if accelerator is not None else os.environ.get("RANK", "0") == "0"
+    with run_lock(out) if main else contextlib.nullcontext():
+        if resume is None and out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()):
+            raise ValueError(
+                f"{out} is not empty; pass --resume {out} to continue it, or choose another --out"
+            )
+        run = Run(config, out, accelerator)
+        try:
+            return _train(run, checkpoint, stop_after=stop_after, progress=progress, base=base)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            raise disk_full(out, run.checkpoint_bytes()) from error
+
+
+def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> dict:
+    config, out = run.config, run.out
     if checkpoint is not None:
         run.load_checkpoint(checkpoint)
-    elif run.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(config_to_data(config), sort_keys=False))
-        (out / "metrics.jsonl").write_text("")
     if run.main:
-        _truncate_metrics(out / "metrics.jsonl", run.epoch)
-    writer = _writer(config, out, run.main)
+        _prepare_directory(run, fresh=checkpoint is None)
+    writer = _writer(config, out, run.main, first_epoch=run.epoch + 1)
     if "base" not in run.summary and run.main:
-        run.summary["base"] = run.evaluate()
+        run.summary["base"] = base if base is not None else run.evaluate()
+        kill_point("evaluated")
         _write_summary(out, run.summary)
     show = config.logging.progress if progress is None else progress
     from tqdm import tqdm
@@ -404,18 +519,21 @@ def train(
         every = config.train.eval_every
         if run.main and (last or (every and run.epoch % every == 0)):
             run.summary["aligned"] = run.evaluate()
+            kill_point("evaluated")
             record["eval"] = {k: run.summary["aligned"][k] for k in ("accuracy", "score", "rewards")}
             _write_summary(out, run.summary)
         if run.main:
-            with open(out / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            _append_metrics(out / "metrics.jsonl", record)
             _log_tensorboard(writer, record, images, prompts, config)
+            kill_point("logged")
         bar.update(1)
         if "reward" in record:
             bar.set_postfix(reward=f"{record['reward']:.3f}")
         every_ckpt = config.train.checkpoint_every
         stopping = stop_after is not None and epochs_here >= stop_after
         if last or stopping or (every_ckpt and run.epoch % every_ckpt == 0):
+            if writer is not None:
+                writer.flush()  # a resume hides the events after its checkpoint: those before must be on disk
             run.save_checkpoint()
     bar.close()
     if writer is not None:
@@ -423,25 +541,55 @@ def train(
     return run.summary
 
 
+def _prepare_directory(run: Run, fresh: bool) -> None:
+    """Make the run directory agree with the state the run starts from. A fresh run (or one killed
+    before its first checkpoint) writes its config; a resumed one drops the metrics and evaluations
+    written after its checkpoint, which it will redo. Either removes a killed checkpoint write."""
+    out = run.out
+    if fresh:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_data(run.config), sort_keys=False))
+        atomic_write_text(out / "metrics.jsonl", "")
+        (out / "summary.json").unlink(missing_ok=True)
+    remove_staging(out / "checkpoints")
+    _truncate_metrics(out / "metrics.jsonl", run.epoch)
+    if run.summary:
+        _write_summary(out, run.summary)
+
+
 def _truncate_metrics(path: Path, epoch: int) -> None:
-    """A resumed run rewrites the epochs after its checkpoint, so keep only the lines before."""
+    """A resumed run rewrites the epochs after its checkpoint, so keep only the lines before (a line a
+    kill cut short is after the checkpoint too: the line is written before the checkpoint)."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line)
+        except ValueError:
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())  # on the disk before the checkpoint that covers it
 
 
 def _write_summary(out: Path, summary: dict) -> None:
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
 
 
-def _writer(config, out: Path, main: bool):
+def _writer(config, out: Path, main: bool, first_epoch: int):
+    """TensorBoard events; those an earlier, killed process logged from `first_epoch` on are hidden
+    (purge_step), since this run logs those epochs again."""
     if not (main and config.logging.tensorboard):
         return None
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / "tensorboard"), purge_step=first_epoch)
 
 
 def _log_tensorboard(writer, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:

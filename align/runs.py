@@ -1,6 +1,7 @@
 """Run directories and checkpoints, and loading them back as models.
 
 RUN_DIR/
+  .lock                  pid and host of the run writing here (align.faults.run_lock)
   config.yaml            the resolved experiment config
   metrics.jsonl          one JSON object per epoch
   summary.json           {"base": evaluation, "aligned": evaluation}
@@ -10,6 +11,7 @@ RUN_DIR/
       lora/              pytorch_lora_weights.safetensors (pipeline.load_lora_weights reads it)
       model/             full fine-tuning: the denoiser's save_pretrained
       state.*            optimiser, EMA, RNG, reward and algorithm state (no pickle)
+      manifest.json      size and SHA-256 of every file above, written last
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ def resolve_checkpoint(spec: str) -> tuple[str, Path, dict] | None:
 
 def apply_checkpoint(adapter, checkpoint: Path) -> None:
     """Load a checkpoint's weights into an adapter built on its base model."""
+    from align.checkpoint import MANIFEST, verify_checkpoint
+
+    if (checkpoint / MANIFEST).is_file():  # hand-made checkpoints (tests, exports) have none
+        verify_checkpoint(checkpoint)
     if (checkpoint / "lora").is_dir():
         adapter.pipeline.load_lora_weights(str(checkpoint / "lora"))
     elif (checkpoint / "model").is_dir():

@@ -28,6 +28,15 @@ class RewardInfo:
 REWARDS: Registry = Registry("reward")
 
 
+class NonFiniteReward(ValueError):
+    """A reward returned NaN or inf; `values` [B] is what it returned, so that training can skip the
+    step (see RewardSet.score) while any other caller gets the error."""
+
+    def __init__(self, message: str, values: torch.Tensor):
+        super().__init__(message)
+        self.values = values
+
+
 def register_reward(name: str, *, differentiable: bool, weights: str, description: str):
     """Decorator for a reward class or factory function."""
 
@@ -104,7 +113,7 @@ class Reward(torch.nn.Module):
             )
         if not bool(torch.isfinite(values.detach()).all()):
             bad = [int(i) for i in (~torch.isfinite(values.detach())).nonzero().flatten()]
-            raise ValueError(f"reward {name}: returned NaN or inf for images {bad}")
+            raise NonFiniteReward(f"reward {name}: returned NaN or inf for images {bad}", values)
         return values
 
 

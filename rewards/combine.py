@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from rewards.base import REWARDS, Reward, build_reward
+from rewards.base import REWARDS, NonFiniteReward, Reward, build_reward
 
 NORMALISATIONS = ("none", "group", "running")
 
@@ -79,6 +79,7 @@ class RunningNormaliser:
 
     def update(self, values: torch.Tensor) -> None:
         values = values.detach().double().flatten()
+        values = values[values.isfinite()]  # a NaN would stay in the statistics for good
         n = values.numel()
         if n == 0:
             return
@@ -205,8 +206,15 @@ class RewardSet:
         return {name: r for name, r in self.rewards.items() if callable(getattr(r, "update", None))}
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Raw values {name: [B]}; differentiable rewards keep the graph when gradients are enabled."""
-        return {name: reward(images, prompts) for name, reward in self.rewards.items()}
+        """Raw values {name: [B]}; differentiable rewards keep the graph when gradients are enabled. A
+        reward's NaN or inf is passed on, not raised: the training loop skips that step and counts it."""
+        values = {}
+        for name, reward in self.rewards.items():
+            try:
+                values[name] = reward(images, prompts)
+            except NonFiniteReward as error:
+                values[name] = error.values
+        return values
 
     def combine(self, values: dict[str, torch.Tensor], group_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Normalise each reward (per `normalise`), then the weighted sum -> [B]."""

@@ -156,16 +156,25 @@ def _colour_alpha(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return offset, label, alpha
 
 
-def _components(alpha: np.ndarray, within: np.ndarray) -> list[_Part]:
-    """The 4-connected cores (alpha >= CORE_ALPHA) among the pixels `within`, each with its soft rim."""
+def _components(alpha: np.ndarray, within: np.ndarray, speck: float) -> list[_Part]:
+    """The 4-connected cores (alpha >= CORE_ALPHA) among the pixels `within`, each with its soft rim;
+    cores too small to ever weigh a speck are left out (noise makes thousands of them)."""
     from scipy import ndimage
 
     own = np.where(within, alpha, 0)
-    cores, count = ndimage.label(own >= CORE_ALPHA)  # the default structure: 4-connected
+    cores, _ = ndimage.label(own >= CORE_ALPHA)  # the default structure: 4-connected
+    sizes = np.bincount(cores.ravel())
     parts = []
-    for k in range(1, count + 1):
-        rim = ndimage.binary_dilation(cores == k) & (own > 0.02)
-        parts.append(_Part(np.where(rim, own, 0)))
+    for k, (rows, cols) in enumerate(ndimage.find_objects(cores), start=1):
+        if 3 * sizes[k] + 2 < speck:  # a core of n pixels and its rim (<= 2n + 2 pixels) weigh <= 3n + 2
+            continue
+        # the rim is one dilation step: work inside the core's box grown by a pixel (noise has many cores)
+        rows = slice(max(rows.start - 1, 0), rows.stop + 1)
+        cols = slice(max(cols.start - 1, 0), cols.stop + 1)
+        rim = ndimage.binary_dilation(cores[rows, cols] == k) & (own[rows, cols] > 0.02)
+        region = np.zeros_like(own)
+        region[rows, cols] = np.where(rim, own[rows, cols], 0)
+        parts.append(_Part(region))
     return parts
 
 
@@ -179,7 +188,9 @@ def _join_colour_fragments(
     colours = np.unique(label[alpha >= CORE_ALPHA])
     unions = []
     for a, b in combinations(colours, 2):
-        for union in _components(alpha, (label == a) | (label == b)):
+        for union in _components(alpha, (label == a) | (label == b), speck):
+            if union.mass < speck:  # cheap tests first: noise makes many small unions
+                continue
             members = [f for f in fragments if (f.region * union.region).any()]
             if len(members) < 2 or union.iou < iou_threshold:
                 continue
@@ -231,7 +242,7 @@ def detect(image: np.ndarray, iou_threshold: float = IOU_THRESHOLD) -> list[Dete
     """Objects in one image [H, W, 3] float in [0, 1]."""
     speck = 12 * (image.shape[0] / RESOLUTION) ** 2  # summed alpha below which a part is noise
     offset, label, alpha = _colour_alpha(image)
-    fragments = [part for index in range(len(_NAMES)) for part in _components(alpha, label == index)]
+    fragments = [part for index in range(len(_NAMES)) for part in _components(alpha, label == index, speck)]
     found = []
     for part in _join_colour_fragments(fragments, alpha, label, speck, iou_threshold):
         if part.mass >= speck:

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from samplers.adapters.base import Adapter
+from samplers.devices import resolve_device, resolve_dtype
 
 FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def adapter_class(family: str) -> type[Adapter]:
@@ -92,32 +92,33 @@ def load_adapter(
     name: str,
     *,
     family: str = "auto",
-    dtype: str | torch.dtype = "float32",
-    device: str = "cpu",
+    dtype: str | torch.dtype = "auto",
+    device: str | torch.device = "cpu",
     **kwargs,
 ) -> Adapter:
     """An adapter around the named model. kwargs: guidance_scale, resolution, attention, ...
 
+    `device` and `dtype` as samplers/devices.py resolves them (`auto` picks for this machine).
     `name` may also be a training run directory or one of its checkpoints: the run's base model
-    with the checkpoint's weights, sampled with the run's settings unless kwargs override them.
+    with the checkpoint's weights, sampled with the run's settings (its dtype where `dtype` is
+    `auto`) unless kwargs override them.
     """
     from align.runs import apply_checkpoint, resolve_checkpoint
 
+    device = resolve_device(device)
     found = resolve_checkpoint(name)
     if found is not None:
         base, checkpoint, settings = found
         options = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
         family = options.pop("family", None) or family
-        dtype = options.pop("dtype", None) or dtype  # the run's weights dtype
+        run_dtype = options.pop("dtype", None)  # the run's weights dtype
+        dtype = run_dtype if dtype == "auto" and run_dtype else dtype
         options.pop("device", None)
         adapter = load_adapter(base, family=family, dtype=dtype, device=device, **options)
         apply_checkpoint(adapter, checkpoint)
         adapter.name = name
         return adapter
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        dtype = DTYPES[dtype]
+    dtype = resolve_dtype(dtype, device)
     pipeline, defaults = load_pipeline(name, dtype)
     detected = defaults.pop("family", None) or detect_family(pipeline)
     chosen = detected if family == "auto" else family

@@ -21,3 +21,15 @@ def tiny_adapter(name: str, **kwargs):
 @pytest.fixture(params=TINY_MODELS)
 def tiny(request):
     return tiny_adapter(request.param)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU; where torch sees none they skip."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)

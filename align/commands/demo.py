@@ -9,11 +9,22 @@ def run(args) -> int:
     if args.text:
         from align.text.demo import run_text_demo
 
+        if (args.device, args.dtype) != ("auto", "float32"):
+            raise ValueError(
+                "--device and --dtype apply to the image demo; the text demo runs where accelerate puts it"
+            )
+
         run_text_demo(args.out, epochs=args.epochs)
         return 0
     from align.demo import run_demo
 
-    run_demo(Path(args.out or "runs/demo"), epochs=args.epochs, extras=not args.grpo_only)
+    run_demo(
+        Path(args.out or "runs/demo"),
+        epochs=args.epochs,
+        extras=not args.grpo_only,
+        device=args.device,
+        dtype=args.dtype,
+    )
     return 0
 
 
@@ -27,4 +38,16 @@ def register(subparsers) -> None:
         "--grpo-only", action="store_true", help="skip ReNO, DRaFT-LV and the gallery (about half the time)"
     )
     parser.add_argument("--text", action="store_true", help="the text demo: GRPO on SmolLM2-135M-Instruct")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where every step runs (auto: CUDA, then MPS, then the CPU)",
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16", "float16"),
+        help="the toy model's weights",
+    )
     parser.set_defaults(run=run)

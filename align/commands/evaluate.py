@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from align.commands import add_device_arguments
+
 
 def run(args) -> int:
     from align.evaluate import (
@@ -16,11 +18,19 @@ def run(args) -> int:
     )
     from align.toy.world import load_prompts
     from rewards.base import build_reward
+    from samplers.devices import resolve_device
     from samplers.models import load_adapter
 
+    device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
-    rewards = {name: build_reward(name) for name in args.reward}
-    adapter = load_adapter(args.model, guidance_scale=args.guidance_scale, default_steps=args.steps)
+    rewards = {name: build_reward(name, device=device) for name in args.reward}
+    adapter = load_adapter(
+        args.model,
+        device=device,
+        dtype=args.dtype,
+        guidance_scale=args.guidance_scale,
+        default_steps=args.steps,
+    )
     summary, rows, _ = evaluate(adapter, prompts, seeds=args.seeds, rewards=rewards)
     summary.update(model=args.model, prompts=args.prompts)
     print(format_rows(rows))
@@ -52,4 +62,5 @@ def register(subparsers) -> None:
         "report how often the placement flips: does the model listen to the relation word?",
     )
     parser.add_argument("--out", default=None, help="directory for summary.json and prompts.jsonl")
+    add_device_arguments(parser)
     parser.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from align.commands import add_device_arguments
+
 
 def parse_models(specs: list[str]) -> dict[str, str]:
     """["base=toy", "grpo=runs/x", "tiny:sd3"] -> {name: model}; a bare model names itself.
@@ -53,15 +55,20 @@ def run(args) -> int:
     from align.toy.world import is_toy_prompt, load_prompts
     from gallery import build_gallery
     from rewards.base import build_reward
+    from samplers.devices import resolve_device
     from samplers.models import load_adapter
 
     models = parse_models(args.model)
+    device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
     names = args.reward or (["geneval"] if all(is_toy_prompt(p) for p in prompts) else [])
-    rewards = {name: build_reward(name) for name in names}
+    rewards = {name: build_reward(name, device=device) for name in names}
     runs = {name: run for name, model in models.items() if (run := run_directory(model)) is not None}
     steps, guidance = shared_settings(args, runs)
-    loaders = {name: (lambda model=model: load_adapter(model)) for name, model in models.items()}
+    loaders = {
+        name: (lambda model=model: load_adapter(model, device=device, dtype=args.dtype))
+        for name, model in models.items()
+    }
     data = build_gallery(
         loaders,
         prompts,
@@ -115,4 +122,5 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out", required=True, help="folder for index.html, gallery.json, images/ and plots/"
     )
+    add_device_arguments(parser)
     parser.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from align.commands import add_device_arguments
+
 
 def parse_rewards(specs: list[str]) -> dict[str, float]:
     weights = {}
@@ -39,11 +41,14 @@ def apply_recipe(args) -> None:
     if args.config:
         import yaml
 
+        from align.recipes import find_file
         from align.registry import did_you_mean
 
-        path = Path(args.config)
-        if not path.is_file():
-            raise ValueError(f"--config {path}: no such file")
+        path = find_file(args.config)
+        if path is None:
+            raise ValueError(
+                f"--config {args.config}: no such file (nor a shipped recipe such as toy/reno-clip.yaml)"
+            )
         recipe = yaml.safe_load(path.read_text()) or {}
         unknown = sorted(set(recipe) - RECIPE_KEYS)
         if unknown:
@@ -67,22 +72,24 @@ def run(args) -> int:
     from align.optimize import OptimizeSettings, compare_with_best_of_n
     from align.toy.world import is_toy_prompt, load_prompts
     from rewards.base import build_reward, to_pil
+    from samplers.devices import resolve_device
     from samplers.models import load_adapter
 
     apply_recipe(args)
+    device = resolve_device(args.device)
     weights = parse_rewards(args.reward)
     prompts = list(args.prompt) or load_prompts(args.prompts)
     prompts = prompts[: args.max_prompts]
-    rewards = {name: build_reward(name) for name in weights}
+    rewards = {name: build_reward(name, device=device) for name in weights}
     stuck = [n for n, r in rewards.items() if not r.differentiable]
     if stuck:
         raise ValueError(
             f"noise optimisation needs differentiable rewards; {', '.join(stuck)} is not "
             "(score it with --eval-reward instead)"
         )
-    report = {name: build_reward(name) for name in args.eval_reward if name not in rewards}
+    report = {name: build_reward(name, device=device) for name in args.eval_reward if name not in rewards}
     report.update(rewards)
-    adapter = load_adapter(args.model, default_steps=args.steps)
+    adapter = load_adapter(args.model, device=device, dtype=args.dtype, default_steps=args.steps)
     settings = OptimizeSettings(
         iterations=args.iterations,
         seconds=args.seconds,
@@ -193,4 +200,5 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--keep-every", type=int, default=10)
     parser.add_argument("--out", required=True)
+    add_device_arguments(parser)
     parser.set_defaults(run=run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from align.commands import add_device_arguments
+
 
 def run(args) -> int:
     import torch
@@ -12,13 +14,15 @@ def run(args) -> int:
     from align.pairs import write_pairs
     from align.toy.world import load_prompts
     from rewards.base import build_reward
+    from samplers.devices import resolve_device
     from samplers.models import load_adapter
 
     if args.samples < 2:
         raise ValueError("--samples must be at least 2 to form a pair")
+    device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
-    adapter = load_adapter(args.model)
-    reward = build_reward(args.reward)
+    adapter = load_adapter(args.model, device=device, dtype=args.dtype)
+    reward = build_reward(args.reward, device=device)
     chosen, rejected, kept = [], [], []
     for start in range(0, len(prompts), args.batch_prompts):
         chunk = prompts[start : start + args.batch_prompts]
@@ -61,4 +65,5 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-prompts", type=int, default=16)
     parser.add_argument("--out", required=True)
+    add_device_arguments(parser)
     parser.set_defaults(run=run)

@@ -8,11 +8,12 @@ from pathlib import Path
 
 def run(args) -> int:
     from align.config import load_config
-    from align.loop import train
+    from align.loop import make_accelerator, train
 
     config = load_config(args.config, args.overrides)  # every config error before anything is written
+    accelerator = make_accelerator(config.train.mixed_precision, device=args.device)
     resume = args.out if args.resume == "latest" else args.resume
-    summary = train(config, args.out, resume=resume, stop_after=args.stop_after)
+    summary = train(config, args.out, resume=resume, stop_after=args.stop_after, accelerator=accelerator)
     from align.evaluate import format_summary
 
     for key in ("base", "aligned"):
@@ -37,5 +38,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--stop-after", type=int, default=None, help="leave after N epochs (with a checkpoint)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="auto: where accelerate puts it (CUDA, then MPS, then the CPU); cpu keeps it off a GPU. "
+        "The precision is the config's model.dtype (override it: model.dtype=bfloat16)",
     )
     parser.set_defaults(run=run)

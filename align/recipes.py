@@ -1,0 +1,34 @@
+"""The shipped recipes and prompt files: configs/ at the root of a clone, align/configs/ in an installed
+wheel (setup.py copies it there), so `align demo` and `align config toy/grpo-demo.yaml` run from both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def configs_dir() -> Path:
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def find_file(path: str | Path) -> Path | None:
+    """`path` where it exists (from the working directory); else the shipped file it names relative to
+    configs/, with or without that prefix (`toy/grpo-demo.yaml`, `configs/prompts/drawbench.txt`);
+    else None."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    parts = path.parts[1:] if path.parts[:1] == ("configs",) else path.parts
+    if path.is_absolute() or not parts:
+        return None
+    shipped = configs_dir().joinpath(*parts)
+    return shipped if shipped.is_file() else None
+
+
+def recipe(name: str) -> Path:
+    """A shipped recipe by its path under configs/, such as `toy/grpo-demo.yaml`."""
+    path = configs_dir() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped recipe {path} is missing; reinstall diffusion-align")
+    return path
