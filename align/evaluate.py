@@ -184,8 +184,8 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
     "right of", "above" <-> "below") are drawn with the same seeds (the same initial noise); a pair
     *flips* when the placement of the two objects along the relation's axis changes sign.
 
-    Returns {"flip_fraction": flips / pairs, "pairs", "detected" (pairs with both objects found in
-    both images), "pixel_difference" (mean |image - swapped image|), "seed_difference" (mean |image
+    Returns {"flip_fraction": flips / pairs, "flip_fraction_detected": flips / detected pairs, "pairs",
+    "detected" (pairs with both objects found in both images), "pixel_difference" (mean |image - swapped image|), "seed_difference" (mean |image
     of seed s - image of seed s+1| of the same prompt: what a real change of placement looks like)}.
     A model that ignores the relation word flips nothing and its swapped images are near-identical.
     """
@@ -210,6 +210,7 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
     )
     return {
         "flip_fraction": flips / len(flat),
+        "flip_fraction_detected": flips / detected if detected else float("nan"),
         "pairs": len(flat),
         "detected": detected,
         "pixel_difference": float((images - swapped).abs().mean()),
@@ -219,7 +220,8 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
 
 def format_swap_test(result: dict) -> str:
     return (
-        f"swap test: placement flips in {result['flip_fraction']:.3f} of {result['pairs']} pairs "
-        f"(both objects found in {result['detected']}); mean |image - swapped| {result['pixel_difference']:.4f}, "
+        f"swap test: placement flips in {result['flip_fraction']:.3f} of {result['pairs']} pairs, "
+        f"{result['flip_fraction_detected']:.3f} of the {result['detected']} with both objects found in both "
+        f"images; mean |image - swapped| {result['pixel_difference']:.4f}, "
         f"between seeds {result['seed_difference']:.4f}"
     )

@@ -31,16 +31,17 @@ def test_swapped_prompt_flips_only_the_relation():
 @pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(), reason="toy model not built")
 def test_shipped_model_listens_to_the_relation_word():
     """The swap test on held-out relations: the shipped base must flip the placement when the relation
-    word is swapped (the model before this test existed flipped 1 pair in 96)."""
+    word is swapped (the model shipped before this test flipped 1 pair in 96)."""
     from align.evaluate import swap_test
     from align.toy.world import load_prompts, parse_prompt
     from samplers.models import load_adapter
 
     relations = [p for p in load_prompts("heldout") if parse_prompt(p).relation][::4]  # 12 prompts
     with torch.no_grad():
-        result = swap_test(load_adapter("toy"), relations, seeds=2)
-    assert result["pairs"] == 24 and result["detected"] >= 20
-    assert result["flip_fraction"] >= SWAP_FLOOR, result
+        result = swap_test(load_adapter("toy"), relations, seeds=4)
+    # shipped: 0.708 of 48 pairs flip, every one of the 34 whose two objects are drawn in both images
+    assert result["pairs"] == 48 and result["detected"] >= 30
+    assert result["flip_fraction"] >= SWAP_FLOOR and result["flip_fraction_detected"] >= 0.9, result
     assert result["pixel_difference"] > 0.5 * result["seed_difference"]  # swapped images really differ
 
 

@@ -218,7 +218,8 @@ def test_shipped_pipeline_loads_offline_through_the_sd3_adapter_and_passes_docto
 
 @needs_assets
 def test_shipped_model_draws_the_colours_it_is_asked_for():
-    """A floor on the base model: colour is the category it learns first (0.96 on held-out prompts at export)."""
+    """A floor on the base model, far above chance (1/6): the shipped base is deliberately partly trained,
+    so that alignment has headroom (held-out singles: colour 0.80 on seed 0, 0.82 over 8 seeds)."""
     from samplers.models import load_adapter
 
     adapter = load_adapter("toy")
@@ -230,7 +231,7 @@ def test_shipped_model_draws_the_colours_it_is_asked_for():
     assert colour >= COLOUR_FLOOR, colour
 
 
-COLOUR_FLOOR = 0.85
+COLOUR_FLOOR = 0.75
 
 
 @pytest.mark.skipif(not (PIPELINE_DIR.parent / "clip").is_dir(), reason="toy CLIP not built")

@@ -21,7 +21,7 @@ def run(args) -> int:
             result = pretrain.build_data(out, count=args.data_count)
         elif stage == "diffusion":
             result = pretrain.train_diffusion(
-                out, total_steps=args.steps, minutes=args.minutes, resume=args.resume
+                out, total_steps=args.steps, stop_at=args.stop_at, minutes=args.minutes, resume=args.resume
             )
             if not result["done"]:
                 print(json.dumps(result))
@@ -45,7 +45,16 @@ def register(subparsers) -> None:
         "--out", required=True, help="working directory (checkpoints, data, exported pipeline)"
     )
     parser.add_argument("--stage", default="all", choices=("all", *STAGES))
-    parser.add_argument("--steps", type=int, default=16000, help="total diffusion steps (batch 64)")
+    parser.add_argument(
+        "--steps", type=int, default=6000, help="length of the diffusion stage's cosine schedule (batch 64)"
+    )
+    parser.add_argument(
+        "--stop-at",
+        type=int,
+        default=2250,
+        help="stop (and export) at this step: the shipped base is step 2,250, where relations are learned "
+        "and every skill still has headroom for alignment",
+    )
     parser.add_argument(
         "--minutes", type=float, default=None, help="stop the diffusion stage after this long"
     )

@@ -145,10 +145,9 @@ class DiffusionTrainer:
         lr: float = 6e-4,
         ema_decay: float = 0.999,
         caption_dropout: float = 0.1,
-        relation_fraction: float | None = None,
-        sigma_location: float = 0.0,
+        relation_fraction: float | None = 0.75,
+        sigma_location: float = 0.5,
         warmup: int = 300,
-        init_from: Path | None = None,
         seed: int = 0,
     ):
         from diffusers import AutoencoderKL
@@ -163,8 +162,6 @@ class DiffusionTrainer:
             "text_encoder": self.pipeline.text_encoder,
             "text_encoder_2": self.pipeline.text_encoder_2,
         }
-        if init_from is not None:
-            self._initialise_from(Path(init_from))
         self.ema = {
             name: copy.deepcopy(module).requires_grad_(False) for name, module in self.trainable.items()
         }
@@ -182,20 +179,12 @@ class DiffusionTrainer:
         self.rng = random.Random(seed)
         torch.manual_seed(seed)
 
-    def _initialise_from(self, directory: Path) -> None:
-        """Start from an exported pipeline's transformer and text encoders (e.g. to continue the shipped
-        model on another data mix); their tokenizer must be this one."""
-        from diffusers import StableDiffusion3Pipeline
-
-        check_tokenizer(directory, self.pipeline.tokenizer)
-        source = StableDiffusion3Pipeline.from_pretrained(
-            str(directory), torch_dtype=torch.float32, text_encoder_3=None, tokenizer_3=None
-        )
-        for name, module in self.trainable.items():
-            module.load_state_dict(getattr(source, name).state_dict())
-
     def sample_indices(self) -> list[int]:
-        """A batch of example indices: uniform over the data, or relations with `relation_fraction`."""
+        """A batch of example indices: uniform over the data (half relations), or relations with
+        probability `relation_fraction`. Relations need more of the data than their half: their
+        relation word is only informative together with word order ("A left of B" and "B right of A"
+        are one scene), so a model learns them last, and from a 50/50 mix it had not at all after
+        4,250 steps (the swap test flipped 1 pair in 96)."""
         if self.relation_fraction is None:
             return [self.rng.randrange(len(self.prompts)) for _ in range(self.batch_size)]
         pools = self.by_kind
@@ -322,10 +311,13 @@ def train_diffusion(
     resume: bool,
     eval_every: int = 1000,
     checkpoint_every: int = 250,
+    stop_at: int | None = None,
     **options,
 ) -> dict:
-    """options: DiffusionTrainer's (relation_fraction, sigma_location, lr, warmup, init_from, ...)."""
+    """Train to `stop_at` (default: the end) of a `total_steps` cosine schedule, in resumable chunks of
+    `minutes`. options: DiffusionTrainer's (relation_fraction, sigma_location, lr, warmup, ...)."""
     trainer = DiffusionTrainer(out, total_steps=total_steps, **options)
+    stop_at = min(stop_at or total_steps, total_steps)
     checkpoint = out / "diffusion" / "checkpoint"
     if resume:
         if not checkpoint.is_dir():
@@ -336,16 +328,16 @@ def train_diffusion(
         raise ValueError(f"{checkpoint} exists; pass --resume to continue it or choose another --out")
     (out / "diffusion").mkdir(parents=True, exist_ok=True)
     deadline = time.time() + 60 * minutes if minutes else float("inf")
-    bar = tqdm(total=total_steps, initial=trainer.step, desc="diffusion", mininterval=10)
+    bar = tqdm(total=stop_at, initial=trainer.step, desc="diffusion", mininterval=10)
     losses = []
-    while trainer.step < total_steps and time.time() < deadline:
+    while trainer.step < stop_at and time.time() < deadline:
         losses.append(trainer.train_step())
         bar.update(1)
         if trainer.step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if trainer.step % checkpoint_every == 0:
             trainer.save()
-        if trainer.step % eval_every == 0 or trainer.step == total_steps:
+        if trainer.step % eval_every == 0 or trainer.step == stop_at:
             results = trainer.evaluate()
             results["loss"] = float(np.mean(losses[-200:]))
             with open(out / "diffusion" / "eval.jsonl", "a") as log:
@@ -357,7 +349,7 @@ def train_diffusion(
             )
     trainer.save()
     bar.close()
-    return {"step": trainer.step, "done": trainer.step >= total_steps}
+    return {"step": trainer.step, "done": trainer.step >= stop_at}
 
 
 def export(out: Path, destination: Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
