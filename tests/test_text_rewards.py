@@ -51,6 +51,21 @@ def test_numeric_answer_positions_and_formats():
         build_reward("text-numeric", references=ANSWERS, position="middle")
 
 
+def test_numeric_partial_distance_grades_wrong_answers_and_keeps_brevity():
+    near = build_reward("text-numeric", references=ANSWERS, partial_distance=4)
+    prompts = ["What is 7 + 5?"] * 5
+    # right 1; 1, 2, 4 and 8 away from 12: 1 - d/4, never below 0; no number: 0
+    values = near(["12", "13", "10", "16", "4"], prompts).tolist()
+    assert values == pytest.approx([1.0, 0.75, 0.5, 0.0, 0.0])
+    assert near(["twelve"], prompts[:1]).tolist() == [0.0]
+    shaped = build_reward("text-numeric", references=ANSWERS, partial_distance=4, brevity_chars=16)
+    # the brevity factor multiplies the partial credit too: "7 + 5 = 13" is 8 characters too long
+    values = shaped(["12", "13", "7 + 5 = 12", "7 + 5 = 13"], prompts[:4]).tolist()
+    assert values == pytest.approx([1.0, 0.75, 0.5, 0.75 * 0.5])
+    with pytest.raises(ValueError, match="partial_distance must be > 0"):
+        build_reward("text-numeric", references=ANSWERS, partial_distance=0)
+
+
 def test_format_reward_full_search_and_length():
     full = build_reward("text-format", pattern=r"\d+")
     assert full(["42", "42 apples", " 7 "], ["p"] * 3).tolist() == [1.0, 0.0, 1.0]

