@@ -93,11 +93,7 @@ def run_demo(
         lap("reno")
         print(f"[3/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
         draft_config = load("draft-clip.yaml")
-        same_evaluation = (draft_config.eval, draft_config.sampling.eval_num_steps) == (
-            config.eval,
-            config.sampling.eval_num_steps,
-        )
-        base = grpo["base"] if same_evaluation else None
+        base = grpo["base"] if _same_evaluation(config, draft_config, grpo["base"]) else None
         draft = train(draft_config, out / "draft", base=base, accelerator=accelerator(draft_config))
         summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
         lap("draft")
@@ -112,6 +108,17 @@ def run_demo(
         where += f", DRaFT-LV run {out}/draft, ReNO {out}/reno, gallery {out}/gallery/index.html"
     print(where)
     return summary
+
+
+def _same_evaluation(config, other, base: dict) -> bool:
+    """Whether `base` (the base model evaluated under `config`) is what `other` would measure: the
+    same prompts, seeds and sampler steps, and every reward `other` reports already in it."""
+
+    def setting(c):
+        return c.eval.prompts, c.eval.seeds, c.eval.max_prompts, c.sampling.eval_num_steps, c.model
+
+    names = {term.name for term in other.rewards.terms} | set(other.eval.rewards)
+    return setting(config) == setting(other) and names <= set(base.get("rewards", {}))
 
 
 def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) -> None:

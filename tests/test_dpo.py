@@ -118,3 +118,13 @@ def test_train_with_a_malformed_pairs_file_exits_2_and_writes_nothing(tmp_path, 
     assert code == 2
     assert "bad.jsonl:2: missing field chosen, rejected" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_online_pairs_are_the_best_and_worst_of_each_group():
+    from align.algorithms.dpo import _best_and_worst
+
+    reward = torch.tensor([0.2, 0.9, 0.5, 0.5, 0.1, 0.7, 0.7, 0.3, 0.4, 0.4])
+    groups = torch.tensor([3, 3, 3, 3, 1, 1, 1, 1, 2, 2])  # groups in order of first appearance
+    best, worst = _best_and_worst(reward, groups)
+    assert best.tolist() == [1, 5, 8] and worst.tolist() == [0, 4, 8]  # ties: the earlier sample
+    assert (reward[best] - reward[worst]).tolist() == pytest.approx([0.7, 0.6, 0.0])  # equal: gap 0, dropped

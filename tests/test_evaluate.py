@@ -1,12 +1,15 @@
 """Evaluation statistics and the relation swap test."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from align.evaluate import paired_difference, standard_error, swapped_prompt
 from align.toy.model import PIPELINE_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_standard_error_and_paired_difference_by_hand():
@@ -46,3 +49,18 @@ def test_shipped_model_listens_to_the_relation_word():
 
 
 SWAP_FLOOR = 0.6
+
+
+def test_demo_reuses_the_base_evaluation_only_where_it_measures_the_same_thing():
+    from align.config import load_config
+    from align.demo import _same_evaluation
+
+    grpo = load_config(ROOT / "configs/toy/grpo-demo.yaml")
+    draft = load_config(ROOT / "configs/toy/draft-clip.yaml")
+    base = {"rewards": {"geneval": 0.7, "clip-toy": 0.8, "aesthetic-toy": 0.8}}
+    assert _same_evaluation(grpo, draft, base)  # the shipped demo evaluates its base model once
+    assert not _same_evaluation(grpo, draft, {"rewards": {"geneval": 0.7, "clip-toy": 0.8}})
+    fewer_seeds = load_config(ROOT / "configs/toy/draft-clip.yaml", ["eval.seeds=2"])
+    assert not _same_evaluation(grpo, fewer_seeds, base)
+    other_steps = load_config(ROOT / "configs/toy/draft-clip.yaml", ["sampling.eval_num_steps=10"])
+    assert not _same_evaluation(grpo, other_steps, base)
