@@ -26,7 +26,9 @@ def test_standard_error_and_paired_difference_by_hand():
 
 def test_swapped_prompt_flips_only_the_relation():
     assert swapped_prompt("a red circle left of a blue square") == "a red circle right of a blue square"
-    assert swapped_prompt("an orange triangle below a green circle") == "an orange triangle above a green circle"
+    assert (
+        swapped_prompt("an orange triangle below a green circle") == "an orange triangle above a green circle"
+    )
     with pytest.raises(ValueError, match="no relation"):
         swapped_prompt("two red circles")
 

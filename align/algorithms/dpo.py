@@ -128,7 +128,11 @@ class DPO(Algorithm):
         pair_prompts = [prompts[int(i)] for i in best[keep]]
         batch = self._noised(epoch, pair_prompts, chosen, rejected, seeds)
         batch.update(images=images, values=values)
-        batch["stats"] = {"reward": float(reward.mean()), "pairs": len(pair_prompts), "pair_gap": float(gap.mean())}
+        batch["stats"] = {
+            "reward": float(reward.mean()),
+            "pairs": len(pair_prompts),
+            "pair_gap": float(gap.mean()),
+        }
         return batch
 
     def _noised(self, epoch, prompts, chosen, rejected, seeds) -> dict:
