@@ -69,6 +69,11 @@ class TrainConfig:
     seed: int = 0
     trainable: str = param("lora", choices=("lora", "full"))  # LoRA: small, fast; full: more capacity, memory
     lr: float = param(3e-4, gt=0.0)
+    # per epoch: constant, or cosine from lr down to lr_final_fraction x lr at the last epoch (after
+    # warmup_epochs rising linearly): a long RL run stops wandering once the policy is good
+    lr_schedule: str = param("constant", choices=("constant", "cosine"))
+    lr_final_fraction: float = param(0.0, min=0.0, max=1.0)
+    warmup_epochs: int = param(0, min=0)
     weight_decay: float = param(1e-4, min=0.0)
     batch_size: int = param(16, min=1)  # samples collected per epoch per process
     group_size: int = param(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -44,6 +45,19 @@ class EpochPlan:
     prompts: list[str]  # this process's prompts, group_size copies each
     group_ids: torch.Tensor  # global group index of each sample
     seeds: list[int]  # one sampling seed per sample (global sample index based)
+
+
+def epoch_lr(settings, epoch: int) -> float:
+    """The learning rate of epoch `epoch` (0-based) under train.lr_schedule: a pure function of the
+    epoch, so a resumed run follows the same schedule with nothing extra in its checkpoint."""
+    if epoch < settings.warmup_epochs:
+        return settings.lr * (epoch + 1) / (settings.warmup_epochs + 1)
+    if settings.lr_schedule == "constant":
+        return settings.lr
+    span = max(1, settings.num_epochs - 1 - settings.warmup_epochs)
+    progress = min(1.0, (epoch - settings.warmup_epochs) / span)
+    final = settings.lr * settings.lr_final_fraction
+    return final + (settings.lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def plan_epoch(
@@ -205,6 +219,8 @@ class Run:
 
     def train_epoch(self) -> dict:
         config, epoch = self.config, self.epoch
+        for group in self.optimizer.param_groups:
+            group["lr"] = epoch_lr(config.train, epoch)
         plan = plan_epoch(
             self.prompts, config, epoch, self.accelerator.process_index, self.accelerator.num_processes
         )

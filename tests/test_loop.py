@@ -367,3 +367,22 @@ def test_policy_gradient_records_what_tells_signal_from_noise(tmp_path):
     for key in ("grad_agreement", "reward_std_in_groups", "advantage_abs_mean", "zero_std_fraction"):
         assert key in record and math.isfinite(record[key]), key
     assert -1.0 <= record["grad_agreement"] <= 1.0
+
+
+def test_epoch_lr_schedules():
+    from align.config import TrainConfig
+    from align.loop import epoch_lr
+
+    constant = TrainConfig(lr=1e-3, num_epochs=10)
+    assert [epoch_lr(constant, e) for e in range(10)] == [1e-3] * 10
+    cosine = TrainConfig(lr=1e-3, num_epochs=11, lr_schedule="cosine", lr_final_fraction=0.1)
+    values = [epoch_lr(cosine, e) for e in range(11)]
+    assert (
+        values[0] == pytest.approx(1e-3)
+        and values[5] == pytest.approx(0.55e-3)
+        and values[10] == pytest.approx(1e-4)
+    )
+    assert all(a > b for a, b in zip(values, values[1:]))  # falls every epoch
+    warm = TrainConfig(lr=1e-3, num_epochs=12, lr_schedule="cosine", warmup_epochs=3)
+    assert [epoch_lr(warm, e) for e in range(4)] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
+    assert epoch_lr(warm, 11) == pytest.approx(0.0, abs=1e-12)
