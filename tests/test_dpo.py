@@ -128,3 +128,28 @@ def test_online_pairs_are_the_best_and_worst_of_each_group():
     best, worst = _best_and_worst(reward, groups)
     assert best.tolist() == [1, 5, 8] and worst.tolist() == [0, 4, 8]  # ties: the earlier sample
     assert (reward[best] - reward[worst]).tolist() == pytest.approx([0.7, 0.6, 0.0])  # equal: gap 0, dropped
+
+
+def test_online_replay_trains_on_the_last_epochs_pairs_and_resumes_them(tmp_path):
+    import pattern_reward  # noqa: F401  (registers test-pattern, a dense reward: every group has a gap)
+
+    from align.loop import Run
+
+    config = dpo_config(tmp_path / "unused.jsonl", "tiny:sd3", "online-dpo", group_size=4)
+    config.algorithm.pairs = None
+    config.algorithm.replay_epochs = 2
+    config.rewards.terms[0].name = "test-pattern"
+    run = Run(config, tmp_path / "run")
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    prompts = ["a red circle"] * 4 + ["a blue square"] * 4
+    first = run.algorithm.collect(0, prompts, groups, list(range(8)))
+    assert len(first["prompts"]) == 2  # the best against the worst of each group of 4
+    saved = run.algorithm.state_dict()
+    second = run.algorithm.collect(1, prompts, groups, list(range(8, 16)))
+    third = run.algorithm.collect(2, prompts, groups, list(range(16, 24)))
+    assert len(second["prompts"]) == len(third["prompts"]) == 4  # two epochs of two pairs, no more
+    assert torch.equal(third["chosen"][:2].cpu(), second["chosen"][2:].cpu())  # epoch 1's pairs replayed
+    assert not torch.equal(third["noise"][:2], second["noise"][2:])  # at new noise
+    run.algorithm.load_state_dict(saved)  # as resume restores it
+    again = run.algorithm.collect(1, prompts, groups, list(range(8, 16)))
+    assert torch.equal(again["chosen"], second["chosen"]) and torch.equal(again["noise"], second["noise"])

@@ -55,6 +55,9 @@ class FlowDPOConfig(DPOConfig):
 class OnlineDPOConfig(DPOConfig):
     name: str = "online-dpo"
     beta: float = param(2000.0, gt=0.0)
+    # train each epoch on the pairs of the last `replay_epochs` epochs (1: only the new ones), so every
+    # pair is seen several times at different noise levels, as an offline pairs file is
+    replay_epochs: int = param(1, min=1)
 
 
 def load_pairs(spec: str, image_root: str | None, limit: int | None):
@@ -77,6 +80,7 @@ class DPO(Algorithm):
             if config.train.group_size < 2:
                 raise ValueError("online-dpo pairs samples of one prompt: set train.group_size to 2 or more")
             self.latents = None
+            self.replay: list[dict] = []  # the last replay_epochs epochs' pairs (CPU), oldest first
             return
         if not settings.pairs:
             raise ValueError(
@@ -126,6 +130,17 @@ class DPO(Algorithm):
         latents = trajectory.final.detach()
         chosen, rejected = latents[best[keep]], latents[worst[keep]]
         pair_prompts = [prompts[int(i)] for i in best[keep]]
+        replay = context.settings.replay_epochs
+        if replay > 1:
+            self.replay = [
+                *self.replay,
+                {"chosen": chosen.cpu(), "rejected": rejected.cpu(), "prompts": pair_prompts},
+            ][-replay:]
+            chosen = torch.cat([r["chosen"] for r in self.replay])
+            rejected = torch.cat([r["rejected"] for r in self.replay])
+            pair_prompts = [p for r in self.replay for p in r["prompts"]]
+            base = context.config.train.seed * 7_919 + epoch * 100_003
+            seeds = [base + i for i in range(2 * len(pair_prompts))]  # one noise per pair
         batch = self._noised(epoch, pair_prompts, chosen, rejected, seeds)
         batch.update(images=images, values=values)
         batch["stats"] = {
@@ -159,6 +174,13 @@ class DPO(Algorithm):
             "t": t,
             "sigma": sigma,
         }
+
+    def state_dict(self) -> dict:
+        return {"replay": self.replay} if self.online else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.online:
+            self.replay = [dict(r) for r in state.get("replay", [])]
 
     def units(self, batch, generator):
         size = max(1, self.context.config.train.micro_batch_size // 2)
