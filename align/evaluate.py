@@ -185,15 +185,18 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
     *flips* when the placement of the two objects along the relation's axis changes sign.
 
     Returns {"flip_fraction": flips / pairs, "flip_fraction_detected": flips / detected pairs, "pairs",
-    "detected" (pairs with both objects found in both images), "pixel_difference" (mean |image - swapped image|), "seed_difference" (mean |image
-    of seed s - image of seed s+1| of the same prompt: what a real change of placement looks like)}.
+    "detected" (pairs with both objects found in both images), "pixel_difference" (mean |image -
+    swapped image|), "seed_difference" (mean |image of seed s - image of seed s+1| of the same prompt:
+    what a real change of placement looks like)}.
     A model that ignores the relation word flips nothing and its swapped images are near-identical.
     """
     relations = [p for p in prompts if parse_prompt(p).relation]
     if not relations:
         raise ValueError("the swap test needs relation prompts (e.g. 'a red circle left of a blue square')")
     images, flat, _ = generate_grid(adapter, relations, seeds, num_steps)
-    swapped, flat_swapped, _ = generate_grid(adapter, [swapped_prompt(p) for p in relations], seeds, num_steps)
+    swapped, flat_swapped, _ = generate_grid(
+        adapter, [swapped_prompt(p) for p in relations], seeds, num_steps
+    )
     arrays = images.float().permute(0, 2, 3, 1).cpu().numpy()
     arrays_swapped = swapped.float().permute(0, 2, 3, 1).cpu().numpy()
     flips, detected = 0, 0
@@ -205,9 +208,7 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
         detected += 1
         flips += int(np.sign(before) != np.sign(after) and before != 0 and after != 0)
     by_seed = images.view(len(relations), seeds, *images.shape[1:])
-    seed_difference = (
-        float((by_seed[:, 1:] - by_seed[:, :-1]).abs().mean()) if seeds > 1 else float("nan")
-    )
+    seed_difference = float((by_seed[:, 1:] - by_seed[:, :-1]).abs().mean()) if seeds > 1 else float("nan")
     return {
         "flip_fraction": flips / len(flat),
         "flip_fraction_detected": flips / detected if detected else float("nan"),

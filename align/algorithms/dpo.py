@@ -110,7 +110,7 @@ class DPO(Algorithm):
             [self.pairs[i].prompt for i in chosen_index],
             self.latents["chosen"][chosen_index],
             self.latents["rejected"][chosen_index],
-            seeds,
+            seeds[0::2][:count],
         )
         batch["stats"] = {"pairs": count}
         return batch
@@ -130,6 +130,7 @@ class DPO(Algorithm):
         latents = trajectory.final.detach()
         chosen, rejected = latents[best[keep]], latents[worst[keep]]
         pair_prompts = [prompts[int(i)] for i in best[keep]]
+        noise_seeds = seeds[0::2][: len(pair_prompts)]
         replay = context.settings.replay_epochs
         if replay > 1:
             self.replay = [
@@ -140,8 +141,8 @@ class DPO(Algorithm):
             rejected = torch.cat([r["rejected"] for r in self.replay])
             pair_prompts = [p for r in self.replay for p in r["prompts"]]
             base = context.config.train.seed * 7_919 + epoch * 100_003
-            seeds = [base + i for i in range(2 * len(pair_prompts))]  # one noise per pair
-        batch = self._noised(epoch, pair_prompts, chosen, rejected, seeds)
+            noise_seeds = [base + 2 * i for i in range(len(pair_prompts))]
+        batch = self._noised(epoch, pair_prompts, chosen, rejected, noise_seeds)
         batch.update(images=images, values=values)
         batch["stats"] = {
             "reward": float(reward.mean()),
@@ -150,18 +151,16 @@ class DPO(Algorithm):
         }
         return batch
 
-    def _noised(self, epoch, prompts, chosen, rejected, seeds) -> dict:
-        """One noise and one timestep per pair, shared by its two images."""
+    def _noised(self, epoch, prompts, chosen, rejected, noise_seeds) -> dict:
+        """One noise (from `noise_seeds`, one per pair) and one timestep per pair, shared by its two
+        images."""
         adapter = self.context.adapter
         device = adapter.device
         generator = torch.Generator().manual_seed(self.context.config.train.seed * 65_537 + epoch)
         t, sigma = adapter.training_times(len(prompts), generator)
         noise = (
             torch.cat(
-                [
-                    torch.randn((1, *chosen.shape[1:]), generator=g)
-                    for g in generators_from_seeds(seeds[0::2][: len(prompts)])
-                ]
+                [torch.randn((1, *chosen.shape[1:]), generator=g) for g in generators_from_seeds(noise_seeds)]
             )
             if prompts
             else chosen
