@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 
 _TENSOR = "__tensor__"
 _TUPLE = "__tuple__"
+_ITEMS = "__items__"  # a dict whose keys JSON would turn into strings (optimizer state keys by int)
+_MARKERS = (_TENSOR, _TUPLE, _ITEMS)
 MANIFEST = "manifest.json"
 
 
@@ -39,7 +41,13 @@ def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[key] = value.detach().cpu().contiguous()
         return {_TENSOR: key}
     if isinstance(value, dict):
-        return {str(k): _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors) for k, v in value.items()}
+        flat = {k: _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors) for k, v in value.items()}
+        if all(isinstance(k, str) and k not in _MARKERS for k in flat):
+            return flat
+        odd = [k for k in flat if not (k is None or isinstance(k, (str, int, float)))]
+        if odd:
+            raise TypeError(f"cannot checkpoint a dict key of type {type(odd[0]).__name__} at {prefix!r}")
+        return {_ITEMS: [[k, v] for k, v in flat.items()]}
     if isinstance(value, tuple):
         return {_TUPLE: [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]}
     if isinstance(value, list):
@@ -57,6 +65,8 @@ def _unflatten(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
             return tensors[value[_TENSOR]]
         if _TUPLE in value:
             return tuple(_unflatten(v, tensors) for v in value[_TUPLE])
+        if _ITEMS in value:
+            return {k: _unflatten(v, tensors) for k, v in value[_ITEMS]}
         return {k: _unflatten(v, tensors) for k, v in value.items()}
     if isinstance(value, list):
         return [_unflatten(v, tensors) for v in value]
@@ -77,13 +87,6 @@ def load_state(directory: str | Path, name: str = "state") -> dict[str, Any]:
     tensors = load_file(str(directory / f"{name}.safetensors"))
     structure = json.loads((directory / f"{name}.json").read_text())
     return _unflatten(structure, tensors)
-
-
-def restore_int_keys(state: dict) -> dict:
-    """Optimizer state dicts key their per-parameter state by int; JSON made them strings."""
-    state = dict(state)
-    state["state"] = {int(k): v for k, v in state["state"].items()}
-    return state
 
 
 @contextlib.contextmanager

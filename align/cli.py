@@ -20,9 +20,9 @@ class UsageError(Exception):
 
 def _doctor(args) -> int:
     from align.doctor import format_table, run_checks
-    from samplers.models import load_adapter
+    from align.runs import load_model
 
-    adapter = load_adapter(
+    adapter = load_model(
         args.model, family=args.family, dtype=args.dtype, device=args.device, attention=args.attention
     )
     checks = run_checks(adapter, num_steps=args.steps, noise_level=args.noise_level)

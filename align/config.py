@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from align.registry import Registry
 from align.schema import ConfigError, apply_overrides, from_data, param, to_data
+from plumbing.registry import Registry
 
 ALGORITHM_CONFIGS: Registry = Registry("algorithm")  # name -> config dataclass (with a `name` field)
 

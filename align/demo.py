@@ -21,15 +21,15 @@ import torch
 
 def _reno(out: Path, prompts: list[str], iterations: int, device: torch.device, dtype: str) -> dict:
     from align.optimize import OptimizeSettings, compare_with_best_of_n
+    from align.runs import load_model
     from rewards.base import build_reward
-    from samplers.models import load_adapter
 
     settings = OptimizeSettings(
         iterations=iterations, lr=5.0, regularisation=0.01, grad_clip=0.1, weights={"clip-toy": 100.0}
     )
     rewards = {"clip-toy": build_reward("clip-toy", device=device)}
     compared = compare_with_best_of_n(
-        load_adapter("toy", device=device, dtype=dtype), prompts, list(range(len(prompts))), rewards, settings
+        load_model("toy", device=device, dtype=dtype), prompts, list(range(len(prompts))), rewards, settings
     )
     results = {
         method: {"accuracy": summary["accuracy"], "rewards": summary["rewards"]}
@@ -58,8 +58,7 @@ def run_demo(
 ) -> dict:
     from align.config import load_config
     from align.loop import make_accelerator, train
-    from align.recipes import recipe
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts, recipe
     from samplers.devices import resolve_device
 
     out = Path(out)
@@ -122,13 +121,13 @@ def _same_evaluation(config, other, base: dict) -> bool:
 
 
 def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) -> None:
+    from align.runs import load_model, run_record
     from gallery import build_gallery
     from rewards.base import build_reward
-    from samplers.models import load_adapter
 
     rewards = {name: build_reward(name, device=device) for name in ("geneval", "clip-toy", "aesthetic-toy")}
     models = {
-        name: (lambda model=model: load_adapter(model, device=device, dtype=dtype))
+        name: (lambda model=model: load_model(model, device=device, dtype=dtype))
         for name, model in (
             ("base", "toy"),
             ("flow-grpo", str(out / "grpo")),
@@ -141,7 +140,7 @@ def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) ->
         2,
         rewards,
         out / "gallery",
-        runs={"flow-grpo": out / "grpo", "draft-lv": out / "draft"},
+        runs={"flow-grpo": run_record(out / "grpo"), "draft-lv": run_record(out / "draft")},
         title="align demo: toy world, held-out prompts",
     )
 

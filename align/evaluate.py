@@ -8,50 +8,15 @@ prompts are read by the verifiable reward, any prompt by the configured rewards.
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from align.toy.world import is_toy_prompt, parse_prompt
-from rewards.geneval import CONSTRAINTS, evaluate_images
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return float(np.mean(values)) if values else float("nan")
-
-
-@torch.no_grad()
-def generate_grid(
-    adapter, prompts: Sequence[str], seeds: int, num_steps: int | None = None, batch_size: int = 64
-):
-    """Images [P * S, 3, H, W], prompts and seeds in prompt-major order (prompt i, seed s)."""
-    flat_prompts = [p for p in prompts for _ in range(seeds)]
-    flat_seeds = [s for _ in prompts for s in range(seeds)]
-    images = adapter.generate(flat_prompts, flat_seeds, num_steps=num_steps, batch_size=batch_size)
-    return images, flat_prompts, flat_seeds
-
-
-def score_images(images: torch.Tensor, prompts: Sequence[str], rewards: dict | None = None) -> dict:
-    """Per-image verifiable results (toy prompts) and reward values."""
-    toy = [i for i, p in enumerate(prompts) if is_toy_prompt(p)]
-    checks = [None] * len(prompts)
-    if toy:
-        for i, result in zip(toy, evaluate_images(images[toy], [prompts[i] for i in toy])):
-            checks[i] = result
-    values = {}
-    for name, reward in (rewards or {}).items():
-        values[name] = reward(images, list(prompts)).detach().cpu().tolist()
-    return {"checks": checks, "rewards": values}
-
-
-def standard_error(values) -> float:
-    """Standard error of a mean over images (sample std / sqrt(n)); nan below two values."""
-    values = np.asarray(list(values), dtype=np.float64)
-    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+from rewards.scoring import score_images, standard_error, summarise
+from rewards.toy_world import parse_prompt
+from samplers.grid import generate_grid
 
 
 def paired_difference(base: dict, aligned: dict) -> tuple[float, float]:
@@ -62,45 +27,6 @@ def paired_difference(base: dict, aligned: dict) -> tuple[float, float]:
         raise ValueError("paired difference: both evaluations need per-image outcomes of the same grid")
     differences = np.asarray(after, np.float64) - np.asarray(before, np.float64)
     return float(differences.mean()), standard_error(differences)
-
-
-def summarise(prompts: Sequence[str], seeds: Sequence[int], scored: dict) -> tuple[dict, list[dict]]:
-    """(summary, per-prompt rows) from per-image results."""
-    checks, rewards = scored["checks"], scored["rewards"]
-    toy = [i for i, c in enumerate(checks) if c is not None]
-    categories = {
-        name: _mean(checks[i]["constraints"][name] for i in toy if name in checks[i]["constraints"])
-        for name in CONSTRAINTS
-    }
-    kinds = defaultdict(list)
-    for i in toy:
-        kinds[parse_prompt(prompts[i]).kind].append(checks[i]["all"])
-    outcomes = [int(checks[i]["all"]) for i in toy]
-    summary = {
-        "accuracy": _mean(outcomes),
-        "accuracy_se": standard_error(outcomes),
-        "score": _mean(checks[i]["score"] for i in toy),
-        "categories": {k: v for k, v in categories.items() if not np.isnan(v)},
-        "kinds": {k: _mean(v) for k, v in sorted(kinds.items())},
-        "rewards": {name: _mean(values) for name, values in rewards.items()},
-        "num_images": len(prompts),
-        "num_prompts": len(dict.fromkeys(prompts)),
-        "outcomes": outcomes,  # all constraints met, per toy image (prompt-major): for paired comparisons
-    }
-    rows = []
-    for prompt in dict.fromkeys(prompts):
-        index = [i for i, p in enumerate(prompts) if p == prompt]
-        row = {"prompt": prompt, "seeds": [seeds[i] for i in index]}
-        if checks[index[0]] is not None:
-            row["accuracy"] = _mean(checks[i]["all"] for i in index)
-            row["score"] = _mean(checks[i]["score"] for i in index)
-            row["constraints"] = {
-                name: _mean(checks[i]["constraints"][name] for i in index)
-                for name in checks[index[0]]["constraints"]
-            }
-        row["rewards"] = {name: _mean(values[i] for i in index) for name, values in rewards.items()}
-        rows.append(row)
-    return summary, rows
 
 
 def evaluate(

@@ -27,7 +27,6 @@ from align.checkpoint import (
     load_state,
     nonfinite_values,
     remove_staging,
-    restore_int_keys,
     rng_state,
     save_state,
     set_rng_state,
@@ -171,9 +170,9 @@ class Run:
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
         import align.algorithms  # noqa: F401  (registers the algorithms)
         from align.policy import ImagePolicy
-        from align.toy.world import load_prompts
+        from align.recipes import load_prompts
+        from align.runs import load_model
         from rewards.combine import RewardSet
-        from samplers.models import load_adapter
 
         self.config, self.out = config, Path(out)
         precision = {"no": "no", "fp16": "fp16", "bf16": "bf16"}[config.train.mixed_precision]
@@ -181,7 +180,7 @@ class Run:
         device = self.accelerator.device
         torch.manual_seed(config.train.seed)  # same LoRA init on every process
         model = config.model
-        self.adapter = load_adapter(
+        self.adapter = load_model(
             model.name,
             family=model.family,
             dtype=model.dtype,
@@ -343,7 +342,7 @@ class Run:
     @torch.no_grad()
     def evaluate(self) -> dict:
         from align.evaluate import evaluate
-        from align.toy.world import load_prompts
+        from align.recipes import load_prompts
 
         config = self.config
         prompts = load_prompts(config.eval.prompts)[: config.eval.max_prompts]
@@ -423,7 +422,7 @@ class Run:
     def load_checkpoint(self, directory: Path) -> None:
         state = load_state(directory)
         self.policy.load_trainable_state(state["trainable"])
-        self.optimizer.load_state_dict(restore_int_keys(state["optimizer"]))
+        self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             if state["ema"] is None:
                 raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")

@@ -171,7 +171,7 @@ def compare_with_best_of_n(
     best-of-N with as many model evaluations, on the same prompts and seeds, each scored by `report`
     (default: the optimised rewards). Returns {"images": {method: [B,3,H,W]}, "summaries": {method:
     evaluate summary}, "optimised": the optimiser's result, "best_of_n": N}."""
-    from align.evaluate import score_images, summarise
+    from rewards.scoring import score_images, summarise
 
     with torch.no_grad():  # at the steps the optimiser samples with
         base = adapter.generate(prompts, seeds, num_steps=settings.num_steps)

@@ -1,4 +1,4 @@
-"""The shipped recipes and prompt files: configs/ at the root of a clone, align/configs/ in an installed
+"""The shipped recipes and prompt files (and the toy world's prompt splits, by name): configs/ at the root of a clone, align/configs/ in an installed
 wheel (setup.py copies it there), so `align demo` and `align config toy/grpo-demo.yaml` run from both."""
 
 from __future__ import annotations
@@ -32,3 +32,21 @@ def recipe(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"the shipped recipe {path} is missing; reinstall diffusion-align")
     return path
+
+
+def load_prompts(split_or_file: str) -> list[str]:
+    """A named split of the toy world, or a text file with one prompt per line (the shipped prompt files,
+    configs/prompts/*.txt, are found from any directory)."""
+    from rewards.toy_world import SPLITS, prompt_splits
+
+    if split_or_file in SPLITS:
+        return prompt_splits()[split_or_file]
+    path = find_file(split_or_file)
+    if path is None:
+        raise ValueError(
+            f"prompts {split_or_file!r}: neither a split ({', '.join(SPLITS)}) nor a file of one prompt per line"
+        )
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompt")
+    return prompts

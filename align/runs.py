@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 CHECKPOINT_PREFIX = "epoch-"
+DEVICE_DEFAULTS = {"family": "auto", "dtype": "auto", "device": "cpu"}  # samplers.models.load_adapter's
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -39,6 +40,12 @@ def checkpoints(run_dir: Path) -> list[Path]:
         if p.name.startswith(CHECKPOINT_PREFIX) and (p / "checkpoint.json").is_file()
     ]
     return sorted(found)
+
+
+def run_record(run_dir: Path) -> dict:
+    """A training run as a gallery is handed it: its directory and its latest complete checkpoint."""
+    found = checkpoints(run_dir)
+    return {"path": Path(run_dir), "checkpoint": found[-1].name if found else None}
 
 
 def is_run(path: Path) -> bool:
@@ -78,6 +85,29 @@ def apply_checkpoint(adapter, checkpoint: Path) -> None:
     else:
         raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
     adapter.clear_cache()
+
+
+def load_model(name: str, **kwargs):
+    """An adapter around a model name (samplers.models.load_adapter, which takes the same kwargs), or
+    around a training run directory or one of its checkpoints: the run's base model with the
+    checkpoint's weights, sampled with the run's settings (its dtype where `dtype` is `auto`) unless
+    kwargs override them."""
+    from samplers.models import load_adapter
+
+    found = resolve_checkpoint(name)
+    if found is None:
+        return load_adapter(name, **kwargs)
+    base, checkpoint, settings = found
+    family, dtype, device = (kwargs.pop(k, default) for k, default in DEVICE_DEFAULTS.items())
+    options = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
+    family = options.pop("family", None) or family
+    run_dtype = options.pop("dtype", None)  # the run's weights dtype
+    dtype = run_dtype if dtype == "auto" and run_dtype else dtype
+    options.pop("device", None)
+    adapter = load_adapter(base, family=family, dtype=dtype, device=device, **options)
+    apply_checkpoint(adapter, checkpoint)
+    adapter.name = name
+    return adapter
 
 
 def read_config(run_dir: Path) -> dict:

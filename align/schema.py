@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from align.registry import did_you_mean
+from plumbing.registry import did_you_mean
 
 
 class ConfigError(ValueError):

@@ -162,7 +162,7 @@ def rollout_ratios(name: str, steps: int = 10, batch: int = 8) -> str:
     import torch
     from rollout_vs_pipeline import timed
 
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts
     from samplers.models import load_adapter
     from samplers.noise import generators_from_seeds
 

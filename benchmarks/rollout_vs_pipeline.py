@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     adapter = load_adapter(args.model)
     prompts = [f"prompt {i}" for i in range(args.batch)]
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts
 
     prompts = (load_prompts("heldout") * 4)[: args.batch]
     seeds = list(range(args.batch))

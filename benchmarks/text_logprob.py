@@ -115,8 +115,8 @@ def trl_grpo_step() -> float | str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from align.text.models import smollm2_directory
-    from align.text.tasks import task_problems
     from rewards.base import build_reward
+    from rewards.text.tasks import task_problems
 
     settings = GRPO_SETTINGS
     directory = str(smollm2_directory())

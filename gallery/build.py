@@ -20,13 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from align.evaluate import generate_grid, score_images, summarise
-from align.runs import checkpoints
-from align.toy.world import is_toy_prompt, parse_prompt
 from gallery.names import safe_name
 from gallery.page import write_page
 from gallery.plots import plot_reward_curves, read_json
 from rewards.base import to_pil
+from rewards.scoring import score_images, summarise
+from rewards.toy_world import is_toy_prompt, parse_prompt
+from samplers.grid import generate_grid
 
 FORMAT = "diffusion-align gallery"
 VERSION = 1
@@ -124,14 +124,14 @@ def write_column(
     return cells, summary
 
 
-def run_entry(name: str, run_dir: Path) -> dict:
+def run_entry(name: str, run: Mapping) -> dict:
     """A training run as the page shows it: its latest checkpoint and its base / aligned summary."""
-    found = checkpoints(run_dir)
+    path = Path(run["path"])
     return {
         "name": name,
-        "path": str(run_dir),
-        "checkpoint": found[-1].name if found else None,
-        "summary": read_json(run_dir / "summary.json"),
+        "path": str(path),
+        "checkpoint": run.get("checkpoint"),
+        "summary": read_json(path / "summary.json"),
     }
 
 
@@ -157,7 +157,7 @@ def build_gallery(
     rewards: Mapping[str, Callable],
     out: str | Path,
     *,
-    runs: Mapping[str, str | Path] | None = None,
+    runs: Mapping[str, Mapping] | None = None,
     num_steps: int | None = None,
     guidance_scale: float | None = None,
     title: str = "diffusion-align gallery",
@@ -169,7 +169,8 @@ def build_gallery(
         column is generated and released after, so large models need not share memory).
     seeds: images per prompt, seeds 0..seeds-1 (seed s drives the same noise in every column).
     rewards: name -> reward(images, prompts) -> [B]; the first one marks each row's best cell.
-    runs: name -> training run directory, for reward curves (metrics.jsonl) and run summaries.
+    runs: name -> {"path": a training run directory, "checkpoint": its latest checkpoint's name or None}
+        (align.runs.run_record), for reward curves (metrics.jsonl) and run summaries.
     num_steps, guidance_scale: shared by every column; None takes the first column's defaults.
     """
     out = Path(out)
@@ -194,7 +195,7 @@ def build_gallery(
     mark_best(cells, first_reward)
     for row in summary_rows:
         row["wins"] = sum(c["best"] for c in cells if c["model"] == row["model"])
-    runs = {name: Path(path) for name, path in (runs or {}).items()}
+    runs = dict(runs or {})
     data = {
         "format": FORMAT,
         "version": VERSION,
@@ -208,8 +209,10 @@ def build_gallery(
         "models": columns,
         "summary": summary_rows,
         "cells": cells,
-        "runs": [run_entry(name, path) for name, path in runs.items()],
-        "plots": plot_reward_curves(runs, out / "plots", relative_to=out),
+        "runs": [run_entry(name, run) for name, run in runs.items()],
+        "plots": plot_reward_curves(
+            {name: Path(run["path"]) for name, run in runs.items()}, out / "plots", relative_to=out
+        ),
     }
     data = _jsonable(data)
     (out / "gallery.json").write_text(json.dumps(data, indent=1, allow_nan=False))

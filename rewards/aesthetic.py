@@ -14,6 +14,7 @@ import torch
 
 from rewards.base import Reward, register_reward
 from rewards.open_clip_models import image_embeddings, load_open_clip
+from rewards.toy_world import ASSETS as TOY_ASSETS
 
 LAION_HEAD = "camenduru/improved-aesthetic-predictor/sac+logos+ava1-l14-linearMSE.pth"
 
@@ -105,15 +106,13 @@ register_reward(
 @register_reward(
     "aesthetic-toy",
     differentiable=True,
-    weights="shipped: toy CLIP + quality head trained by `align pretrain-toy` (align/toy/assets)",
+    weights="shipped: toy CLIP + quality head trained by `align pretrain-toy` (rewards/assets)",
     description="toy world quality: clean vs blurred/noisy/ragged shapes, on the toy CLIP embedding",
 )
 def _aesthetic_toy(**kwargs) -> Aesthetic:
-    from align.toy.model import ASSETS
-
     return Aesthetic(
-        model=f"local-dir:{ASSETS / 'clip'}",
+        model=f"local-dir:{TOY_ASSETS / 'toy-clip'}",
         pretrained=None,
-        head=str(ASSETS / "quality" / "head.safetensors"),
+        head=str(TOY_ASSETS / "toy-quality" / "head.safetensors"),
         **kwargs,
     )

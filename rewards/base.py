@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from align.registry import Registry
+from plumbing.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import torch
 
 from rewards.base import Reward, register_reward
 from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
+from rewards.toy_world import ASSETS as TOY_ASSETS
 
 
 class ClipScore(Reward):
@@ -46,15 +47,13 @@ register_reward(
 
 
 def _toy_clip_dir() -> str:
-    from align.toy.model import ASSETS
-
-    return f"local-dir:{ASSETS / 'clip'}"
+    return f"local-dir:{TOY_ASSETS / 'toy-clip'}"
 
 
 @register_reward(
     "clip-toy",
     differentiable=True,
-    weights="shipped: the toy CLIP trained by `align pretrain-toy --stage clip` (align/toy/assets/clip)",
+    weights="shipped: the toy CLIP trained by `align pretrain-toy --stage clip` (rewards/assets/toy-clip)",
     description="CLIP score with the toy world's own CLIP",
 )
 def _clip_toy(**kwargs) -> ClipScore:

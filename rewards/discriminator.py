@@ -21,7 +21,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from align.checkpoint import restore_int_keys
 from rewards.base import Reward, check_images, register_reward
 from rewards.dino_backbone import DINO_MODEL, DinoBackbone
 
@@ -131,7 +130,7 @@ class Discriminator(Reward):
         self.global_head.load_state_dict(heads["global"])
         if self.local_head is not None:
             self.local_head.load_state_dict(heads["local"])
-        self.optimizer.load_state_dict(restore_int_keys(state["optimizer"]))
+        self.optimizer.load_state_dict(state["optimizer"])
         self.steps = int(state["steps"])
 
 

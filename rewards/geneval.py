@@ -34,8 +34,8 @@ from itertools import combinations
 import numpy as np
 import torch
 
-from align.toy.world import BACKGROUND, COLOURS, RESOLUTION, SHAPES, SUPERSAMPLE, PromptSpec, parse_prompt
 from rewards.base import Reward, register_reward
+from rewards.toy_world import BACKGROUND, COLOURS, RESOLUTION, SHAPES, SUPERSAMPLE, PromptSpec, parse_prompt
 
 CONSTRAINTS = ("count", "colour", "shape", "position")
 _PALETTE = np.asarray(list(COLOURS.values()), np.float32) / 255 - np.asarray(BACKGROUND, np.float32) / 255

@@ -22,7 +22,7 @@ def tiny_pickscore(directory: str | Path, seed: int = 0) -> str:
     """A CLIPModel (ViT 32 px / patch 8, 2 layers per tower) and a CLIPProcessor -> `directory`."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from samplers.tokenizers import clip_tokenizer
+    from plumbing.tokenizers import clip_tokenizer
 
     tokenizer = clip_tokenizer(words=["sign", "says", "open", "closed", "photo", "cat"], model_max_length=16)
     text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)

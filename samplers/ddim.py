@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from align.types import StepOut
 from samplers.noise import Generators, expand_as_batch, finish_step, per_sample
+from samplers.types import StepOut
 
 
 def predict_x0_eps(model_output, x, alpha, sigma, prediction_type: str):

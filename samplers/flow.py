@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from align.types import StepOut
 from samplers.noise import Generators, expand_as_batch, finish_step, per_sample
+from samplers.types import StepOut
 
 
 def flow_step(

@@ -68,7 +68,7 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
         builder, family, defaults = TINY[kind]
         return builder(), {"family": family, **defaults}
     if name == "toy":
-        from align.toy.model import load_toy_pipeline
+        from samplers.toy import load_toy_pipeline
 
         return load_toy_pipeline(dtype)
     from diffusers import DiffusionPipeline
@@ -99,25 +99,9 @@ def load_adapter(
     """An adapter around the named model. kwargs: guidance_scale, resolution, attention, ...
 
     `device` and `dtype` as samplers/devices.py resolves them (`auto` picks for this machine).
-    `name` may also be a training run directory or one of its checkpoints: the run's base model
-    with the checkpoint's weights, sampled with the run's settings (its dtype where `dtype` is
-    `auto`) unless kwargs override them.
+    Training run directories and checkpoints are models too: align.runs.load_model reads them.
     """
-    from align.runs import apply_checkpoint, resolve_checkpoint
-
     device = resolve_device(device)
-    found = resolve_checkpoint(name)
-    if found is not None:
-        base, checkpoint, settings = found
-        options = {**settings, **{k: v for k, v in kwargs.items() if v is not None}}
-        family = options.pop("family", None) or family
-        run_dtype = options.pop("dtype", None)  # the run's weights dtype
-        dtype = run_dtype if dtype == "auto" and run_dtype else dtype
-        options.pop("device", None)
-        adapter = load_adapter(base, family=family, dtype=dtype, device=device, **options)
-        apply_checkpoint(adapter, checkpoint)
-        adapter.name = name
-        return adapter
     dtype = resolve_dtype(dtype, device)
     pipeline, defaults = load_pipeline(name, dtype)
     detected = defaults.pop("family", None) or detect_family(pipeline)

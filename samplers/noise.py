@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from align.types import StepOut
+from samplers.types import StepOut
 
 Generators = list[torch.Generator] | torch.Generator | None
 

@@ -7,8 +7,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from align.types import Cond, Schedule, StepOut, Trajectory
 from samplers.noise import Generators
+from samplers.types import Cond, Schedule, StepOut, Trajectory
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 StepFn = Callable[..., StepOut]

@@ -25,7 +25,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from samplers.tokenizers import clip_tokenizer, t5_tokenizer
+from plumbing.tokenizers import clip_tokenizer, t5_tokenizer
 
 RESOLUTION = 32  # pixels; every tiny VAE downsamples by 2
 MAX_LENGTH = 16  # tokens per prompt

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from align.doctor import run_checks
-from align.types import Trajectory
 from samplers.noise import generators_from_seeds
+from samplers.types import Trajectory
 from tests.conftest import tiny_adapter
 
 

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.evaluate import paired_difference, standard_error, swapped_prompt
-from align.toy.model import PIPELINE_DIR
+from align.evaluate import paired_difference, swapped_prompt
+from rewards.scoring import standard_error
+from samplers.toy import PIPELINE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +39,8 @@ def test_shipped_model_listens_to_the_relation_word():
     """The swap test on held-out relations: the shipped base must flip the placement when the relation
     word is swapped (the model shipped before this test flipped 1 pair in 96)."""
     from align.evaluate import swap_test
-    from align.toy.world import load_prompts, parse_prompt
+    from align.recipes import load_prompts
+    from rewards.toy_world import parse_prompt
     from samplers.models import load_adapter
 
     relations = [p for p in load_prompts("heldout") if parse_prompt(p).relation][::4]  # 12 prompts

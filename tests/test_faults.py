@@ -216,7 +216,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resume_finishes_ex
 def test_a_damaged_checkpoint_is_named_in_one_line_and_never_loaded(
     tmp_path, reference, capsys, damage, problem
 ):
-    from samplers.models import load_adapter
+    from align.runs import load_model
 
     run = tmp_path / "run"
     shutil.copytree(reference.out, run)
@@ -231,7 +231,7 @@ def test_a_damaged_checkpoint_is_named_in_one_line_and_never_loaded(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"error: checkpoint {latest} is corrupt") and re.search(problem, line), line
     with pytest.raises(CheckpointError, match=problem):
-        load_adapter(str(run))  # a run directory loaded as a model: the same check
+        load_model(str(run))  # a run directory loaded as a model: the same check
 
 
 # --- 4. NaN and inf --------------------------------------------------------------------------------
@@ -288,7 +288,7 @@ def test_a_nan_reward_skips_the_step_and_leaves_no_trace(tmp_path):
     """A reward NaN for one group of epoch 2: that update is skipped and counted; the other group is
     not trained on either, and neither DDPO's per-prompt statistics nor the running normaliser keep
     the NaN, so epochs 3 and 4 train as usual."""
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts
 
     config = tiny_config(num_epochs=4)
     prompts = load_prompts(config.train.prompts)

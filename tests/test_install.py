@@ -48,7 +48,7 @@ def test_the_installed_wheel_runs_outside_the_clone(tmp_path):
     assert "--grpo-only" in run([*align, "demo", "--help"], elsewhere, env)
     assert "flow-grpo" in run([*align, "config", "toy/grpo-demo.yaml"], elsewhere, env)
     prompts = (
-        "from align.toy.world import load_prompts; print(len(load_prompts('configs/prompts/drawbench.txt')))"
+        "from align.recipes import load_prompts; print(len(load_prompts('configs/prompts/drawbench.txt')))"
     )
     assert int(run([*python, prompts], elsewhere, env).strip().splitlines()[-1]) > 0
     assert "4/4 checks passed" in run([*align, "doctor", "toy", "--steps", "2"], elsewhere, env)
@@ -56,8 +56,7 @@ def test_the_installed_wheel_runs_outside_the_clone(tmp_path):
 
 def test_shipped_recipes_and_prompt_files_are_found_from_any_directory(tmp_path, monkeypatch, capsys):
     from align.cli import main
-    from align.recipes import configs_dir, find_file
-    from align.toy.world import load_prompts
+    from align.recipes import configs_dir, find_file, load_prompts
 
     assert configs_dir() == ROOT / "configs"  # a clone reads configs/ in place
     monkeypatch.chdir(tmp_path)

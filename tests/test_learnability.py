@@ -11,7 +11,7 @@ import pytest
 
 from align.config import config_from_data
 from align.loop import train
-from align.toy.model import PIPELINE_DIR
+from samplers.toy import PIPELINE_DIR
 
 PROMPT = "a purple circle left of an orange square"  # base: all met in 3 of 8 samples (10 steps)
 

@@ -129,9 +129,9 @@ def test_grpo_pieces_converge_on_a_velocity_bias_policy():
     """rollout -> group advantages -> re-score -> PPO loss, end to end on a policy whose velocity is a
     learnable bias b: x_0 = x_1 - b under the ODE, so the reward -(x_0 - 0.5)^2 peaks at b = -0.5."""
     from align.losses import group_advantages, ppo_clip_loss
-    from align.types import Schedule
     from samplers.flow import flow_step
     from samplers.rollout import rescore, rollout
+    from samplers.types import Schedule
 
     torch.manual_seed(0)
     dims, batch, group = 16, 32, 8
@@ -235,9 +235,9 @@ def test_saved_lora_loads_into_a_plain_pipeline_and_changes_it(tmp_path, caplog)
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     after = pipeline("a red circle", generator=generators_from_seeds([0]), **kwargs).images
     assert (after - before).abs().max() > 1e-4
-    from samplers.models import load_adapter
+    from align.runs import load_model
 
-    adapter = load_adapter(str(tmp_path / "run"))  # a run directory is a model: base + its LoRA
+    adapter = load_model(str(tmp_path / "run"))  # a run directory is a model: base + its LoRA
     assert adapter.name == str(tmp_path / "run") and adapter.dtype == torch.float32
 
 

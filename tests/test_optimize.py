@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from align.optimize import OptimizeSettings, best_of_n, noise_norm_regulariser, reno
-from align.toy.model import PIPELINE_DIR
 from rewards.base import Reward
+from samplers.toy import PIPELINE_DIR
 from tests.conftest import tiny_adapter
 
 

@@ -16,7 +16,7 @@ from align.text.data import load_text_prompts, read_pairs
 from align.text.grpo import reduce_tokens
 from align.text.preference import best_and_worst, sequence_log_probs
 from align.text.run import TextRun
-from align.text.tasks import task_problems
+from rewards.text.tasks import task_problems
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "text"
 SAYS_YES = {"name": "text-format", "args": {"pattern": "yes", "mode": "search"}}

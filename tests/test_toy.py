@@ -6,20 +6,21 @@ import numpy as np
 import pytest
 import torch
 
-from align.toy.model import PIPELINE_DIR
-from align.toy.world import (
+from align.recipes import load_prompts
+from rewards.geneval import detect, evaluate_images, template
+from rewards.toy_world import ASSETS as TOY_ASSETS
+from rewards.toy_world import (
     BACKGROUND,
     COLOURS,
     SHAPES,
     Obj,
     Scene,
     coverage,
-    load_prompts,
     make_example,
     parse_prompt,
     render,
 )
-from rewards.geneval import detect, evaluate_images, template
+from samplers.toy import PIPELINE_DIR
 
 SHIPPED = (PIPELINE_DIR / "model_index.json").is_file()
 needs_assets = pytest.mark.skipif(not SHIPPED, reason="toy assets not built (align pretrain-toy)")
@@ -188,7 +189,7 @@ def test_splits_are_disjoint_and_novel_pairs_are_unseen():
     assert not splits["heldout"] & (splits["pretrain"] | splits["train"])
     assert not splits["novel"] & (splits["pretrain"] | splits["train"] | splits["heldout"])
     assert splits["train"] <= splits["pretrain"]
-    from align.toy.world import NOVEL_PAIRS
+    from rewards.toy_world import NOVEL_PAIRS
 
     seen = {pair for p in splits["pretrain"] for pair in parse_prompt(p).pairs}
     assert not seen & set(NOVEL_PAIRS)
@@ -210,7 +211,7 @@ def test_shipped_pipeline_loads_offline_through_the_sd3_adapter_and_passes_docto
 
     adapter = load_adapter("toy")
     assert isinstance(adapter, SD3Adapter) and type(adapter.pipeline).__name__ == "StableDiffusion3Pipeline"
-    size = sum(f.stat().st_size for f in PIPELINE_DIR.parent.rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in PIPELINE_DIR.rglob("*") if f.is_file())
     assert size < 30 * 2**20, size
     assert main(["doctor", "toy", "--steps", "4"]) == 0
     assert "4/4 checks passed" in capsys.readouterr().out
@@ -234,7 +235,7 @@ def test_shipped_model_draws_the_colours_it_is_asked_for():
 COLOUR_FLOOR = 0.75
 
 
-@pytest.mark.skipif(not (PIPELINE_DIR.parent / "clip").is_dir(), reason="toy CLIP not built")
+@pytest.mark.skipif(not (TOY_ASSETS / "toy-clip").is_dir(), reason="toy CLIP not built")
 def test_toy_clip_ranks_the_true_caption_first_on_heldout_images():
     from align.toy.reward_models import clip_top1
     from rewards.clip_score import _toy_clip_dir
@@ -255,8 +256,6 @@ def test_world_rng_is_local():
 def test_shipped_configs_name_no_absolute_path():
     import json
 
-    from align.toy.model import ASSETS
-
     def strings(value):
         if isinstance(value, dict):
             return [s for v in value.values() for s in strings(v)]
@@ -266,7 +265,8 @@ def test_shipped_configs_name_no_absolute_path():
 
     found = [
         (path.name, s)
-        for path in ASSETS.rglob("*.json")
+        for root in (PIPELINE_DIR, TOY_ASSETS)
+        for path in root.rglob("*.json")
         for s in strings(json.loads(path.read_text()))
         if s.startswith("/") or s[1:3] == ":\\"
     ]

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from align.config import ALGORITHM_CONFIGS
-from align.registry import Registry
+from plumbing.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
 

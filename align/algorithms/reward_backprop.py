@@ -133,7 +133,7 @@ class RewardBackprop(Algorithm):
 
     def _replay(self, sub, k: int) -> torch.Tensor:
         """The last k steps again, with gradients, from the stored latent before them."""
-        from align.types import Schedule
+        from samplers.types import Schedule
 
         start = sub.num_steps - k
         schedule = Schedule(timesteps=sub.timesteps[0, start:], sigmas=sub.sigmas[0, start:])

@@ -16,15 +16,15 @@ def run(args) -> int:
         swap_test,
         write_evaluation,
     )
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts
+    from align.runs import load_model
     from rewards.base import build_reward
     from samplers.devices import resolve_device
-    from samplers.models import load_adapter
 
     device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
     rewards = {name: build_reward(name, device=device) for name in args.reward}
-    adapter = load_adapter(
+    adapter = load_model(
         args.model,
         device=device,
         dtype=args.dtype,

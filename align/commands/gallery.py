@@ -52,11 +52,12 @@ def shared_settings(args, runs: dict[str, Path]) -> tuple[int | None, float | No
 
 
 def run(args) -> int:
-    from align.toy.world import is_toy_prompt, load_prompts
+    from align.recipes import load_prompts
+    from align.runs import load_model, run_record
     from gallery import build_gallery
     from rewards.base import build_reward
+    from rewards.toy_world import is_toy_prompt
     from samplers.devices import resolve_device
-    from samplers.models import load_adapter
 
     models = parse_models(args.model)
     device = resolve_device(args.device)
@@ -66,7 +67,7 @@ def run(args) -> int:
     runs = {name: run for name, model in models.items() if (run := run_directory(model)) is not None}
     steps, guidance = shared_settings(args, runs)
     loaders = {
-        name: (lambda model=model: load_adapter(model, device=device, dtype=args.dtype))
+        name: (lambda model=model: load_model(model, device=device, dtype=args.dtype))
         for name, model in models.items()
     }
     data = build_gallery(
@@ -75,7 +76,7 @@ def run(args) -> int:
         args.seeds,
         rewards,
         Path(args.out),
-        runs=runs,
+        runs={name: run_record(run) for name, run in runs.items()},
         num_steps=steps,
         guidance_scale=guidance,
         title=args.title,

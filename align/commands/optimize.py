@@ -42,7 +42,7 @@ def apply_recipe(args) -> None:
         import yaml
 
         from align.recipes import find_file
-        from align.registry import did_you_mean
+        from plumbing.registry import did_you_mean
 
         path = find_file(args.config)
         if path is None:
@@ -70,10 +70,11 @@ def apply_recipe(args) -> None:
 
 def run(args) -> int:
     from align.optimize import OptimizeSettings, compare_with_best_of_n
-    from align.toy.world import is_toy_prompt, load_prompts
+    from align.recipes import load_prompts
+    from align.runs import load_model
     from rewards.base import build_reward, to_pil
+    from rewards.toy_world import is_toy_prompt
     from samplers.devices import resolve_device
-    from samplers.models import load_adapter
 
     apply_recipe(args)
     device = resolve_device(args.device)
@@ -89,7 +90,7 @@ def run(args) -> int:
         )
     report = {name: build_reward(name, device=device) for name in args.eval_reward if name not in rewards}
     report.update(rewards)
-    adapter = load_adapter(args.model, device=device, dtype=args.dtype, default_steps=args.steps)
+    adapter = load_model(args.model, device=device, dtype=args.dtype, default_steps=args.steps)
     settings = OptimizeSettings(
         iterations=args.iterations,
         seconds=args.seconds,

@@ -12,16 +12,16 @@ def run(args) -> int:
     import torch
 
     from align.pairs import write_pairs
-    from align.toy.world import load_prompts
+    from align.recipes import load_prompts
+    from align.runs import load_model
     from rewards.base import build_reward
     from samplers.devices import resolve_device
-    from samplers.models import load_adapter
 
     if args.samples < 2:
         raise ValueError("--samples must be at least 2 to form a pair")
     device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
-    adapter = load_adapter(args.model, device=device, dtype=args.dtype)
+    adapter = load_model(args.model, device=device, dtype=args.dtype)
     reward = build_reward(args.reward, device=device)
     chosen, rejected, kept = [], [], []
     for start in range(0, len(prompts), args.batch_prompts):

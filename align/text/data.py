@@ -70,7 +70,7 @@ def load_text_prompts(source: str) -> list[str]:
                 raise ValueError(f"{path}:{number}: needs a string `prompt`")
             prompts.append(record["prompt"])
     else:
-        from align.text.tasks import task_problems
+        from rewards.text.tasks import task_problems
 
         prompts = [problem["prompt"] for problem in task_problems(source)]
     if not prompts:

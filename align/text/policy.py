@@ -23,7 +23,7 @@ import torch
 
 from align.policy import ImagePolicy
 from align.text.logprob import token_log_probs
-from align.types import Trajectory
+from samplers.types import Trajectory
 
 UNSUPPORTED_HEADS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
 

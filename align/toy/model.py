@@ -4,12 +4,10 @@
 the edges; an MMDiT (`SD3Transformer2DModel`, patch 1, 64 image tokens) does rectified flow on
 those latents; two tiny CLIP text encoders (word-level tokenizer over the toy grammar) condition
 it; no T5. Saved with `save_pretrained`, loaded with `from_pretrained` through the SD3 adapter,
-exactly like SD3.5. The shipped weights live in `align/toy/assets/pipeline`.
+exactly like SD3.5. This file builds it for pretraining; samplers/toy.py loads the shipped weights.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from diffusers import (
@@ -20,16 +18,13 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from align.toy.world import COLOURS, COUNTS, RELATIONS, RESOLUTION, SHAPES
-from samplers.tokenizers import clip_tokenizer
+from plumbing.tokenizers import clip_tokenizer
+from rewards.toy_world import COLOURS, COUNTS, RELATIONS, RESOLUTION, SHAPES
 
-ASSETS = Path(__file__).parent / "assets"
-PIPELINE_DIR = ASSETS / "pipeline"
 MAX_LENGTH = 12  # tokens: the longest toy prompt is 8 words + start/end
 TEXT_WIDTHS = (64, 32)  # hidden sizes of the two text encoders (their sum is the joint attention dim)
 WIDTH, LAYERS, HEAD_DIM = 128, 6, 32  # transformer: 3.5M parameters, 0.44 s per batch-64 step on 2 cores
 LATENT_CHANNELS, LATENT_SIZE = 4, RESOLUTION // 4
-DEFAULT_STEPS, DEFAULT_GUIDANCE = 20, 4.0
 
 
 def toy_words() -> list[str]:
@@ -111,22 +106,3 @@ def build_pipeline(seed: int = 0, vae: AutoencoderKL | None = None) -> StableDif
         text_encoder_3=None,
         tokenizer_3=None,
     )
-
-
-ADAPTER_DEFAULTS = {
-    "family": "sd3",
-    "max_sequence_length": 1,  # no T5: one zero token instead of 256
-    "default_steps": DEFAULT_STEPS,
-}
-
-
-def load_toy_pipeline(dtype: torch.dtype = torch.float32, path: str | Path = PIPELINE_DIR):
-    """The shipped toy pipeline, through diffusers' own `from_pretrained`."""
-    if not (Path(path) / "model_index.json").is_file():
-        raise ValueError(
-            f"the toy model is not at {path}; build it with `align pretrain-toy` (see README) or reinstall"
-        )
-    pipeline = StableDiffusion3Pipeline.from_pretrained(
-        str(path), torch_dtype=dtype, text_encoder_3=None, tokenizer_3=None
-    )
-    return pipeline, dict(ADAPTER_DEFAULTS, guidance_scale=DEFAULT_GUIDANCE)

@@ -25,13 +25,13 @@ from tqdm import tqdm
 from align.checkpoint import (
     atomic_directory,
     load_state,
-    restore_int_keys,
     rng_state,
     save_state,
     set_rng_state,
 )
 from align.toy import model as toy
-from align.toy.world import make_example, parse_prompt, prompt_splits
+from rewards.toy_world import make_example, parse_prompt, prompt_splits
+from samplers.toy import ADAPTER_DEFAULTS, DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 
 def render_batch(prompts: list[str], seeds: list[int]) -> torch.Tensor:
@@ -172,7 +172,8 @@ class DiffusionTrainer:
         self.prompts = json.loads((out / "data.json").read_text())["prompts"]
         kinds = {p: parse_prompt(p).kind for p in dict.fromkeys(self.prompts)}
         self.by_kind = {
-            kind: [i for i, p in enumerate(self.prompts) if kinds[p] == kind] for kind in ("single", "relation")
+            kind: [i for i, p in enumerate(self.prompts) if kinds[p] == kind]
+            for kind in ("single", "relation")
         }
         self.relation_fraction = relation_fraction
         self.step = 0
@@ -207,7 +208,7 @@ class DiffusionTrainer:
         for name, module in self.trainable.items():
             module.load_state_dict(state["modules"][name])
             self.ema[name].load_state_dict(state["ema"][name])
-        self.optimizer.load_state_dict(restore_int_keys(state["optimizer"]))
+        self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         set_rng_state(state["rng"])
         self.rng.setstate((3, tuple(state["data_rng"]), None))
@@ -230,7 +231,7 @@ class DiffusionTrainer:
             prompt_2=None,
             prompt_3=None,
             do_classifier_free_guidance=False,
-            max_sequence_length=toy.ADAPTER_DEFAULTS["max_sequence_length"],
+            max_sequence_length=ADAPTER_DEFAULTS["max_sequence_length"],
         )
         # logit-normal, as SD3 trains; a positive location puts more weight on the noisy steps that lay out the scene
         sigma = torch.sigmoid(torch.randn(self.batch_size) + self.sigma_location)
@@ -279,8 +280,8 @@ class DiffusionTrainer:
         adapter = SD3Adapter(
             self.ema_pipeline(),
             max_sequence_length=1,
-            guidance_scale=toy.DEFAULT_GUIDANCE,
-            default_steps=toy.DEFAULT_STEPS,
+            guidance_scale=DEFAULT_GUIDANCE,
+            default_steps=DEFAULT_STEPS,
         )
         results = {"step": self.step}
         for split in ("heldout", "novel"):

@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from align.toy.pretrain import balanced_prompts, cosine_lr, render_batch
-from align.toy.world import BACKGROUND
+from rewards.toy_world import BACKGROUND
 
 CLIP_CONFIG = {
     "embed_dim": 64,
@@ -83,8 +83,8 @@ def train_clip(out: Path, steps: int = 3000, batch_size: int = 128, lr: float = 
 @torch.no_grad()
 def clip_top1(model: str, split: str = "heldout", seeds: int = 4, candidates: int = 8) -> float:
     """Fraction of held-out images whose true caption scores highest among `candidates` captions."""
-    from align.toy.world import prompt_splits
     from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
+    from rewards.toy_world import prompt_splits
 
     clip, tokenizer, normalisation = load_open_clip(model, None, "cpu")
     prompts = prompt_splits()[split]
@@ -168,7 +168,7 @@ def quality_report(directory: Path, clip_model: str) -> dict:
     from rewards.aesthetic import Aesthetic
 
     reward = Aesthetic(model=clip_model, pretrained=None, head=str(directory / "head.safetensors"))
-    from align.toy.world import prompt_splits
+    from rewards.toy_world import prompt_splits
 
     prompts = prompt_splits()["heldout"]
     clean = render_batch(prompts, [20_000 + i for i in range(len(prompts))])

@@ -85,7 +85,7 @@ class References:
                 raise FileNotFoundError(f"reference file {source} does not exist")
             self.lookup = read_reference_file(Path(source)).get
         else:
-            from align.text.tasks import lookup_task
+            from rewards.text.tasks import lookup_task
 
             task = lookup_task(str(source))
             self.lookup = lambda prompt: None if (answer := task.answer(prompt)) is None else [answer]

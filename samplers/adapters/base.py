@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from align.types import Cond, Schedule, StepOut, Trajectory
 from samplers.attention import configure_attention
 from samplers.noise import Generators, draw_noise, generators_from_seeds
 from samplers.rollout import rescore, rollout
+from samplers.types import Cond, Schedule, StepOut, Trajectory
 
 
 class Adapter:

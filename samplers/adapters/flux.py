@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-from align.types import Cond, Schedule
 from samplers.adapters.base import Adapter
 from samplers.adapters.sd3 import FlowMatchMixin
 from samplers.noise import draw_noise
+from samplers.types import Cond, Schedule
 
 
 class FluxAdapter(FlowMatchMixin, Adapter):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler
 
-from align.types import Cond, Schedule
 from samplers.adapters.base import Adapter
 from samplers.ddim import ddim_step
+from samplers.types import Cond, Schedule
 
 
 class UNetMixin:

@@ -8,9 +8,9 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
     retrieve_timesteps,
 )
 
-from align.types import Cond, Schedule
 from samplers.adapters.base import Adapter
 from samplers.flow import flow_step
+from samplers.types import Cond, Schedule
 
 
 class FlowMatchMixin:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from align.types import Cond
 from samplers.adapters.base import Adapter
 from samplers.adapters.sd import UNetMixin
+from samplers.types import Cond
 
 
 class SDXLAdapter(UNetMixin, Adapter):

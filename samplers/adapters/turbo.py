@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from align.types import Schedule
 from samplers.adapters.sd import SDAdapter
 from samplers.adapters.sdxl import SDXLAdapter
+from samplers.types import Schedule
 
 
 class TurboMixin:

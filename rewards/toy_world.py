@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+ASSETS = (
+    Path(__file__).parent / "assets"
+)  # the toy rewards' weights (toy-clip/, toy-quality/), from pretrain-toy
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),
@@ -279,21 +284,3 @@ def prompt_splits(seed: int = 0) -> dict[str, list[str]]:
 
 
 SPLITS = ("pretrain", "train", "heldout", "novel")
-
-
-def load_prompts(split_or_file: str) -> list[str]:
-    """A named split of the toy world, or a text file with one prompt per line (the shipped prompt files,
-    configs/prompts/*.txt, are found from any directory)."""
-    if split_or_file in SPLITS:
-        return prompt_splits()[split_or_file]
-    from align.recipes import find_file
-
-    path = find_file(split_or_file)
-    if path is None:
-        raise ValueError(
-            f"prompts {split_or_file!r}: neither a split ({', '.join(SPLITS)}) nor a file of one prompt per line"
-        )
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"prompts file {path} holds no prompt")
-    return prompts

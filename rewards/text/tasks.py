@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from align.registry import Registry
+from plumbing.registry import Registry
 
 
 @dataclass(frozen=True)

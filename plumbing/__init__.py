@@ -1,0 +1,1 @@
+"""Domain-free plumbing shared by every package: registries and tokenizers. Imports nothing of the project."""
