@@ -1,0 +1,334 @@
+"""Inference-time search at an equal budget of model evaluations, beside ReNO (align.optimize).
+
+The budget is counted in denoiser evaluations per image (NFE: one call on one latent, classifier-free
+guidance included). Best-of-N with N = budget // steps is the baseline every method is held to.
+
+tree      Diffusion Tree Sampling (Jain et al. 2025): a tree over the stochastic (SDE) steps of the
+          sampler. A node is a partial latent; each iteration selects a path from the root, adds one
+          child (one SDE step from that node, whose model output is cached, so a sibling costs no
+          evaluation), completes it to an image (the remaining window by SDE, the rest by the ODE),
+          scores it, and backs the reward up as a soft value V = 1/lambda log mean_c exp(lambda V_c).
+          Selection samples children by exp(lambda V) (DTS, `selection: sample`) or takes the best
+          soft value plus a UCB bonus (DTS*, `selection: greedy`), the search variant. The children of
+          the root are initial noises, the same as best-of-N's, so the first leaf is best-of-N's first.
+prune     Noise-aware pruning (after TTSnap, Yu et al. 2025): start more candidates than best-of-N
+          can afford, score each on its one-step clean prediction (the Tweedie estimate x0^ from the
+          last model output) at `prune_at` steps, keep the best `keep` fraction, finish the rest.
+          TTSnap trains its reward on noisy images; here any registered reward scores the prediction
+          (`prune_reward`, default the searched one), and the cheapest step that ranks well is found
+          by measuring, as the README's table shows.
+guidance  Reward-gradient guidance inside the SDE (Euphonium's process-reward guidance, for images):
+          at each stochastic step the mean moves along the gradient of a differentiable reward of the
+          clean prediction, x' = sample + g * std * grad / rms(grad), i.e. g noise standard deviations
+          per dimension; one denoiser call and one backward per step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from samplers.ddim import predict_x0_eps
+from samplers.noise import generators_from_seeds
+
+SEED_STRIDE = 1_000_003  # candidate k of seed s starts from noise s + k * SEED_STRIDE, as best-of-N's
+
+
+@dataclass
+class SearchSettings:
+    budget: int | None = None  # denoiser evaluations per image (default: 21 samples' worth)
+    num_steps: int | None = None  # sampling steps (default: the model's)
+    noise_level: float = 0.7  # SDE noise of the stochastic (branching / guided) steps
+    window: int = 4  # the first `window` steps are stochastic (tree branching, guidance)
+    temperature: float = 10.0  # tree: lambda of the soft value backup and of sampled selection
+    selection: str = "greedy"  # tree: greedy (DTS*, best soft value + UCB) | sample (DTS)
+    exploration: float = 0.1  # tree: UCB constant
+    widening: float = 1.0  # tree: a node may have at most ceil(widening * sqrt(visits + 1)) children
+    prune_at: tuple[int, ...] = (4,)  # prune: score the candidates after these steps
+    keep: float = 0.25  # prune: the fraction kept at each pruning
+    guidance: float = 0.5  # guidance: the step along the reward gradient, in noise stds
+    weights: dict[str, float] = field(default_factory=dict)
+
+    def steps(self, adapter) -> int:
+        return self.num_steps or adapter.default_steps
+
+    def total(self, adapter) -> int:
+        return self.budget or 21 * self.steps(adapter)
+
+
+class Counter:
+    """Wraps an adapter's denoiser and counts evaluations (latents passed through it)."""
+
+    def __init__(self, adapter):
+        self.adapter, self.used = adapter, 0
+
+    def __call__(self, x, t, cond):
+        self.used += x.shape[0]
+        return self.adapter.denoise(x, t, cond)
+
+
+def predicted_clean(adapter, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The one-step (Tweedie) estimate of the clean latent from a model output at noise `sigma` [B]."""
+    view = sigma.float().view(-1, *([1] * (x.ndim - 1)))
+    if adapter.family == "flow":  # x = (1 - sigma) x0 + sigma eps, output = eps - x0
+        return x.float() - view * output.float()
+    prediction = adapter.pipeline.scheduler.config.get("prediction_type", "epsilon")
+    return predict_x0_eps(output.float(), x.float(), (1 - view**2).sqrt(), view, prediction)[0]
+
+
+def scorer(rewards: dict, weights: dict, prompts: list[str]):
+    """images [B,3,H,W] of `prompts` -> the weighted reward [B]."""
+
+    def score(images: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
+        chosen = prompts if rows is None else [prompts[i] for i in rows]
+        return sum(weights.get(name, 1.0) * reward(images, chosen) for name, reward in rewards.items())
+
+    return score
+
+
+class _Node:
+    __slots__ = ("x", "step", "children", "visits", "value", "output")
+
+    def __init__(self, x, step):
+        self.x, self.step = x, step
+        self.children: list[_Node] = []
+        self.visits, self.value, self.output = 0, -math.inf, None
+
+
+def _soft_value(values: list[float], temperature: float) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(temperature * (v - top)) for v in values) / len(values)) / temperature
+
+
+class _Tree:
+    """One prompt's tree. Steps 0 .. window-1 are stochastic and branch; the rest run the ODE."""
+
+    def __init__(self, adapter, prompt: str, seed: int, score, settings: SearchSettings, counter: Counter):
+        self.adapter, self.settings, self.counter, self.score = adapter, settings, counter, score
+        self.num_steps = settings.steps(adapter)
+        self.window = min(settings.window, self.num_steps)
+        schedule = adapter.schedule(self.num_steps)
+        self.timesteps = schedule.timesteps.to(adapter.device).float()
+        self.sigmas = schedule.sigmas.to(adapter.device).float()
+        self.cond = adapter.encode([prompt])
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed * 7_919 + 17)
+        self.random = torch.Generator().manual_seed(seed * 104_729 + 3)
+        self.root = _Node(None, -1)
+        self.best_reward, self.best_image, self.leaves = -math.inf, None, 0
+
+    def _model(self, node: _Node) -> torch.Tensor:
+        if node.output is None:
+            t = self.timesteps[node.step].expand(1)
+            node.output = self.counter(node.x, t, self.cond)
+        return node.output
+
+    def _step(self, node: _Node) -> torch.Tensor:
+        """One SDE step from a stochastic node: a new child latent (the model output is cached)."""
+        i = node.step
+        out = self.adapter.step(
+            self._model(node),
+            node.x,
+            self.sigmas[i].expand(1),
+            self.sigmas[i + 1].expand(1),
+            noise_level=self.settings.noise_level,
+            generator=self.generator,
+        )
+        return out.sample
+
+    def _child(self, node: _Node) -> _Node:
+        if node is self.root:
+            k = len(node.children)
+            noise = self.adapter.initial_noise(generators_from_seeds([self.seed + SEED_STRIDE * k]), 1)
+            child = _Node(noise, 0)
+        else:
+            child = _Node(self._step(node), node.step + 1)
+        node.children.append(child)
+        return child
+
+    def _finish(self, node: _Node) -> float:
+        """Complete a node at the window's edge by the ODE, decode and score it."""
+        x = node.x
+        for i in range(node.step, self.num_steps):
+            output = node.output if i == node.step and node.output is not None else None
+            if output is None:
+                output = self.counter(x, self.timesteps[i].expand(1), self.cond)
+            x = self.adapter.step(output, x, self.sigmas[i].expand(1), self.sigmas[i + 1].expand(1)).sample
+        image = self.adapter.decode(x)
+        reward = float(self.score(image)[0])
+        self.leaves += 1
+        if reward > self.best_reward:
+            self.best_reward, self.best_image = reward, image
+        return reward
+
+    def _limit(self, node: _Node) -> int:
+        return math.ceil(self.settings.widening * math.sqrt(node.visits + 1))
+
+    def _select(self, children: list[_Node], visits: int) -> _Node:
+        settings = self.settings
+        values = [c.value for c in children]
+        if settings.selection == "sample":
+            weights = torch.tensor(values, dtype=torch.float64) * settings.temperature
+            return children[int(torch.multinomial(torch.softmax(weights, 0), 1, generator=self.random))]
+        bonus = [settings.exploration * math.sqrt(math.log(visits + 1) / (c.visits + 1)) for c in children]
+        return children[max(range(len(values)), key=lambda j: values[j] + bonus[j])]
+
+    def iterate(self) -> None:
+        path, node = [self.root], self.root
+        while node.step < self.window:
+            open_children = [c for c in node.children if c.step < self.window]  # not yet images
+            if not open_children or len(node.children) < self._limit(node):
+                node = self._child(node)
+                path.append(node)
+                while node.step < self.window:  # the new branch runs down to the window's edge
+                    node = self._child(node)
+                    path.append(node)
+                break
+            node = self._select(open_children, node.visits)
+            path.append(node)
+        reward = self._finish(node)
+        for member in reversed(path):
+            member.visits += 1
+            member.value = (
+                reward
+                if not member.children
+                else _soft_value([c.value for c in member.children if c.visits], self.settings.temperature)
+            )
+
+    def leaf_cost(self) -> int:
+        return self.num_steps  # the most one more iteration can use
+
+
+@torch.no_grad()
+def tree_search(
+    adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: SearchSettings
+) -> dict:
+    """Diffusion Tree Sampling per prompt within the budget. Returns images [B,3,H,W], the best
+    reward per prompt [B], leaves scored per prompt and evaluations used per prompt."""
+    images, best, leaves, used = [], [], [], []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        counter = Counter(adapter)
+        score = scorer(rewards, settings.weights, [prompt])
+        tree = _Tree(adapter, prompt, seed, score, settings, counter)
+        while counter.used + tree.leaf_cost() <= settings.total(adapter):
+            tree.iterate()
+        images.append(tree.best_image)
+        best.append(tree.best_reward)
+        leaves.append(tree.leaves)
+        used.append(counter.used)
+    return {"images": torch.cat(images), "reward": torch.tensor(best), "leaves": leaves, "evaluations": used}
+
+
+def prune_plan(num_steps: int, prune_at: tuple[int, ...], keep: float, budget: int) -> list[int]:
+    """Candidates alive in each stage: the largest start whose cost fits the budget.
+
+    Stage boundaries are 0, prune_at..., num_steps; after each pruning ceil(keep * alive) survive."""
+    edges = [0, *sorted(p for p in prune_at if 0 < p < num_steps), num_steps]
+
+    def plan(start):
+        alive = [start]
+        for _ in edges[1:-1]:
+            alive.append(max(1, math.ceil(keep * alive[-1])))
+        return alive
+
+    def cost(alive):
+        return sum(n * (b - a) for n, a, b in zip(alive, edges[:-1], edges[1:], strict=True))
+
+    start = 1
+    while cost(plan(start + 1)) <= budget:
+        start += 1
+    return plan(start)
+
+
+@torch.no_grad()
+def pruned_search(
+    adapter,
+    prompts: list[str],
+    seeds: list[int],
+    rewards: dict,
+    settings: SearchSettings,
+    prune_rewards: dict | None = None,
+) -> dict:
+    """Noise-aware pruning per prompt: candidates ranked on their clean prediction at `prune_at`."""
+    steps = settings.steps(adapter)
+    plan = prune_plan(steps, settings.prune_at, settings.keep, settings.total(adapter))
+    cuts = sorted(p for p in settings.prune_at if 0 < p < steps)
+    schedule = adapter.schedule(steps)
+    timesteps, sigmas = (
+        schedule.timesteps.to(adapter.device).float(),
+        schedule.sigmas.to(adapter.device).float(),
+    )
+    images, best, used = [], [], []
+    for prompt, seed in zip(prompts, seeds, strict=True):
+        counter = Counter(adapter)
+        final = scorer(rewards, settings.weights, [prompt] * plan[0])
+        early = scorer(prune_rewards or rewards, settings.weights, [prompt] * plan[0])
+        x = adapter.initial_noise(generators_from_seeds([seed + SEED_STRIDE * k for k in range(plan[0])]))
+        cond = adapter.encode([prompt] * plan[0])
+        stage = 0
+        for i in range(steps):
+            output = counter(x, timesteps[i].expand(len(x)), {k: v[: len(x)] for k, v in cond.items()})
+            if i + 1 in cuts:  # rank on the clean prediction of this output: no extra evaluation
+                stage += 1
+                clean = predicted_clean(adapter, output, x, sigmas[i].expand(len(x)))
+                values = early(adapter.decode(clean), list(range(len(x))))
+                keep = values.argsort(descending=True)[: plan[stage]].sort().values
+                x, output = x[keep], output[keep]
+            x = adapter.step(output, x, sigmas[i].expand(len(x)), sigmas[i + 1].expand(len(x))).sample
+        decoded = adapter.decode(x)
+        values = final(decoded, list(range(len(x))))
+        top = int(values.argmax())
+        images.append(decoded[top : top + 1])
+        best.append(float(values[top]))
+        used.append(counter.used)
+    return {"images": torch.cat(images), "reward": torch.tensor(best), "plan": plan, "evaluations": used}
+
+
+def guided_sample(
+    adapter,
+    prompts: list[str],
+    seeds: list[int],
+    rewards: dict,
+    settings: SearchSettings,
+    scale: float | None = None,
+) -> dict:
+    """SDE sampling with reward-gradient guidance on the first `window` steps (scale 0: plain SDE)."""
+    scale = settings.guidance if scale is None else scale
+    steps = settings.steps(adapter)
+    schedule = adapter.schedule(steps)
+    timesteps, sigmas = (
+        schedule.timesteps.to(adapter.device).float(),
+        schedule.sigmas.to(adapter.device).float(),
+    )
+    score = scorer(rewards, settings.weights, prompts)
+    generators = generators_from_seeds(seeds)
+    x = adapter.initial_noise(generators, len(prompts), steps)
+    cond = adapter.encode(prompts)
+    batch = len(prompts)
+    for i in range(steps):
+        t, sigma, sigma_next = (
+            timesteps[i].expand(batch),
+            sigmas[i].expand(batch),
+            sigmas[i + 1].expand(batch),
+        )
+        stochastic = i < settings.window
+        guided = stochastic and scale != 0
+        with torch.set_grad_enabled(guided):
+            x_in = x.detach().requires_grad_(guided)
+            output = adapter.denoise(x_in, t, cond)
+            if guided:
+                clean = predicted_clean(adapter, output, x_in, sigma)
+                (gradient,) = torch.autograd.grad(score(adapter.decode(clean)).sum(), x_in)
+        with torch.no_grad():
+            level = settings.noise_level if stochastic else 0.0
+            out = adapter.step(output.detach(), x, sigma, sigma_next, noise_level=level, generator=generators)
+            x = out.sample
+            if guided:
+                rms = gradient.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-12)
+                direction = gradient / rms.view(-1, *([1] * (x.ndim - 1)))
+                x = x + scale * out.std.float().view(-1, *([1] * (x.ndim - 1))) * direction
+    with torch.no_grad():
+        images = adapter.decode(x)
+        return {"images": images, "reward": score(images)}

@@ -1,0 +1,95 @@
+"""Inference-time search: the budget arithmetic, exact reductions to best-of-N, and improvement."""
+
+import math
+
+import pytest
+import torch
+
+from align.optimize import OptimizeSettings, best_of_n
+from align.search import (
+    SearchSettings,
+    guided_sample,
+    predicted_clean,
+    prune_plan,
+    pruned_search,
+    tree_search,
+)
+from tests.conftest import tiny_adapter
+from tests.pattern_reward import Pattern
+
+PROMPTS, SEEDS = ["a red circle", "two blue squares", "a green triangle"], [0, 1, 2]
+
+
+def test_prune_plan_spends_at_most_the_budget_and_starts_as_many_as_it_can():
+    assert prune_plan(10, (), 0.25, 40) == [4]  # no pruning: best-of-4
+    plan = prune_plan(10, (2,), 0.25, 80)  # n * 2 + ceil(n / 4) * 8 <= 80
+    assert plan == [20, 5] and 20 * 2 + 5 * 8 == 80
+    assert 21 * 2 + 6 * 8 > 80
+    plan = prune_plan(20, (4, 10), 0.5, 420)
+    cost = plan[0] * 4 + plan[1] * 6 + plan[2] * 10
+    assert cost <= 420 and plan[1] == math.ceil(plan[0] / 2) and plan[2] == math.ceil(plan[1] / 2)
+
+
+def test_clean_prediction_inverts_the_forward_process_of_both_families():
+    flow = tiny_adapter("tiny:sd3")
+    x0, noise, sigma = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.9])
+    x = flow.add_noise(x0, noise, sigma)
+    assert torch.allclose(predicted_clean(flow, noise - x0, x, sigma), x0, atol=1e-5)
+    unet = tiny_adapter("tiny:sd15")
+    x = unet.add_noise(x0, noise, sigma)
+    assert torch.allclose(predicted_clean(unet, noise, x, sigma), x0, atol=1e-4)
+
+
+def test_a_tree_without_stochastic_steps_is_best_of_n_exactly():
+    adapter = tiny_adapter("tiny:sd3")
+    rewards = {"pattern": Pattern()}
+    settings = SearchSettings(budget=5 * 4, num_steps=4, window=0)
+    tree = tree_search(adapter, PROMPTS, SEEDS, rewards, settings)
+    baseline = best_of_n(adapter, PROMPTS, SEEDS, rewards, OptimizeSettings(num_steps=4), 5)
+    assert tree["leaves"] == [5, 5, 5] and tree["evaluations"] == [20, 20, 20]
+    assert torch.allclose(tree["reward"], baseline["reward"].float(), atol=1e-5)
+    assert torch.allclose(tree["images"], baseline["images"], atol=1e-5)
+
+
+def test_pruning_that_keeps_everything_is_best_of_n_exactly():
+    adapter = tiny_adapter("tiny:sd3")
+    rewards = {"pattern": Pattern()}
+    settings = SearchSettings(budget=6 * 4, num_steps=4, prune_at=(2,), keep=1.0)
+    pruned = pruned_search(adapter, PROMPTS, SEEDS, rewards, settings)
+    baseline = best_of_n(adapter, PROMPTS, SEEDS, rewards, OptimizeSettings(num_steps=4), 6)
+    assert pruned["plan"] == [6, 6] and pruned["evaluations"] == [24, 24, 24]
+    assert torch.allclose(pruned["reward"], baseline["reward"].float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("selection", ["greedy", "sample"])
+def test_tree_stays_in_budget_shares_prefixes_and_keeps_its_best_leaf(selection):
+    adapter = tiny_adapter("tiny:sd3")
+    rewards = {"pattern": Pattern()}
+    settings = SearchSettings(budget=8 * 6, num_steps=6, window=3, selection=selection)
+    tree = tree_search(adapter, PROMPTS, SEEDS, rewards, settings)
+    assert all(e <= 48 for e in tree["evaluations"])
+    assert all(leaves > 8 for leaves in tree["leaves"])  # shared prefixes buy more images than best-of-8
+    rescored = Pattern()(tree["images"], PROMPTS)
+    assert torch.allclose(rescored, tree["reward"].float(), atol=1e-4)  # the image kept is the best scored
+    first = Pattern()(adapter.generate(PROMPTS, SEEDS, num_steps=6), PROMPTS)
+    assert (tree["reward"] >= first - 2.0).all()  # the first branch starts from the base noise
+
+
+def test_pruning_spends_the_budget_on_more_starts_and_never_loses_the_kept_best():
+    adapter = tiny_adapter("tiny:sd3")
+    rewards = {"pattern": Pattern()}
+    settings = SearchSettings(budget=4 * 4, num_steps=4, prune_at=(1,), keep=0.25)
+    pruned = pruned_search(adapter, PROMPTS, SEEDS, rewards, settings)
+    assert pruned["plan"] == [8, 2] and all(e <= 16 for e in pruned["evaluations"])
+    assert torch.allclose(Pattern()(pruned["images"], PROMPTS), pruned["reward"].float(), atol=1e-4)
+
+
+def test_guidance_zero_is_the_plain_sde_and_guidance_raises_the_reward():
+    adapter = tiny_adapter("tiny:sd3")
+    rewards = {"pattern": Pattern()}
+    settings = SearchSettings(num_steps=6, window=6, noise_level=0.7)
+    plain = guided_sample(adapter, PROMPTS, SEEDS, rewards, settings, scale=0.0)
+    again = guided_sample(adapter, PROMPTS, SEEDS, rewards, settings, scale=0.0)
+    assert torch.equal(plain["images"], again["images"])  # seeded: the same SDE noise
+    guided = guided_sample(adapter, PROMPTS, SEEDS, rewards, settings, scale=1.0)
+    assert (guided["reward"] > plain["reward"]).all(), (plain["reward"], guided["reward"])
