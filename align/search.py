@@ -105,8 +105,8 @@ def _soft_value(values: list[float], temperature: float) -> float:
 class _Tree:
     """One prompt's tree. Steps 0 .. window-1 are stochastic and branch; the rest run the ODE."""
 
-    def __init__(self, adapter, prompt: str, seed: int, score, settings: SearchSettings, counter: Counter):
-        self.adapter, self.settings, self.counter, self.score = adapter, settings, counter, score
+    def __init__(self, adapter, prompt: str, seed: int, settings: SearchSettings, counter: Counter):
+        self.adapter, self.settings, self.counter = adapter, settings, counter
         self.num_steps = settings.steps(adapter)
         self.window = min(settings.window, self.num_steps)
         schedule = adapter.schedule(self.num_steps)
@@ -148,21 +148,6 @@ class _Tree:
         node.children.append(child)
         return child
 
-    def _finish(self, node: _Node) -> float:
-        """Complete a node at the window's edge by the ODE, decode and score it."""
-        x = node.x
-        for i in range(node.step, self.num_steps):
-            output = node.output if i == node.step and node.output is not None else None
-            if output is None:
-                output = self.counter(x, self.timesteps[i].expand(1), self.cond)
-            x = self.adapter.step(output, x, self.sigmas[i].expand(1), self.sigmas[i + 1].expand(1)).sample
-        image = self.adapter.decode(x)
-        reward = float(self.score(image)[0])
-        self.leaves += 1
-        if reward > self.best_reward:
-            self.best_reward, self.best_image = reward, image
-        return reward
-
     def _limit(self, node: _Node) -> int:
         return math.ceil(self.settings.widening * math.sqrt(node.visits + 1))
 
@@ -175,7 +160,9 @@ class _Tree:
         bonus = [settings.exploration * math.sqrt(math.log(visits + 1) / (c.visits + 1)) for c in children]
         return children[max(range(len(values)), key=lambda j: values[j] + bonus[j])]
 
-    def iterate(self) -> None:
+    def descend(self) -> tuple[list[_Node], _Node]:
+        """Select a path from the root and grow one new branch down to the window's edge; returns the
+        path and the new node there, which `finish_leaves` completes into an image."""
         path, node = [self.root], self.root
         while node.step < self.window:
             open_children = [c for c in node.children if c.step < self.window]  # not yet images
@@ -188,7 +175,12 @@ class _Tree:
                 break
             node = self._select(open_children, node.visits)
             path.append(node)
-        reward = self._finish(node)
+        return path, node
+
+    def backup(self, path: list[_Node], reward: float, image: torch.Tensor) -> None:
+        self.leaves += 1
+        if reward > self.best_reward:
+            self.best_reward, self.best_image = reward, image
         for member in reversed(path):
             member.visits += 1
             member.value = (
@@ -197,28 +189,54 @@ class _Tree:
                 else _soft_value([c.value for c in member.children if c.visits], self.settings.temperature)
             )
 
-    def leaf_cost(self) -> int:
-        return self.num_steps  # the most one more iteration can use
+    def affordable(self, budget: int) -> bool:
+        return self.counter.used + self.num_steps <= budget  # the most one more leaf can use
+
+
+def _finish_leaves(
+    adapter, trees: list[_Tree], leaves: list[_Node], score
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Complete the trees' new leaves (all at the window's edge) by the ODE in one batch; each tree is
+    charged one evaluation per step. Returns the images and their rewards."""
+    tree = trees[0]
+    x = torch.cat([leaf.x for leaf in leaves])
+    cond = {key: torch.cat([t.cond[key] for t in trees]) for key in tree.cond}
+    batch = len(leaves)
+    for i in range(tree.window, tree.num_steps):
+        output = adapter.denoise(x, tree.timesteps[i].expand(batch), cond)
+        for member in trees:
+            member.counter.used += 1
+        x = adapter.step(output, x, tree.sigmas[i].expand(batch), tree.sigmas[i + 1].expand(batch)).sample
+    images = adapter.decode(x)
+    return images, score(images)
 
 
 @torch.no_grad()
 def tree_search(
     adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: SearchSettings
 ) -> dict:
-    """Diffusion Tree Sampling per prompt within the budget. Returns images [B,3,H,W], the best
-    reward per prompt [B], leaves scored per prompt and evaluations used per prompt."""
-    images, best, leaves, used = [], [], [], []
+    """Diffusion Tree Sampling per prompt within the budget, the trees' ODE completions batched.
+    Returns images [B,3,H,W], the best reward per prompt [B], leaves scored and evaluations used
+    per prompt."""
+    budget = settings.total(adapter)
+    trees = []
     for prompt, seed in zip(prompts, seeds, strict=True):
-        counter = Counter(adapter)
-        score = scorer(rewards, settings.weights, [prompt])
-        tree = _Tree(adapter, prompt, seed, score, settings, counter)
-        while counter.used + tree.leaf_cost() <= settings.total(adapter):
-            tree.iterate()
-        images.append(tree.best_image)
-        best.append(tree.best_reward)
-        leaves.append(tree.leaves)
-        used.append(counter.used)
-    return {"images": torch.cat(images), "reward": torch.tensor(best), "leaves": leaves, "evaluations": used}
+        trees.append(_Tree(adapter, prompt, seed, settings, Counter(adapter)))
+    while True:
+        active = [row for row, tree in enumerate(trees) if tree.affordable(budget)]
+        if not active:
+            break
+        grown = [trees[row].descend() for row in active]
+        score = scorer(rewards, settings.weights, [prompts[row] for row in active])
+        images, values = _finish_leaves(adapter, [trees[row] for row in active], [g[1] for g in grown], score)
+        for k, row in enumerate(active):
+            trees[row].backup(grown[k][0], float(values[k]), images[k : k + 1])
+    return {
+        "images": torch.cat([tree.best_image for tree in trees]),
+        "reward": torch.tensor([tree.best_reward for tree in trees]),
+        "leaves": [tree.leaves for tree in trees],
+        "evaluations": [tree.counter.used for tree in trees],
+    }
 
 
 def prune_plan(num_steps: int, prune_at: tuple[int, ...], keep: float, budget: int) -> list[int]:
@@ -332,3 +350,58 @@ def guided_sample(
     with torch.no_grad():
         images = adapter.decode(x)
         return {"images": images, "reward": score(images)}
+
+
+SEARCHES = {"tree": tree_search, "prune": pruned_search}
+
+
+def compare_with_search(
+    adapter,
+    prompts: list[str],
+    seeds: list[int],
+    rewards: dict,
+    settings: SearchSettings,
+    method: str,
+    report: dict | None = None,
+    prune_rewards: dict | None = None,
+) -> dict:
+    """A search method against its baseline on the same prompts and seeds, each image scored by
+    `report` (default: the searched rewards): tree / prune against best-of-N at the same denoiser
+    evaluations, guidance against the plain SDE at the same steps; the ODE sample (base) beside both.
+    Returns {"images": {method: [B,3,H,W]}, "summaries": {method: summary, with "vs_baseline": paired
+    (difference, SE) of accuracy and of each reward}, "result": the method's own output}."""
+    from align.evaluate import paired_difference
+    from align.optimize import OptimizeSettings, best_of_n
+    from rewards.scoring import score_images, standard_error, summarise
+
+    steps = settings.steps(adapter)
+    images = {"base": adapter.generate(prompts, seeds, num_steps=steps)}
+    if method == "guidance":
+        images["sde"] = guided_sample(adapter, prompts, seeds, rewards, settings, scale=0.0)["images"]
+        result = guided_sample(adapter, prompts, seeds, rewards, settings)
+        baseline, name = "sde", "guided"
+    elif method in SEARCHES:
+        n = settings.total(adapter) // steps
+        plain = OptimizeSettings(num_steps=steps, weights=settings.weights)
+        images["best_of_n"] = best_of_n(adapter, prompts, seeds, rewards, plain, n)["images"]
+        options = {"prune_rewards": prune_rewards} if method == "prune" else {}
+        result = SEARCHES[method](adapter, prompts, seeds, rewards, settings, **options)
+        baseline, name = "best_of_n", method
+    else:
+        raise ValueError(f"unknown search method {method!r}; use tree, prune or guidance")
+    images[name] = result["images"].detach()
+    scored = {m: score_images(batch, prompts, report or rewards) for m, batch in images.items()}
+    summaries = {m: summarise(prompts, seeds, s)[0] for m, s in scored.items()}
+    for m in images:
+        if m == baseline:
+            continue
+        versus = {}
+        if summaries[m]["outcomes"]:
+            versus["accuracy"] = paired_difference(summaries[baseline], summaries[m])
+        for reward_name, values in scored[m]["rewards"].items():
+            differences = [
+                a - b for a, b in zip(values, scored[baseline]["rewards"][reward_name], strict=True)
+            ]
+            versus[reward_name] = (sum(differences) / len(differences), standard_error(differences))
+        summaries[m]["vs_baseline"] = versus
+    return {"images": images, "summaries": summaries, "result": result, "baseline": baseline, "method": name}

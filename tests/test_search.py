@@ -93,3 +93,21 @@ def test_guidance_zero_is_the_plain_sde_and_guidance_raises_the_reward():
     assert torch.equal(plain["images"], again["images"])  # seeded: the same SDE noise
     guided = guided_sample(adapter, PROMPTS, SEEDS, rewards, settings, scale=1.0)
     assert (guided["reward"] > plain["reward"]).all(), (plain["reward"], guided["reward"])
+
+
+def test_the_cli_searches_with_a_black_box_reward_and_refuses_one_for_guidance(tmp_path, capsys):
+    import json
+
+    from align.cli import main
+
+    common = ["optimize", "toy", "--prompt", "a red circle", "--prompt", "two blue squares", "--seeds", "2"]
+    common += ["--reward", "geneval", "--steps", "4", "--budget", "16"]
+    assert main([*common, "--method", "prune", "--prune-at", "1", "--out", str(tmp_path / "p")]) == 0
+    summary = json.loads((tmp_path / "p" / "summary.json").read_text())
+    assert summary["settings"]["plan"] == [8, 2] and summary["settings"]["best_of_n"] == 4
+    assert summary["settings"]["evaluations"] == [14, 14, 14, 14]  # 8 x 1 + 2 x 3 per image
+    assert summary["prune"]["num_images"] == 4 and "accuracy" in summary["prune"]["vs_baseline"]
+    assert sorted(p.name for p in (tmp_path / "p" / "images" / "prune").iterdir())[:2] == ["000_0.png", "001_1.png"]
+    assert "(prune - best_of_n, paired)" in capsys.readouterr().out
+    assert main([*common, "--method", "guidance", "--out", str(tmp_path / "g")]) == 2
+    assert "geneval is not differentiable" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from align.commands import add_device_arguments
@@ -35,6 +36,28 @@ RECIPE_KEYS = {
 DEFAULTS = {"iterations": 50, "lr": 5.0, "regularisation": 0.01, "grad_clip": 0.1, "explore": 1}
 
 
+def is_recipe(data) -> bool:
+    """A noise-optimisation recipe (`align optimize --config`) rather than a training experiment: no
+    `algorithm:` section and only the keys above."""
+    return isinstance(data, dict) and "algorithm" not in data and set(data) <= RECIPE_KEYS
+
+
+def check_recipe(recipe: dict, path) -> None:
+    """Refuse unknown keys, a missing model and unregistered or non-numeric rewards, naming the fix."""
+    from plumbing.registry import did_you_mean
+    from rewards.base import REWARDS
+
+    unknown = sorted(set(recipe) - RECIPE_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], RECIPE_KEYS)}")
+    if not recipe.get("model"):
+        raise ValueError(f"{path}: no model; give `model: NAME`")
+    for name, weight in (recipe.get("rewards") or {}).items():
+        REWARDS.lookup(name)
+        if not isinstance(weight, (int, float)):
+            raise ValueError(f"{path}: rewards.{name}: the weight must be a number, got {weight!r}")
+
+
 def apply_recipe(args) -> None:
     """Fill unset arguments from a YAML recipe (`--config`), then from the defaults."""
     recipe = {}
@@ -42,7 +65,6 @@ def apply_recipe(args) -> None:
         import yaml
 
         from align.recipes import find_file
-        from plumbing.registry import did_you_mean
 
         path = find_file(args.config)
         if path is None:
@@ -50,9 +72,7 @@ def apply_recipe(args) -> None:
                 f"--config {args.config}: no such file (nor a shipped recipe such as toy/reno-clip.yaml)"
             )
         recipe = yaml.safe_load(path.read_text()) or {}
-        unknown = sorted(set(recipe) - RECIPE_KEYS)
-        if unknown:
-            raise ValueError(f"{path}: unknown key {unknown[0]!r}{did_you_mean(unknown[0], RECIPE_KEYS)}")
+        check_recipe(recipe, path)
     if args.model is None:
         args.model = recipe.get("model")
     if args.model is None:
@@ -83,10 +103,10 @@ def run(args) -> int:
     prompts = prompts[: args.max_prompts]
     rewards = {name: build_reward(name, device=device) for name in weights}
     stuck = [n for n, r in rewards.items() if not r.differentiable]
-    if stuck:
+    if stuck and args.method in ("reno", "guidance"):
         raise ValueError(
-            f"noise optimisation needs differentiable rewards; {', '.join(stuck)} is not "
-            "(score it with --eval-reward instead)"
+            f"--method {args.method} follows reward gradients; {', '.join(stuck)} is not differentiable "
+            "(score it with --eval-reward, or search with --method tree or prune)"
         )
     report = {name: build_reward(name, device=device) for name in args.eval_reward if name not in rewards}
     report.update(rewards)
@@ -102,7 +122,12 @@ def run(args) -> int:
         weights=weights,
     )
     out = Path(args.out)
-    seeds = list(range(len(prompts)))
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: give 1 or more seeds per prompt")
+    seeds = [index * args.seeds + k for index in range(len(prompts)) for k in range(args.seeds)]
+    prompts = [prompt for prompt in prompts for _ in range(args.seeds)]
+    if args.method != "reno":
+        return _run_search(args, adapter, prompts, seeds, rewards, report, weights, out)
 
     def keep(iteration, images, values):
         if iteration % settings.keep_every == 0 or iteration == settings.iterations:
@@ -134,6 +159,71 @@ def run(args) -> int:
     print(_table(results, list(report)))
     print(f"wrote {out / 'summary.json'}")
     return 0
+
+
+def _run_search(args, adapter, prompts, seeds, rewards, report, weights, out: Path) -> int:
+    from align.search import SearchSettings, compare_with_search
+    from rewards.base import build_reward, to_pil
+
+    settings = SearchSettings(
+        budget=args.budget,
+        num_steps=args.steps,
+        noise_level=args.noise_level,
+        window=args.window,
+        selection=args.selection,
+        prune_at=tuple(args.prune_at),
+        keep=args.keep,
+        guidance=args.guidance,
+        weights=weights,
+    )
+    prune_rewards = None
+    if args.prune_reward:
+        prune_rewards = {name: build_reward(name, device=adapter.device) for name in args.prune_reward}
+    compared = compare_with_search(
+        adapter, prompts, seeds, rewards, settings, args.method, report, prune_rewards
+    )
+    results = {}
+    for method, images in compared["images"].items():
+        results[method] = compared["summaries"][method]
+        folder = out / "images" / method
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, picture in enumerate(to_pil(images)):
+            picture.save(folder / f"{i:03d}_{seeds[i]}.png")
+    result = compared["result"]
+    results["settings"] = {
+        "method": args.method,
+        "baseline": compared["baseline"],
+        "model": args.model,
+        "weights": weights,
+        "num_images": len(prompts),
+        "search": {k: v for k, v in settings.__dict__.items() if k != "weights"},
+        "budget": settings.total(adapter),
+        "best_of_n": settings.total(adapter) // settings.steps(adapter),
+        **{k: result[k] for k in ("leaves", "evaluations", "plan") if k in result},
+    }
+    (out / "summary.json").write_text(json.dumps(results, indent=2))
+    print(_search_table(results, compared["method"], compared["baseline"], list(report)))
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+def _search_table(results: dict, method: str, baseline: str, names: list[str]) -> str:
+    """Means per method, and the method's paired difference from its baseline with its SE."""
+    toy = not math.isnan(results["base"]["accuracy"])
+    header = f"{'':<12}" + "".join(f"{n:>18}" for n in names) + (f"{'accuracy':>18}" if toy else "")
+    lines = [header]
+    for row in ("base", baseline, method):
+        summary = results[row]
+        line = f"{row:<12}" + "".join(f"{summary['rewards'][n]:>18.4f}" for n in names)
+        if toy:
+            line += f"{summary['accuracy']:>11.3f} +-{summary['accuracy_se']:.3f}"
+        lines.append(line)
+    versus = results[method]["vs_baseline"]
+    line = f"{'difference':<12}" + "".join(f"{versus[n][0]:>+11.4f} +-{versus[n][1]:.4f}" for n in names)
+    if toy:
+        line += f"{versus['accuracy'][0]:>+11.3f} +-{versus['accuracy'][1]:.3f}"
+    lines.append(line + f"   ({method} - {baseline}, paired)")
+    return "\n".join(lines)
 
 
 def _table(results: dict, names: list[str]) -> str:
@@ -200,6 +290,35 @@ def register(subparsers) -> None:
         "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
     )
     parser.add_argument("--keep-every", type=int, default=10)
+    parser.add_argument(
+        "--method",
+        choices=("reno", "tree", "prune", "guidance"),
+        default="reno",
+        help="reno (noise optimisation) | tree (Diffusion Tree Sampling) | prune (noise-aware pruning): "
+        "each against best-of-N at equal denoiser evaluations | guidance (reward gradient in the SDE) "
+        "against the plain SDE",
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt (images: prompts x seeds)")
+    parser.add_argument(
+        "--budget", type=int, default=None, help="tree/prune: denoiser evaluations per image (21 x steps)"
+    )
+    parser.add_argument("--noise-level", type=float, default=0.7, help="SDE noise of the stochastic steps")
+    parser.add_argument(
+        "--window", type=int, default=4, help="tree/guidance: the first N steps are stochastic"
+    )
+    parser.add_argument(
+        "--selection", choices=("greedy", "sample"), default="greedy", help="tree: DTS* | DTS"
+    )
+    parser.add_argument(
+        "--prune-at", type=int, nargs="+", default=[4], help="prune: rank candidates after these steps"
+    )
+    parser.add_argument("--keep", type=float, default=0.25, help="prune: fraction kept at each pruning")
+    parser.add_argument(
+        "--prune-reward", action="append", default=[], help="prune: rank noisy predictions by this reward"
+    )
+    parser.add_argument(
+        "--guidance", type=float, default=0.5, help="guidance: step along the reward gradient (noise stds)"
+    )
     parser.add_argument("--out", required=True)
     add_device_arguments(parser)
     parser.set_defaults(run=run)
