@@ -36,8 +36,14 @@ def _doctor(args) -> int:
 def _config_check(args) -> int:
     import yaml
 
-    from align.config import config_to_data, load_config
+    from align.commands.optimize import check_recipe, is_recipe
+    from align.config import config_to_data, load_config, read_config_file
 
+    data = read_config_file(args.config)
+    if is_recipe(data) and not args.overrides:  # a noise-optimisation recipe, for `align optimize --config`
+        check_recipe(data, args.config)
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        return 0
     config = load_config(args.config, args.overrides)
     print(yaml.safe_dump(config_to_data(config), sort_keys=False).rstrip())
     return 0
@@ -64,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arguments(doctor)
     doctor.set_defaults(run=_doctor)
 
-    config = commands.add_parser("config", help="validate an experiment file and print it resolved")
+    config = commands.add_parser(
+        "config", help="validate an experiment file (or an `align optimize` recipe) and print it resolved"
+    )
     config.add_argument("config", help="YAML experiment file, or a shipped recipe such as toy/grpo-demo.yaml")
     config.add_argument("overrides", nargs="*", help="dotted overrides such as train.lr=3e-4")
     config.set_defaults(run=_config_check)

@@ -161,17 +161,11 @@ class EMA:
 
 
 class Run:
-    """Everything one training run holds; `train()` below drives it."""
-
-    # optimiser steps skipped in a row for a NaN or inf (a class default: subclasses that build their own
-    # state, as TextRun does, start from it too)
-    nonfinite_in_a_row = 0
+    """Everything one training run holds; `train()` below drives it. What it trains, its prompts and its
+    evaluation come from the algorithm's pathway (align/pathway.py: images; align/text/pathway.py: text)."""
 
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
         import align.algorithms  # noqa: F401  (registers the algorithms)
-        from align.policy import ImagePolicy
-        from align.recipes import load_prompts
-        from align.runs import load_model
         from rewards.combine import RewardSet
 
         self.config, self.out = config, Path(out)
@@ -179,24 +173,15 @@ class Run:
         self.accelerator = accelerator or make_accelerator(precision)
         device = self.accelerator.device
         torch.manual_seed(config.train.seed)  # same LoRA init on every process
-        model = config.model
-        self.adapter = load_model(
-            model.name,
-            family=model.family,
-            dtype=model.dtype,
-            device=str(device),
-            guidance_scale=model.guidance_scale,
-            resolution=model.resolution,
-            attention=model.attention,
-            gradient_checkpointing=model.gradient_checkpointing,
-        )
-        self.policy = ImagePolicy(self.adapter, config.train.trainable, config.lora)
+        algorithm = ALGORITHMS.lookup(config.algorithm.name)
+        self.pathway = algorithm.pathway(config, device)
+        self.adapter, self.policy = self.pathway.adapter, self.pathway.policy
         terms = [(t.name, t.weight, t.args) for t in config.rewards.terms]
         if not terms:
             raise ValueError("rewards.terms is empty: give at least one reward to optimise")
         self.rewards = RewardSet(terms, normalise=config.rewards.normalise, device=str(device))
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
-        self.algorithm = ALGORITHMS.lookup(config.algorithm.name)(self.context)
+        self.algorithm = algorithm(self.context)
         self.optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
@@ -205,10 +190,11 @@ class Run:
         self.ema = (
             EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
         )
-        self.prompts = load_prompts(config.train.prompts)
+        self.prompts = self.pathway.prompts(config.train.prompts)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         self.summary: dict = {}
+        self.nonfinite_in_a_row = 0  # optimiser steps skipped in a row for a NaN or inf
 
     @property
     def main(self) -> bool:
@@ -341,31 +327,13 @@ class Run:
 
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from align.evaluate import evaluate
-        from align.recipes import load_prompts
-
-        config = self.config
-        prompts = load_prompts(config.eval.prompts)[: config.eval.max_prompts]
-        names = list(dict.fromkeys([*self.rewards.names, *config.eval.rewards]))
-        from rewards.base import build_reward
-
-        extra = {n: build_reward(n) for n in names if n not in self.rewards.rewards}
-        rewards = {n: self.rewards.rewards.get(n) or extra[n] for n in names}
         saved = None
         if self.ema is not None:
             saved = self.policy.trainable_state()
             self.policy.load_trainable_state(self.ema.shadow)
-        self.adapter.network = None  # evaluation is forward-only: skip the distributed wrapper
         try:
-            summary, _, _ = evaluate(
-                self.adapter,
-                prompts,
-                seeds=config.eval.seeds,
-                rewards=rewards,
-                num_steps=config.sampling.eval_num_steps,
-            )
+            summary = self.pathway.evaluate(self)
         finally:
-            self.adapter.network = self.network
             if saved is not None:
                 self.policy.load_trainable_state(saved)
         summary["epoch"] = self.epoch
@@ -399,17 +367,11 @@ class Run:
                 self.policy.save_weights(staging)
                 kill_point("checkpoint")
                 save_state(staging, state)
-                adapter = self.adapter
                 info = {
                     "base_model": self.config.model.name,
                     "epoch": self.epoch,
                     "trainable": self.config.train.trainable,
-                    "adapter": {
-                        "family": self.config.model.family if self.config.model.family != "auto" else None,
-                        "guidance_scale": adapter.guidance_scale,
-                        "resolution": adapter.resolution,
-                        "dtype": self.config.model.dtype,
-                    },
+                    "adapter": self.pathway.checkpoint_settings(self.config),
                 }
                 (staging / "checkpoint.json").write_text(json.dumps(info, indent=2))
                 write_manifest(staging)

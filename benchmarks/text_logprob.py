@@ -88,7 +88,7 @@ GRPO_SETTINGS = {
 
 def ours_grpo_step() -> float:
     from align.text.demo import demo_config
-    from align.text.run import TextRun
+    from align.loop import Run
 
     settings = GRPO_SETTINGS
     config = demo_config()
@@ -98,7 +98,7 @@ def ours_grpo_step() -> float:
     config.train.mixed_precision = "no"
     config.algorithm.temperature = settings["temperature"]
     config.train.lr = settings["lr"]
-    run = TextRun(config, "unused")
+    run = Run(config, "unused")
     run.train_epoch()  # warm-up (first-call overheads)
     start = time.perf_counter()
     run.train_epoch()

@@ -1,6 +1,8 @@
 """Config loading: every error at once, each with its key path; overrides; CLI exit code 2."""
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
@@ -127,3 +129,41 @@ def test_cli_doctor_prints_table_and_passes(capsys):
 def test_cli_doctor_unknown_model_exits_2(capsys):
     assert main(["doctor", "tiny:nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown tiny model 'tiny:nope'")
+
+
+SHIPPED = Path(__file__).parents[1] / "configs"
+EXPERIMENTS = sorted(p for p in SHIPPED.rglob("*.yaml") if p.parent.name != "accelerate")  # accelerate's own
+
+
+def test_every_experiment_file_is_found():
+    assert {p.parent.name for p in EXPERIMENTS} >= {"toy", "text", "sd1.5", "sd3.5-medium", "sdxl", "flux.1-dev"}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: str(p.relative_to(SHIPPED)))
+def test_align_config_accepts_every_shipped_experiment(path, capsys):
+    assert main(["config", str(path)]) == 0, capsys.readouterr().err
+    printed, shipped = yaml.safe_load(capsys.readouterr().out), yaml.safe_load(path.read_text())
+    if "algorithm" in shipped:
+        assert printed["algorithm"]["name"] == shipped["algorithm"]["name"]
+    else:  # a noise-optimisation recipe (`align optimize --config`)
+        assert printed == shipped and "iterations" in shipped
+
+
+def test_align_config_checks_optimize_recipes_too(tmp_path, capsys):
+    path = tmp_path / "reno.yaml"
+    path.write_text("model: toy\nrewards: {clip-toyy: 1.0}\niterations: 5\n")
+    assert main(["config", str(path)]) == 2
+    assert "did you mean 'clip-toy'" in capsys.readouterr().err
+
+
+def test_align_train_runs_a_text_recipe(tmp_path, capsys):
+    """The text recipes run on the one loop through the CLI (a tiny Llama in place of SmolLM2)."""
+    recipe = SHIPPED / "text" / "smollm2-grpo-arithmetic.yaml"
+    overrides = ["model.name=tiny:llama", "train.num_epochs=1", "train.batch_size=8", "train.micro_batch_size=8"]
+    overrides += ["eval.max_prompts=4", "algorithm.max_new_tokens=4"]
+    assert main(["train", str(recipe), *overrides, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert {"base", "aligned"} <= set(summary) and "exact_accuracy" in summary["aligned"]
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and set(record["rewards"]) == {"text-exact", "text-format", "text-numeric"}
+    assert "exact" in capsys.readouterr().out  # the text summary format

@@ -10,12 +10,12 @@ import torch
 import yaml
 
 from align.config import config_from_data
+from align.loop import Run
 from align.schema import ConfigError
 from align.text import grpo, preference  # noqa: F401  (registers the text algorithms)
 from align.text.data import load_text_prompts, read_pairs
 from align.text.grpo import reduce_tokens
 from align.text.preference import best_and_worst, sequence_log_probs
-from align.text.run import TextRun
 from rewards.text.tasks import task_problems
 
 CONFIGS = Path(__file__).parents[1] / "configs" / "text"
@@ -39,7 +39,7 @@ def tiny_config(algorithm: dict, rewards=(SAYS_YES,), **train):
 
 
 def run_epochs(config, tmp_path, epochs=None):
-    run = TextRun(config, tmp_path)
+    run = Run(config, tmp_path)
     before = {n: p.detach().clone() for n, p in run.policy.named_parameters().items()}
     records = []
     for _ in range(epochs or config.train.num_epochs):
@@ -82,7 +82,7 @@ def test_grpo_first_loss_has_zero_kl_and_unit_ratio_when_rescored(tmp_path):
     from align.loop import plan_epoch
 
     config = tiny_config({"name": "text-grpo", "kl_coef": 0.1, "normalisation": "sequence"}, inner_epochs=2)
-    run = TextRun(config, tmp_path)
+    run = Run(config, tmp_path)
     plan = plan_epoch(run.prompts, config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
     unit = run.algorithm.units(batch, torch.Generator().manual_seed(0))[0]
@@ -144,9 +144,9 @@ def test_a_malformed_pairs_file_names_its_line(tmp_path):
         {"name": "text-dpo", "pairs": str(path)}, batch_size=8, group_size=2, micro_batch_size=4
     )
     with pytest.raises(ValueError, match=r"pairs.jsonl:1"):
-        TextRun(config, tmp_path)
+        Run(config, tmp_path)
     with pytest.raises(ValueError, match="set algorithm.pairs"):
-        TextRun(tiny_config({"name": "text-simpo"}, batch_size=8, group_size=2, micro_batch_size=4), tmp_path)
+        Run(tiny_config({"name": "text-simpo"}, batch_size=8, group_size=2, micro_batch_size=4), tmp_path)
 
 
 def test_algorithm_settings_are_checked_with_their_paths():
@@ -156,7 +156,7 @@ def test_algorithm_settings_are_checked_with_their_paths():
     assert "algorithm.normalisation: 'tokens' is not one of token, sequence" in text
     assert "algorithm.temperature: 0.0 must be greater than 0.0" in text
     with pytest.raises(ValueError, match="group_size >= 2"):
-        TextRun(
+        Run(
             tiny_config({"name": "text-grpo"}, batch_size=4, group_size=1, micro_batch_size=4), Path("unused")
         )
 

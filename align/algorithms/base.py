@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from align.config import ALGORITHM_CONFIGS
+from align.pathway import ImagePathway
 from plumbing.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm")
@@ -55,6 +56,8 @@ class Context:
 
 
 class Algorithm:
+    pathway = ImagePathway  # what the run trains, prompts and evaluates (align/pathway.py)
+
     def __init__(self, context: Context):
         self.context = context
 

@@ -79,7 +79,6 @@ DEMO_CONFIG = {
 
 def demo_config(model: str | None = None, epochs: int | None = None):
     from align.config import config_from_data
-    from align.text import grpo  # noqa: F401  (registers text-grpo)
 
     data = copy.deepcopy(DEMO_CONFIG)
     if model is not None:
@@ -92,47 +91,41 @@ def demo_config(model: str | None = None, epochs: int | None = None):
 def run_text_demo(
     out: str | Path | None = None, *, model: str | None = None, epochs: int | None = None, echo=print
 ) -> dict:
-    """Evaluate, train with GRPO, evaluate again; print base vs aligned. With `out`, write
-    summary.json ({"base": {...}, "aligned": {...}}, `accuracy` in each) and metrics.jsonl there."""
+    """Evaluate, train with GRPO on the one loop (`align.loop.train`), evaluate again; print base vs
+    aligned. With `out`, the run directory stays there (summary.json with `accuracy` in its "base" and
+    "aligned", metrics.jsonl, the final checkpoint); without, it is a temporary one."""
+    from align.loop import train
     from align.text.evaluate import format_text_summary
-    from align.text.run import TextRun
 
     config = demo_config(model, epochs)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
-        run = TextRun(config, Path(out) if out is not None else Path(scratch))
-        base = run.evaluate()
-        echo(format_text_summary(base, f"base {config.model.name} on {config.eval.prompts}"))
-        records = []
-        for _ in range(config.train.num_epochs):
-            record = run.train_epoch()
-            record.pop("_images"), record.pop("_prompts")
-            records.append(record)
-            echo(
-                f"epoch {record['epoch']:>3}  reward {record['reward']:.3f}  "
-                f"tokens {record['completion_tokens']:.1f}  {record['time/epoch']:.0f}s "
-                f"(sampling {record['time/sampling']:.0f}s, training {record['time/training']:.0f}s)"
-            )
-        aligned = run.evaluate()
+        run_dir = Path(out) if out is not None else Path(scratch) / "run"
+        summary = train(config, run_dir, progress=True)
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    base, aligned = summary["base"], summary["aligned"]
+    echo(format_text_summary(base, f"base {config.model.name} on {config.eval.prompts}"))
+    for record in records:
+        echo(
+            f"epoch {record['epoch']:>3}  reward {record['reward']:.3f}  "
+            f"tokens {record['completion_tokens']:.1f}  {record['time/epoch']:.0f}s "
+            f"(sampling {record['time/sampling']:.0f}s, training {record['time/training']:.0f}s)"
+        )
     echo(format_text_summary(aligned, f"aligned after {config.train.num_epochs} GRPO epochs"))
     minutes = (time.perf_counter() - start) / 60
     echo(
         f"held-out accuracy {base['accuracy']:.3f} -> {aligned['accuracy']:.3f} (exactly the number: "
         f"{base['exact_accuracy']:.3f} -> {aligned['exact_accuracy']:.3f}) in {minutes:.1f} minutes"
     )
-    summary = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
+    result = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        echo(f"wrote {out / 'summary.json'}")
-    return summary
+        echo(f"run directory: {out}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="directory for summary.json and metrics.jsonl")
+    parser.add_argument("--out", default=None, help="run directory (summary.json, metrics.jsonl, checkpoint)")
     parser.add_argument(
         "--model", default=None, help="smollm2 (default), tiny:llama, a hub id or a directory"
     )

@@ -20,6 +20,7 @@ import torch
 from align.algorithms.base import Algorithm, register_algorithm
 from align.losses import group_advantages, k3_kl, masked_mean, ppo_clip_loss
 from align.schema import param
+from align.text.pathway import TextPathway
 from align.text.settings import TextSettings
 
 
@@ -76,7 +77,7 @@ def sample_and_score(context, prompts, group_ids, seeds, score: bool):
 
 
 class TextGRPO(Algorithm):
-    modality = "text"  # runs on align.text.run.TextRun (a text policy), not the image Run
+    pathway = TextPathway
 
     def __init__(self, context):
         super().__init__(context)

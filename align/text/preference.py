@@ -27,6 +27,7 @@ from align.algorithms.base import Algorithm, register_algorithm
 from align.losses import dpo_loss, simpo_loss
 from align.schema import param
 from align.text.grpo import sample_and_score
+from align.text.pathway import TextPathway
 from align.text.settings import TextSettings
 
 
@@ -101,7 +102,7 @@ def best_and_worst(signal: torch.Tensor, group_ids: torch.Tensor, margin: float)
 
 
 class TextPreference(Algorithm):
-    modality = "text"  # runs on align.text.run.TextRun (a text policy), not the image Run
+    pathway = TextPathway
 
     def __init__(self, context):
         super().__init__(context)

@@ -1,0 +1,74 @@
+"""What a run trains, samples from, prompts and measures, per modality; the loop's Run is built from one.
+
+A pathway has `adapter` (what an algorithm samples from: an image adapter, or the text policy itself),
+`policy` (what training changes: parameters, trainable state, weights on disk, the reference),
+`prompts(source)` (a prompt source by name), `evaluate(run)` (forward-only, under the current weights)
+and `checkpoint_settings(config)` (how to sample a checkpoint again). An algorithm names its pathway
+(`Algorithm.pathway`): images by default, `align.text.pathway.TextPathway` for the text algorithms.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from align.evaluate import format_summary
+
+
+class ImagePathway:
+    """A diffusion or flow-matching model (`model.name`) with a LoRA or full fine-tuning; toy-world
+    splits or prompt files; fixed-seed evaluation with the training and the extra eval rewards."""
+
+    format_summary = staticmethod(format_summary)
+
+    def __init__(self, config, device: torch.device):
+        from align.policy import ImagePolicy
+        from align.runs import load_model
+
+        model = config.model
+        self.adapter = load_model(
+            model.name,
+            family=model.family,
+            dtype=model.dtype,
+            device=str(device),
+            guidance_scale=model.guidance_scale,
+            resolution=model.resolution,
+            attention=model.attention,
+            gradient_checkpointing=model.gradient_checkpointing,
+        )
+        self.policy = ImagePolicy(self.adapter, config.train.trainable, config.lora)
+
+    @staticmethod
+    def prompts(source: str) -> list[str]:
+        from align.recipes import load_prompts
+
+        return load_prompts(source)
+
+    def evaluate(self, run) -> dict:
+        from align.evaluate import evaluate
+        from rewards.base import build_reward
+
+        config = run.config
+        prompts = self.prompts(config.eval.prompts)[: config.eval.max_prompts]
+        names = list(dict.fromkeys([*run.rewards.names, *config.eval.rewards]))
+        extra = {n: build_reward(n) for n in names if n not in run.rewards.rewards}
+        rewards = {n: run.rewards.rewards.get(n) or extra[n] for n in names}
+        network, self.adapter.network = self.adapter.network, None  # forward-only: no distributed wrapper
+        try:
+            summary, _, _ = evaluate(
+                self.adapter,
+                prompts,
+                seeds=config.eval.seeds,
+                rewards=rewards,
+                num_steps=config.sampling.eval_num_steps,
+            )
+        finally:
+            self.adapter.network = network
+        return summary
+
+    def checkpoint_settings(self, config) -> dict:
+        return {
+            "family": config.model.family if config.model.family != "auto" else None,
+            "guidance_scale": self.adapter.guidance_scale,
+            "resolution": self.adapter.resolution,
+            "dtype": config.model.dtype,
+        }
