@@ -58,3 +58,58 @@ def _toy_clip_dir() -> str:
 )
 def _clip_toy(**kwargs) -> ClipScore:
     return ClipScore(model=_toy_clip_dir(), pretrained=None, **kwargs)
+
+
+class ClipGoalBaseline(ClipScore):
+    """VLM-RM's goal-baseline reward (Rocamonde et al. 2024, eq. 3), zero-shot from any CLIP:
+
+        R(x) = 1 - 1/2 || (e(x) - g) P ||^2,   P = alpha d d^T + (1 - alpha) I,   d = (g - b) / ||g - b||
+
+    e(x) the normalised image embedding, g the prompt's (the goal), b the baseline's: one text, or the
+    renormalised mean of several (a generic description of the scene, without what the goal asks).
+    alpha = 0 is the CLIP score up to an affine map (1 - 1/2 ||e - g||^2 = e.g); alpha = 1 keeps only
+    the component along the baseline-to-goal direction, which removes what the two texts share.
+    Differentiable through the image encoder; under no_grad, the same number as a black box."""
+
+    def __init__(self, baseline: str | list[str] = "a picture", alpha: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"clip goal-baseline: alpha must lie in [0, 1], got {alpha}")
+        texts = [baseline] if isinstance(baseline, str) else list(baseline)
+        if not texts:
+            raise ValueError("clip goal-baseline: give a baseline text (or a list of them)")
+        mean = self._texts(texts).mean(0)
+        self.baseline = mean / mean.norm()
+        self.alpha = alpha
+
+    def score(self, images, prompts):
+        embedded = image_embeddings(self.clip, images, self.normalisation)
+        goal = self._texts(prompts)
+        direction = goal - self.baseline
+        direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        residual = embedded - goal
+        along = (residual * direction).sum(-1, keepdim=True) * direction
+        projected = self.alpha * along + (1 - self.alpha) * residual
+        return self.scale * (1 - 0.5 * projected.pow(2).sum(-1))
+
+
+register_reward(
+    "clip-goal",
+    differentiable=True,
+    weights="open_clip as `clip`; baseline=<text or list of texts> (default 'a picture'), alpha in [0, 1]",
+    description="VLM-RM goal-baseline: the image embedding projected on the baseline-to-prompt direction",
+)(ClipGoalBaseline)
+
+
+@register_reward(
+    "clip-goal-toy",
+    differentiable=True,
+    weights="shipped toy CLIP; baseline: the mean embedding of the toy world's training prompts",
+    description="VLM-RM goal-baseline reward with the toy CLIP",
+)
+def _clip_goal_toy(baseline: str | list[str] | None = None, **kwargs) -> ClipGoalBaseline:
+    from rewards.toy_world import prompt_splits
+
+    return ClipGoalBaseline(
+        model=_toy_clip_dir(), pretrained=None, baseline=baseline or prompt_splits()["train"], **kwargs
+    )
