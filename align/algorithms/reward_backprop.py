@@ -12,7 +12,11 @@ the chain is deterministic), decodes and maximises the differentiable reward:
   refl       one-step prediction of x_0 from a random late step (ReFL, Xu et al. 2023)
 
 Every denoiser call with gradients is activation-checkpointed, and so is the VAE decoder, so memory
-grows with K and not with the number of steps.
+grows with K and not with the number of steps; checkpointing recomputes each forward pass in backward,
+so it is switched on only where the activations it would keep exceed `checkpoint_above_mb` (measured
+once per micro-batch size on one denoiser call and one decode). When every loss replays the whole
+chain (alignprop with truncation_min >= T, draft with grad_steps >= T), collect() samples nothing: the
+replay from x_T is the epoch's sample, and loss() records its images and rewards in the batch.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from align.algorithms.base import Algorithm, register_algorithm
 from align.schema import param
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
+from samplers.types import Schedule
 
 
 @dataclass
@@ -37,11 +42,23 @@ class RewardBackpropConfig:
     lv_repeats: int = param(2, min=1)  # draft-lv: re-noised copies of the final latent
     refl_range: list[float] = param(factory=lambda: [0.6, 0.9])  # refl: start step as a fraction of T
     checkpoint: bool = True  # activation checkpointing of each denoiser call and of the decoder
+    # ...only where the activations kept without it would exceed this many MiB (0: always): time vs memory
+    checkpoint_above_mb: float = param(512.0, min=0.0)
 
     def check(self):
         low, high = (self.refl_range + [0, 0])[:2]
         if len(self.refl_range) != 2 or not 0 <= low <= high <= 1:
             yield ["refl_range"], "must be [low, high] with 0 <= low <= high <= 1"
+
+    def check_experiment(self, experiment):
+        # the reward itself is maximised: a z-score within the batch (group) averages to 0, whatever
+        # the images, so its gradient is zero; running statistics would rescale it by a moving target
+        if experiment.rewards.normalise != "none":
+            yield ["rewards", "normalise"], (
+                f"{self.name} backpropagates the reward itself, and normalise "
+                f"{experiment.rewards.normalise!r} makes its gradient zero or drifting: "
+                "set rewards.normalise: none"
+            )
 
 
 @dataclass
@@ -78,38 +95,57 @@ class RewardBackprop(Algorithm):
     def collect(self, epoch, prompts, group_ids, seeds):
         context = self.context
         num_steps = context.config.sampling.num_steps
+        rng = random.Random(context.config.train.seed * 31 + epoch)
+        batch = {"prompts": list(prompts), "seeds": seeds, "epoch": epoch, "rng": rng, "stats": {}}
+        if self._replays_whole_chain(num_steps):
+            return batch  # each loss samples its rows from x_T with gradients: nothing to sample twice
         trajectory = context.adapter.sample(prompts, generators_from_seeds(seeds), num_steps=num_steps)
         images = context.adapter.decode(trajectory.final).float()
         values = context.rewards.score(images, prompts)
         reward = context.rewards.combine(values, group_ids)
-        rng = random.Random(context.config.train.seed * 31 + epoch)
-        return {
-            "trajectory": trajectory,
-            "images": images,
-            "values": values,
-            "seeds": seeds,
-            "epoch": epoch,
-            "rng": rng,
-            "stats": {"reward": float(reward.mean())},
-        }
+        batch.update(
+            trajectory=trajectory, images=images, values=values, stats={"reward": float(reward.mean())}
+        )
+        return batch
+
+    def _replays_whole_chain(self, num_steps: int) -> bool:
+        settings = self.context.settings
+        if settings.name == "alignprop":
+            return settings.truncation_min >= num_steps
+        return settings.name == "draft" and settings.grad_steps >= num_steps
 
     def units(self, batch, generator):
         size = self.context.config.train.micro_batch_size
-        order = torch.randperm(batch["trajectory"].batch_size, generator=generator)
+        order = torch.randperm(len(batch["seeds"]), generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def _decode(self, latents):
+    def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
+        """Checkpoint the denoiser calls and the decoder? Only where their activations would exceed
+        checkpoint_above_mb; one denoiser call and one decode are measured once per batch size."""
+        settings = self.context.settings
+        if not settings.checkpoint or settings.checkpoint_above_mb == 0:
+            return settings.checkpoint
+        sizes = self.__dict__.setdefault("_activation_bytes", {})
+        if x.shape[0] not in sizes:
+            adapter = self.context.adapter
+            step = saved_bytes(adapter.denoise, x, t, cond)
+            sizes[x.shape[0]] = (step, saved_bytes(adapter.decode, x.detach().clone()))
+        step, decode = sizes[x.shape[0]]
+        return grad_steps * step + decode > settings.checkpoint_above_mb * 2**20
+
+    def _decode(self, latents, checkpoint: bool):
         adapter = self.context.adapter
-        if self.context.settings.checkpoint:
+        if checkpoint:
             return activation_checkpoint(adapter.decode, latents, use_reentrant=False)
         return adapter.decode(latents)
 
     def loss(self, batch, rows):
         context, settings = self.context, self.context.settings
-        sub = batch["trajectory"].select(rows)
-        num_steps = sub.num_steps
+        num_steps = context.config.sampling.num_steps
+        checkpoint = settings.checkpoint
         with context.accelerator.autocast():
             if settings.name == "refl":
+                sub = batch["trajectory"].select(rows)
                 low, high = settings.refl_range
                 start = batch["rng"].randint(int(low * (num_steps - 1)), int(high * (num_steps - 1)))
                 final = self._one_step(
@@ -117,38 +153,54 @@ class RewardBackprop(Algorithm):
                 )
                 stats = {"start_step": start}
             elif settings.name == "draft-lv":
+                sub = batch["trajectory"].select(rows)
                 final, stats = self._draft_lv(sub, [batch["seeds"][int(i)] for i in rows], batch["epoch"])
             else:
                 k = settings.grad_steps
                 if settings.name == "alignprop":
                     k = batch["rng"].randint(min(settings.truncation_min, num_steps), num_steps)
-                final = self._replay(sub, min(k, num_steps))
+                final, checkpoint = self._replay(batch, rows, min(k, num_steps))
                 stats = {"grad_steps": min(k, num_steps)}
-            images = self._decode(final)
-        prompts = sub.prompts if settings.name != "draft-lv" else sub.prompts * settings.lv_repeats
+            images = self._decode(final, checkpoint)
+        prompts = [batch["prompts"][int(i)] for i in rows]
+        prompts = prompts if settings.name != "draft-lv" else prompts * settings.lv_repeats
         values = context.rewards.score(images, prompts)
         reward = context.rewards.combine(values)
+        if "trajectory" not in batch:
+            _record_samples(batch, rows, images, values, reward)
         stats["backprop_reward"] = float(reward.detach().mean())
         return -reward.mean(), stats
 
-    def _replay(self, sub, k: int) -> torch.Tensor:
-        """The last k steps again, with gradients, from the stored latent before them."""
-        from samplers.types import Schedule
-
-        start = sub.num_steps - k
-        schedule = Schedule(timesteps=sub.timesteps[0, start:], sigmas=sub.sigmas[0, start:])
+    def _replay(self, batch, rows, k: int) -> tuple[torch.Tensor, bool]:
+        """(x_0 of the last k steps run again with gradients, whether they were checkpointed): from the
+        stored latent before them, or from x_T drawn from the rows' seeds when nothing was stored."""
         adapter = self.context.adapter
+        if "trajectory" in batch:
+            sub = batch["trajectory"].select(rows)
+            start = sub.num_steps - k
+            schedule = Schedule(timesteps=sub.timesteps[0, start:], sigmas=sub.sigmas[0, start:])
+            x, cond, prompts = sub.latents[:, start], sub.cond, sub.prompts
+        else:
+            prompts = [batch["prompts"][int(i)] for i in rows]
+            generators = generators_from_seeds([batch["seeds"][int(i)] for i in rows])
+            x, cond, schedule = (
+                adapter.initial_noise(generators, len(rows), k),
+                adapter.encode(prompts),
+                adapter.schedule(k),
+            )
+        first_t = schedule.timesteps[:1].float().expand(x.shape[0])
+        checkpoint = self._checkpointing(x, first_t, cond, k)
         out = rollout(
             adapter.denoise,
             adapter.step,
             schedule,
-            sub.latents[:, start],
-            sub.cond,
-            prompts=sub.prompts,
+            x,
+            cond,
+            prompts=prompts,
             grad_steps=k,
-            checkpoint=self.context.settings.checkpoint,
+            checkpoint=checkpoint,
         )
-        return out.final
+        return out.final, checkpoint
 
     def _one_step(self, x, t, sigma, cond) -> torch.Tensor:
         """x_0 predicted in one step from (x, sigma): the step function taken to sigma = 0."""
@@ -171,6 +223,36 @@ class RewardBackprop(Algorithm):
             noisy = self.context.adapter.add_noise(x0, noise, sigma)
             finals.append(self._one_step(noisy, t, sigma, sub.cond))
         return torch.cat(finals), {"lv_repeats": repeats}
+
+
+def saved_bytes(function, *args) -> int:
+    """Bytes of the activations autograd keeps for backward through one call of `function` (tensors
+    counted once per storage; the trainable weights and the inputs themselves left out)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = function(*args)
+    del output
+    known = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
+    return sum(size for pointer, size in storages.items() if pointer not in known)
+
+
+def _record_samples(batch, rows, images, values, reward) -> None:
+    """Keep the replayed rows' images, rewards and mean combined reward as the epoch's samples."""
+    size = len(batch["seeds"])
+    if "images" not in batch:
+        batch["images"] = images.new_zeros((size, *images.shape[1:]))
+        batch["values"] = {name: value.new_zeros(size) for name, value in values.items()}
+        batch["combined"] = []
+    batch["images"][rows] = images.detach().float()
+    for name, value in values.items():
+        batch["values"][name][rows] = value.detach()
+    batch["combined"].append(reward.detach())
+    batch["stats"]["reward"] = float(torch.cat(batch["combined"]).mean())
 
 
 register_algorithm("alignprop", AlignPropConfig)(RewardBackprop)
