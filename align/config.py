@@ -1,7 +1,8 @@
 """The experiment schema. Experiment files under configs/ are data (YAML) checked against it.
 
 Each field says what it trades off. Algorithm-specific settings live in the algorithm's own
-dataclass (registered in ALGORITHM_CONFIGS) and are checked under the `algorithm.` path.
+dataclass (registered in ALGORITHM_CONFIGS) and are checked under the `algorithm.` path; a rule that
+joins them to other sections is the dataclass's `check_experiment(config)`.
 """
 
 from __future__ import annotations
@@ -183,7 +184,13 @@ def config_from_data(data: dict) -> ExperimentConfig:
     algorithm = _algorithm_from_data(algorithm_data, errors)
     if errors:
         raise ConfigError(errors)
-    return dataclasses.replace(config, algorithm=algorithm)
+    config = dataclasses.replace(config, algorithm=algorithm)
+    # rules between the algorithm and the other sections: `check_experiment(config)` on its settings
+    check = getattr(algorithm, "check_experiment", None)
+    errors = [f"{'.'.join(path)}: {message}" for path, message in (check(config) if check else ())]
+    if errors:
+        raise ConfigError(errors)
+    return config
 
 
 def read_config_file(path: str | Path) -> dict:

@@ -72,7 +72,8 @@ def group_normalise(
 
 class RunningNormaliser:
     """Running mean and variance of a stream of values (Chan et al. 1979's pairwise update), for
-    `normalise="running"`: each batch is first added to the statistics, then standardised by them."""
+    `normalise="running"`: each batch is first added to the statistics (RewardSet.observe), then
+    standardised by them (RewardSet.combine)."""
 
     def __init__(self, eps: float = 1e-6):
         self.count, self.mean, self.m2, self.eps = 0, 0.0, 0.0, eps
@@ -216,17 +217,26 @@ class RewardSet:
                 values[name] = error.values
         return values
 
+    def observe(self, values: dict[str, torch.Tensor]) -> None:
+        """Add a collected batch to the running statistics (`normalise="running"`; nothing otherwise).
+        Call it once per batch, before `combine`, which only reads the statistics."""
+        self._check_names(values)
+        if self.normalise == "running":
+            for name, v in values.items():
+                self.normalisers[name].update(v)
+
     def combine(self, values: dict[str, torch.Tensor], group_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalise each reward (per `normalise`), then the weighted sum -> [B]."""
-        if sorted(values) != sorted(self.names):
-            raise ValueError(f"values for rewards {sorted(values)}, but this RewardSet has {self.names}")
+        """Normalise each reward (per `normalise`), then the weighted sum -> [B]. No side effects."""
+        self._check_names(values)
         if self.normalise == "group":
             values = {name: group_normalise(v, group_ids) for name, v in values.items()}
         elif self.normalise == "running":
-            for name, v in values.items():
-                self.normalisers[name].update(v)
             values = {name: self.normalisers[name].normalise(v) for name, v in values.items()}
         return weighted_sum(values, self.weights)
+
+    def _check_names(self, values: dict) -> None:
+        if sorted(values) != sorted(self.names):
+            raise ValueError(f"values for rewards {sorted(values)}, but this RewardSet has {self.names}")
 
     def state_dict(self) -> dict:
         """Running statistics and trainable rewards' state (tensors and Python scalars only)."""

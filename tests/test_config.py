@@ -167,3 +167,24 @@ def test_align_train_runs_a_text_recipe(tmp_path, capsys):
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert record["epoch"] == 1 and set(record["rewards"]) == {"text-exact", "text-format", "text-numeric"}
     assert "exact" in capsys.readouterr().out  # the text summary format
+
+
+@pytest.mark.parametrize("name", ["alignprop", "draft", "draft-lv", "refl"])
+@pytest.mark.parametrize("normalise", ["group", "running"])
+def test_reward_backprop_refuses_a_normalised_reward_with_the_fix(tmp_path, capsys, name, normalise):
+    """A z-score within the batch averages to 0 whatever the images: its gradient is zero."""
+    path = tmp_path / "backprop.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "tiny:sd3"},
+                "algorithm": {"name": name},
+                "rewards": {"terms": [{"name": "jpeg-compressibility"}], "normalise": normalise},
+            }
+        )
+    )
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: rewards.normalise:") and line.endswith("set rewards.normalise: none")
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+    assert main(["config", str(path), "rewards.normalise=none"]) == 0

@@ -162,8 +162,10 @@ def test_reward_set_running_normalisation_and_its_state(tmp_path):
         "jpeg-incompressibility": torch.tensor([2.0, 2.0]),
     }
     second = {"jpeg-compressibility": torch.tensor([5.0]), "jpeg-incompressibility": torch.tensor([8.0])}
-    rewards.combine(first)
+    rewards.observe(first)
+    rewards.observe(second)
     combined = rewards.combine(second)
+    assert float(rewards.combine(second)) == float(combined)  # combine only reads the statistics
     # after both batches: compressibility saw 1, 3, 5 (mean 3, std 2); incompressibility 2, 2, 8
     # (mean 4, std sqrt(12)); the second batch is standardised by those
     expected = (5 - 3) / (2 + 1e-6) + 0.5 * (8 - 4) / (math.sqrt(12) + 1e-6)

@@ -123,6 +123,7 @@ class DPO(Algorithm):
         )
         images = context.adapter.decode(trajectory.final).float()
         values = context.rewards.score(images, prompts)
+        context.rewards.observe(values)
         reward = context.rewards.combine(values)
         best, worst = _best_and_worst(reward, group_ids.to(reward.device))
         gap = reward[best] - reward[worst]

@@ -232,6 +232,7 @@ class PolicyGradient(Algorithm):
 
     def _signal(self, values, group_ids):
         rewards = self.context.rewards
+        rewards.observe(values)
         if self.context.settings.signal == "win_rate":
             from rewards.combine import group_win_rate
 

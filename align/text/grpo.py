@@ -64,6 +64,7 @@ def sample_and_score(context, prompts, group_ids, seeds, score: bool):
         )
     sampled = time.perf_counter()
     values = context.rewards.score(trajectory.extra["texts"], prompts)
+    context.rewards.observe(values)
     signal = context.rewards.combine(values, group_ids)
     mask = trajectory.extra["completion_mask"]
     stats = {
