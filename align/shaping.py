@@ -1,0 +1,112 @@
+"""Reward shaping and reward-hacking controls applied before advantages are taken.
+
+par_shape            PAR (Fu et al. 2025, "Reward Shaping to Mitigate Reward Hacking in RLHF"): the
+                     reward centred on a reference reward and bounded by a sigmoid,
+                     r' = sigmoid((r - r_ref) / tau). Past the reference the gain saturates, so a
+                     proxy reward pushed far beyond what the reference earns stops paying.
+unlikeliness_bonus   "Rewarding the Unlikely" (He et al. 2025): within a group, successful samples the
+                     policy already finds likely earn less, r' = r (1 - beta (n - 1 - rank) / n), rank 0
+                     the highest log-likelihood of the n successes; it keeps GRPO from sharpening onto
+                     the one mode it already samples.
+Constraints          Constrained RLHF (Moskovitz et al. 2024): a threshold per reward (at most: the
+                     proxy point beyond which optimising it hurts; at least: a floor on a gold reward)
+                     with a Lagrange multiplier each, updated by projected gradient ascent on the
+                     violation after every batch; the optimised reward is the weighted sum minus each
+                     multiplier times its constraint's slack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def par_shape(rewards: torch.Tensor, reference: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """rewards, reference [B] -> sigmoid((rewards - reference) / temperature) [B] in (0, 1)."""
+    if temperature <= 0:
+        raise ValueError(f"PAR temperature must be > 0, got {temperature}")
+    return torch.sigmoid((rewards.float() - reference.float()) / temperature)
+
+
+def group_means(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """[B] -> [B]: the mean of each sample's group (PAR's centre when no reference sample is drawn)."""
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.shape[0], device=values.device).index_add_(0, inverse, values.float())
+    return (sums / counts)[inverse]
+
+
+def unlikeliness_bonus(
+    rewards: torch.Tensor,
+    log_likelihoods: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+    success: float,
+) -> torch.Tensor:
+    """Scale down the rewards of likely successes. rewards, log_likelihoods, group_ids [B]; a success
+    has reward >= `success`. In a group of n successes ranked by log-likelihood (0 = the likeliest),
+    the reward of rank k is multiplied by 1 - beta (n - 1 - k) / n; failures are unchanged."""
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"unlikeliness beta must lie in [0, 1], got {beta}")
+    shaped = rewards.float().clone()
+    for group in torch.unique(group_ids):
+        members = ((group_ids == group) & (rewards >= success)).nonzero().flatten()
+        n = members.numel()
+        if n < 2:
+            continue
+        order = members[log_likelihoods[members].argsort(descending=True)]  # likeliest first
+        ranks = torch.arange(n, device=rewards.device, dtype=torch.float32)
+        shaped[order] = shaped[order] * (1 - beta * (n - 1 - ranks) / n)
+    return shaped
+
+
+@dataclass
+class Constraint:
+    name: str  # a reward term
+    at_most: float | None = None  # the proxy point: optimising past it is not rewarded
+    at_least: float | None = None  # a floor the batch mean must keep
+
+    def __post_init__(self):
+        if (self.at_most is None) == (self.at_least is None):
+            raise ValueError(f"constraint on {self.name}: give exactly one of at_most or at_least")
+
+    def violation(self, mean: float) -> float:
+        """> 0 when the batch mean breaks the constraint."""
+        return mean - self.at_most if self.at_most is not None else self.at_least - mean
+
+    def slack(self, values: torch.Tensor) -> torch.Tensor:
+        """Per sample, how far it is on the wrong side (signed; the multiplier's term)."""
+        return values - self.at_most if self.at_most is not None else self.at_least - values
+
+
+class Constraints:
+    """Lagrange multipliers for reward thresholds, updated once per batch (lambda >= 0)."""
+
+    def __init__(self, constraints: list[Constraint], lr: float = 0.5):
+        if lr <= 0:
+            raise ValueError(f"constraint multiplier lr must be > 0, got {lr}")
+        self.constraints, self.lr = constraints, lr
+        self.multipliers = {c.name: 0.0 for c in constraints}
+
+    def shape(self, combined: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """combined [B] (the weighted reward) minus sum_k lambda_k * slack_k [B]."""
+        missing = [c.name for c in self.constraints if c.name not in values]
+        if missing:
+            raise ValueError(f"constraint on {missing[0]!r}: no reward term of that name is scored")
+        shaped = combined.float()
+        for c in self.constraints:
+            shaped = shaped - self.multipliers[c.name] * c.slack(values[c.name].float())
+        return shaped
+
+    def update(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Projected ascent on each multiplier by its constraint's violation; returns the multipliers."""
+        for c in self.constraints:
+            violation = c.violation(float(values[c.name].float().mean()))
+            self.multipliers[c.name] = max(0.0, self.multipliers[c.name] + self.lr * violation)
+        return dict(self.multipliers)
+
+    def state_dict(self) -> dict:
+        return {"multipliers": dict(self.multipliers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.multipliers.update(state.get("multipliers", {}))

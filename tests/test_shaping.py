@@ -1,0 +1,57 @@
+"""Reward shaping: PAR's bounded centred reward, the unlikeliness bonus, Lagrange constraints."""
+
+import math
+
+import pytest
+import torch
+
+from align.shaping import Constraint, Constraints, group_means, par_shape, unlikeliness_bonus
+
+
+def test_par_is_a_half_at_the_reference_and_saturates_beyond_it():
+    reference = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    shaped = par_shape(torch.tensor([0.5, 0.6, 2.0, 10.0]), reference, temperature=0.1)
+    assert shaped[0] == pytest.approx(0.5)
+    assert shaped[1] == pytest.approx(1 / (1 + math.exp(-1.0)), rel=1e-6)
+    assert shaped[3] - shaped[2] < 1e-6  # far past the reference: no more gain
+    assert torch.allclose(
+        group_means(torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0, 0, 1])), torch.tensor([2.0, 2.0, 5.0])
+    )
+    with pytest.raises(ValueError, match="temperature"):
+        par_shape(shaped, reference, temperature=0.0)
+
+
+def test_unlikeliness_lowers_likely_successes_by_rank_and_leaves_failures():
+    rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0, 0.2])
+    likelihood = torch.tensor([-1.0, -3.0, -2.0, 5.0, 0.0, 0.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    shaped = unlikeliness_bonus(rewards, likelihood, groups, beta=0.3, success=1.0)
+    # group 0: three successes, likeliest first: index 0 (rank 0), 2 (rank 1), 1 (rank 2)
+    assert shaped[0] == pytest.approx(1 - 0.3 * 2 / 3)
+    assert shaped[2] == pytest.approx(1 - 0.3 * 1 / 3)
+    assert shaped[1] == pytest.approx(1.0) and shaped[3] == 0.0
+    assert shaped[4] == 1.0 and shaped[5] == pytest.approx(0.2)  # a lone success is not ranked
+
+
+def test_multipliers_grow_while_a_constraint_is_broken_and_the_shaped_reward_pays_for_it():
+    constraints = Constraints([Constraint("proxy", at_most=0.8), Constraint("gold", at_least=0.5)], lr=1.0)
+    values = {"proxy": torch.tensor([0.9, 1.0]), "gold": torch.tensor([0.6, 0.6])}
+    assert constraints.update(values) == pytest.approx({"proxy": 0.15, "gold": 0.0})
+    constraints.update(values)
+    assert constraints.multipliers["proxy"] == pytest.approx(0.3)
+    shaped = constraints.shape(torch.tensor([1.0, 1.0]), values)
+    assert torch.allclose(shaped, torch.tensor([1.0 - 0.3 * 0.1, 1.0 - 0.3 * 0.2]))
+    satisfied = {"proxy": torch.tensor([0.1, 0.1]), "gold": torch.tensor([0.9, 0.9])}
+    for _ in range(10):
+        constraints.update(satisfied)
+    assert constraints.multipliers == {"proxy": 0.0, "gold": 0.0}  # projected: never below 0
+    restored = Constraints([Constraint("proxy", at_most=0.8), Constraint("gold", at_least=0.5)])
+    restored.load_state_dict({"multipliers": {"proxy": 0.7}})
+    assert restored.multipliers == {"proxy": 0.7, "gold": 0.0}
+
+
+def test_constraint_mistakes_are_named():
+    with pytest.raises(ValueError, match="exactly one of at_most or at_least"):
+        Constraint("proxy")
+    with pytest.raises(ValueError, match="no reward term of that name"):
+        Constraints([Constraint("missing", at_most=1.0)]).shape(torch.zeros(2), {"proxy": torch.zeros(2)})
