@@ -110,3 +110,43 @@ class Constraints:
 
     def load_state_dict(self, state: dict) -> None:
         self.multipliers.update(state.get("multipliers", {}))
+
+
+def pareto_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Non-dominated sorting (Parrot's batch-wise selection). values [B, K], higher is better in
+    every column -> ranks [B]: 0 for the non-dominated front, 1 for the front once that is removed, ...
+    Sample i dominates j when it is >= in every reward and > in one."""
+    values = values.float()
+    at_least = (values[:, None, :] >= values[None, :, :]).all(-1)
+    better = (values[:, None, :] > values[None, :, :]).any(-1)
+    dominates = at_least & better  # [i, j]: i dominates j
+    ranks = torch.full((values.shape[0],), -1, dtype=torch.long, device=values.device)
+    remaining = torch.ones(values.shape[0], dtype=torch.bool, device=values.device)
+    rank = 0
+    while bool(remaining.any()):
+        dominated = (dominates & remaining[:, None]).any(0)
+        front = remaining & ~dominated
+        ranks[front] = rank
+        remaining &= ~front
+        rank += 1
+    return ranks
+
+
+def dense_step_advantages(
+    step_rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4
+) -> torch.Tensor:
+    """DenseGRPO's step-wise credit: step_rewards [B, S+1] are the rewards of the clean predictions
+    before the first trained step and after each of the S steps (the last is the final image's); the
+    gain of step s is step_rewards[:, s+1] - step_rewards[:, s], normalised within each group per step
+    (mean removed, divided by the group's std of that step's gain + eps; 0 where a step has no spread in
+    its group). Returns [B, S]."""
+    gains = step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
+    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    groups, steps = counts.shape[0], gains.shape[1]
+    sums = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, gains)
+    means = sums / counts[:, None]
+    centred = gains - means[inverse]
+    squares = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, centred**2)
+    stds = (squares / (counts[:, None] - 1).clamp(min=1)).sqrt()
+    flat = (counts[:, None] == 1) | (stds == 0)  # one sample, or no spread at that step: no credit
+    return torch.where(flat[inverse], torch.zeros_like(centred), centred / (stds[inverse] + eps))

@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from align.shaping import Constraint, Constraints, group_means, par_shape, unlikeliness_bonus
+from align.shaping import (
+    Constraint,
+    Constraints,
+    dense_step_advantages,
+    group_means,
+    par_shape,
+    pareto_ranks,
+    unlikeliness_bonus,
+)
 
 
 def test_par_is_a_half_at_the_reference_and_saturates_beyond_it():
@@ -55,3 +63,25 @@ def test_constraint_mistakes_are_named():
         Constraint("proxy")
     with pytest.raises(ValueError, match="no reward term of that name"):
         Constraints([Constraint("missing", at_most=1.0)]).shape(torch.zeros(2), {"proxy": torch.zeros(2)})
+
+
+def test_pareto_ranks_peel_fronts_by_hand():
+    values = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.4, 0.4], [1.0, 0.0], [0.0, 0.0]])
+    # the three trade-offs (and the duplicate of the first) are the front; (0.4, 0.4) is dominated
+    # only by (0.5, 0.5); (0, 0) by everything
+    assert pareto_ranks(values).tolist() == [0, 0, 0, 1, 0, 2]
+
+
+def test_dense_advantages_credit_the_step_whose_prediction_improved():
+    # two groups of two; three trained steps; the first sample of group 0 gains at step 1
+    step_rewards = torch.tensor(
+        [[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0], [0.2, 0.4, 0.4, 0.4], [0.2, 0.2, 0.2, 0.6]]
+    )
+    advantages = dense_step_advantages(step_rewards, torch.tensor([0, 0, 1, 1]), eps=0.0)
+    gain_std = math.sqrt(
+        0.5
+    )  # two gains 1 and 0 (or 0.2 and 0 scaled): unbiased std of {x, 0} is x / sqrt(2)
+    assert advantages[0].tolist() == pytest.approx([0.0, 0.5 / gain_std, 0.0])
+    assert advantages[1].tolist() == pytest.approx([0.0, -0.5 / gain_std, 0.0])
+    assert advantages[2].tolist() == pytest.approx([0.5 / gain_std, 0.0, -0.5 / gain_std], rel=1e-5)
+    assert (advantages.sum(0).abs() < 1e-5).all()  # zero-mean per group and step
