@@ -87,8 +87,8 @@ GRPO_SETTINGS = {
 
 
 def ours_grpo_step() -> float:
-    from align.text.demo import demo_config
     from align.loop import Run
+    from align.text.demo import demo_config
 
     settings = GRPO_SETTINGS
     config = demo_config()

@@ -60,16 +60,6 @@ class RewardBackpropConfig:
                 "set rewards.normalise: none"
             )
 
-    def check_experiment(self, experiment):
-        # the reward itself is maximised: a z-score within the batch (group) averages to 0, whatever
-        # the images, so its gradient is zero; running statistics would rescale it by a moving target
-        if experiment.rewards.normalise != "none":
-            yield ["rewards", "normalise"], (
-                f"{self.name} backpropagates the reward itself, and normalise "
-                f"{experiment.rewards.normalise!r} makes its gradient zero or drifting: "
-                "set rewards.normalise: none"
-            )
-
 
 @dataclass
 class AlignPropConfig(RewardBackpropConfig):
