@@ -85,3 +85,44 @@ def test_dense_advantages_credit_the_step_whose_prediction_improved():
     assert advantages[1].tolist() == pytest.approx([0.0, -0.5 / gain_std, 0.0])
     assert advantages[2].tolist() == pytest.approx([0.5 / gain_std, 0.0, -0.5 / gain_std], rel=1e-5)
     assert (advantages.sum(0).abs() < 1e-5).all()  # zero-mean per group and step
+
+
+def _collected(recipe: str, tmp_path, overrides=()):
+    from pathlib import Path
+
+    from align.config import load_config
+    from align.loop import Run, plan_epoch
+
+    path = Path(__file__).parents[1] / "configs" / "tiny" / recipe
+    config = load_config(path, list(overrides))
+    run = Run(config, tmp_path / "run")
+    plan = plan_epoch(run.prompts, config, 0, 0, 1)
+    return run, plan, run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
+
+
+def test_dense_grpo_gives_each_window_step_its_own_zero_mean_advantage(tmp_path):
+    run, plan, batch = _collected("dense-grpo.yaml", tmp_path)
+    advantages, window = batch["advantages"], batch["stats"]["noise_window"]
+    assert advantages.shape == (8, 4) and len(window) == 2
+    off = [i for i in range(4) if i not in window]
+    assert (advantages[:, off] == 0).all() and advantages[:, window].abs().sum() > 0
+    for group in plan.group_ids.unique():
+        assert advantages[plan.group_ids == group].sum(0).abs().max() < 1e-4
+    assert set(batch["steps"].flatten().tolist()) <= set(window)
+
+
+def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_state(tmp_path):
+    run, plan, batch = _collected("shaped-grpo.yaml", tmp_path)
+    algorithm = run.algorithm
+    assert set(algorithm.reference_rewards) == set(plan.prompts)
+    assert algorithm.constraints.multipliers["jpeg-incompressibility"] > 0  # at_most -1: always broken
+    assert 0 < batch["stats"]["pareto_front_fraction"] <= 1
+    state = algorithm.state_dict()
+    algorithm.reference_rewards, algorithm.constraints.multipliers = {}, {"jpeg-incompressibility": 0.0}
+    algorithm.load_state_dict(state)
+    assert algorithm.constraints.multipliers["jpeg-incompressibility"] > 0 and algorithm.reference_rewards
+
+
+def test_a_constraint_on_an_unscored_reward_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="is not a reward term"):
+        _collected("shaped-grpo.yaml", tmp_path, ["algorithm.constraints=[{name: aesthetic, at_most: 1.0}]"])

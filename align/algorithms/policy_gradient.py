@@ -19,6 +19,15 @@ import torch
 from align.algorithms.base import Algorithm, register_algorithm
 from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
 from align.schema import param
+from align.search import predicted_clean
+from align.shaping import (
+    Constraint,
+    Constraints,
+    dense_step_advantages,
+    par_shape,
+    pareto_ranks,
+    unlikeliness_bonus,
+)
 from samplers.noise import generators_from_seeds
 
 
@@ -44,8 +53,28 @@ class PolicyGradientConfig:
     # with CFG, which branches the update trains: both, or the conditional one only (the unconditional
     # prediction held constant, as the Flow-GRPO reference does)
     cfg_gradient: str = param("both", choices=("both", "conditional"))
+    # DenseGRPO: each stochastic step's own advantage, from the reward gain of its one-step clean
+    # prediction (the last window step's "after" is the final image: the ODE completes it exactly)
+    dense: bool = False
+    # reward shaping before advantages (align/shaping.py): PAR's sigmoid around the reference model's
+    # reward for the prompt, and Parrot's Pareto selection (only non-dominated samples of the batch train)
+    shaping: str = param("none", choices=("none", "par"))
+    par_temperature: float = param(0.1, gt=0.0)
+    pareto: bool = False
+    # "Rewarding the Unlikely": successes (combined reward >= unlikeliness_success) that the policy finds
+    # likely earn up to `unlikeliness` less, by their likelihood rank within the group
+    unlikeliness: float = param(0.0, min=0.0, max=1.0)
+    unlikeliness_success: float = 1.0
+    # constrained optimisation: [{name: <reward term>, at_most: x} or {name, at_least: x}], one Lagrange
+    # multiplier each, moved by constraint_lr x the batch's violation after every epoch
+    constraints: list[dict] = field(default_factory=list)
+    constraint_lr: float = param(0.5, gt=0.0)
 
     def check(self):
+        for i, spec in enumerate(self.constraints):
+            unknown = set(spec) - {"name", "at_most", "at_least"}
+            if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
+                yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
         if self.sde_window_range is not None and (
             len(self.sde_window_range) != 2 or self.sde_window_range[0] >= self.sde_window_range[1]
         ):
@@ -162,6 +191,17 @@ class PolicyGradient(Algorithm):
         if settings.signal == "win_rate" and context.config.train.group_size < 2:
             raise ValueError("signal=win_rate compares samples within a group: set train.group_size >= 2")
         self.tracker = PromptStatTracker(settings.tracker_buffer, settings.tracker_min_count)
+        names = {term.name for term in context.config.rewards.terms}
+        for spec in settings.constraints:
+            if spec["name"] not in names:
+                raise ValueError(
+                    f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
+                    "(weight 0 scores it without optimising it)"
+                )
+        self.constraints = Constraints(
+            [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
+        )
+        self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
 
     # --- collection ---------------------------------------------------------------------------
 
@@ -196,12 +236,23 @@ class PolicyGradient(Algorithm):
         for name, reward in context.rewards.trainable.items():
             real = reference_batch(settings.reference_images, prompts, epoch).to(images.device)
             stats.update({f"{name}/{k}": v for k, v in reward.update(real, images).items()})
-        signal = self._signal(values, group_ids)
-        advantages, zero_std = self._advantages(prompts, signal, group_ids)
-        scored = time.perf_counter()
         stochastic = [i for i, level in enumerate(levels) if level > 0]
         if not stochastic:
             raise ValueError("sampling.noise_level is 0: no stochastic step to train; set it above 0")
+        signal = self._signal(values, group_ids)
+        signal, shaping_stats = self._shaped(
+            epoch, prompts, values, signal, group_ids, trajectory, stochastic
+        )
+        stats.update(shaping_stats)
+        if settings.dense:
+            advantages, zero_std = self._dense_advantages(trajectory, values, group_ids, stochastic)
+        else:
+            advantages, zero_std = self._advantages(prompts, signal, group_ids)
+        if settings.pareto:
+            front = pareto_ranks(torch.stack(list(values.values()), dim=1)) == 0
+            advantages = advantages * front.view(-1, *([1] * (advantages.ndim - 1))).to(advantages.dtype)
+            stats["pareto_front_fraction"] = float(front.float().mean())
+        scored = time.perf_counter()
         count = max(1, round(len(stochastic) * settings.timestep_fraction))
         generator = torch.Generator().manual_seed(config.train.seed * 7919 + epoch)
         steps = torch.stack(
@@ -238,6 +289,70 @@ class PolicyGradient(Algorithm):
 
             return group_win_rate(rewards.combine(values), group_ids)
         return rewards.combine(values, group_ids)
+
+    def _shaped(self, epoch, prompts, values, signal, group_ids, trajectory, stochastic):
+        """PAR, the unlikeliness bonus and the constraints' Lagrangian on the combined reward."""
+        settings, stats = self.context.settings, {}
+        if self.constraints.constraints:
+            stats.update({f"lambda/{k}": v for k, v in self.constraints.multipliers.items()})
+            signal = self.constraints.shape(signal, values)
+            self.constraints.update({name: self.context.gather(v) for name, v in values.items()})
+        if settings.shaping == "par":
+            reference = self._reference_rewards(epoch, prompts).to(signal.device)
+            stats["par_reference"] = float(reference.mean())
+            signal = par_shape(signal, reference, settings.par_temperature)
+        if settings.unlikeliness > 0:
+            likelihood = trajectory.log_probs[:, stochastic].sum(1).to(signal.device)
+            signal = unlikeliness_bonus(
+                signal,
+                likelihood,
+                group_ids.to(signal.device),
+                settings.unlikeliness,
+                settings.unlikeliness_success,
+            )
+        return signal, stats
+
+    @torch.no_grad()
+    def _reference_rewards(self, epoch, prompts) -> torch.Tensor:
+        """The reference model's (LoRA off) combined reward on each prompt's ODE sample, drawn once
+        per prompt (seed 0) and remembered."""
+        context = self.context
+        missing = [p for p in dict.fromkeys(prompts) if p not in self.reference_rewards]
+        if missing:
+            with context.policy.reference(), context.accelerator.autocast():
+                trajectory = context.adapter.sample(
+                    missing,
+                    generators_from_seeds([0] * len(missing)),
+                    num_steps=context.config.sampling.num_steps,
+                )
+                images = context.adapter.decode(trajectory.final).float()
+            combined = context.rewards.combine(context.rewards.score(images, missing))
+            self.reference_rewards.update(zip(missing, combined.tolist()))
+        return torch.tensor([self.reference_rewards[p] for p in prompts])
+
+    @torch.no_grad()
+    def _dense_advantages(self, trajectory, values, group_ids, stochastic):
+        """DenseGRPO: per stochastic step s, the combined reward of the clean prediction at x_s, and
+        after the window the final image's; advantages [B, T] (0 off the window) from the gains."""
+        context = self.context
+        if stochastic != list(range(stochastic[0], stochastic[-1] + 1)):
+            raise ValueError("algorithm.dense needs one contiguous window of stochastic steps (sde_window)")
+        adapter, prompts = context.adapter, trajectory.prompts
+        step_rewards = []
+        for s in stochastic:
+            x, sigma = trajectory.latents[:, s], trajectory.sigmas[:, s]
+            with context.accelerator.autocast():
+                output = adapter.denoise(x, trajectory.timesteps[:, s], trajectory.cond)
+                images = adapter.decode(predicted_clean(adapter, output, x, sigma)).float().clamp(0, 1)
+            step_rewards.append(context.rewards.combine(context.rewards.score(images, prompts)))
+        step_rewards.append(context.rewards.combine(values))
+        step_rewards = torch.stack(step_rewards, dim=1)
+        everything = context.gather(step_rewards)
+        dense = dense_step_advantages(everything, context.gather(group_ids).to(everything.device))
+        local = context.local_slice(dense)
+        advantages = torch.zeros(local.shape[0], trajectory.log_probs.shape[1], device=local.device)
+        advantages[:, stochastic] = local
+        return advantages, float((dense == 0).all(1).float().mean())
 
     def _advantages(self, prompts, signal, group_ids):
         context, settings = self.context, self.context.settings
@@ -280,7 +395,10 @@ class PolicyGradient(Algorithm):
             out = context.adapter.rescore(trajectory, steps)
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
         scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
-        advantages = batch["advantages"][rows].clamp(-settings.advantage_clip, settings.advantage_clip)
+        advantages = batch["advantages"][rows]
+        if advantages.ndim == 2:  # dense: each trained step its own advantage
+            advantages = advantages[torch.arange(len(rows)), steps]
+        advantages = advantages.clamp(-settings.advantage_clip, settings.advantage_clip)
         loss, stats = ppo_clip_loss(out.log_prob * scale, old * scale, advantages, settings.clip_range)
         if settings.beta > 0:
             with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
@@ -292,10 +410,16 @@ class PolicyGradient(Algorithm):
         return loss, stats
 
     def state_dict(self):
-        return {"tracker": {p: list(v) for p, v in self.tracker.history.items()}}
+        return {
+            "tracker": {p: list(v) for p, v in self.tracker.history.items()},
+            "constraints": self.constraints.state_dict(),
+            "reference_rewards": dict(self.reference_rewards),
+        }
 
     def load_state_dict(self, state):
         self.tracker.history = {p: list(v) for p, v in state.get("tracker", {}).items()}
+        self.constraints.load_state_dict(state.get("constraints", {}))
+        self.reference_rewards = dict(state.get("reference_rewards", {}))
 
 
 def _mean_group_std(values: torch.Tensor, group_ids: torch.Tensor) -> float:
