@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from align.algorithms.base import ALGORITHMS, Context
+from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.checkpoint import (
     atomic_directory,
     atomic_write_text,
@@ -273,14 +273,14 @@ class Run:
         }
         if skipped:
             record["skipped_by"] = skipped
-        if "values" in batch:  # offline preference data has no rewards of its own
+        if batch.values is not None:  # offline preference data has no rewards of its own
             record["rewards"] = {
                 name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}
-                for name, v in ((n, self.context.gather(v)) for n, v in batch["values"].items())
+                for name, v in ((n, self.context.gather(v)) for n, v in batch.values.items())
             }
-        record.update({k: v for k, v in batch["stats"].items()})
+        record.update(batch.stats)
         record.update({k: sum(v) / len(v) for k, v in stats.items()})
-        images = batch.get("images")
+        images = batch.images
         if images is not None:
             record["monitors"] = _monitors(images)
         samples = config.train.batch_size * self.accelerator.num_processes
@@ -295,8 +295,8 @@ class Run:
     # reward skips the whole batch's update rather than only its own sample, whose group would be left
     # short (and whose advantages depend on the rest of it). Every process decides alike.
 
-    def _finite_rewards(self, batch: dict) -> bool:
-        values = batch.get("values", {}).values()
+    def _finite_rewards(self, batch: Collected) -> bool:
+        values = (batch.values or {}).values()
         return all(bool(torch.isfinite(self.context.gather(v.detach())).all()) for v in values)
 
     def _nonfinite(self, losses: list[torch.Tensor]) -> str | None:

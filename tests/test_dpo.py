@@ -52,7 +52,7 @@ def test_dpo_loss_is_log2_when_the_policy_is_the_reference(tmp_path, model, name
     pairs = make_pairs(tmp_path / "pairs", model)
     run = Run(dpo_config(pairs, model, name), tmp_path / "run")
     batch = run.algorithm.collect(0, [], torch.zeros(8, dtype=torch.long), list(range(8)))
-    loss, stats = run.algorithm.loss(batch, torch.arange(len(batch["prompts"])))
+    loss, stats = run.algorithm.loss(batch, torch.arange(len(batch.prompts)))
     assert loss.item() == pytest.approx(LOG_2, abs=1e-6)
     assert stats["reward_margin"] == 0.0
     loss.backward()
@@ -73,7 +73,7 @@ def test_short_dpo_run_raises_the_chosen_over_rejected_margin(tmp_path):
 
     def measured():
         with torch.no_grad():
-            outs = [run.algorithm.loss(b, torch.arange(len(b["prompts"]))) for b in fixed]
+            outs = [run.algorithm.loss(b, torch.arange(len(b.prompts))) for b in fixed]
         return sum(o[0].item() for o in outs) / 6, sum(o[1]["reward_margin"] for o in outs) / 6
 
     loss_before, margin_before = measured()
@@ -143,13 +143,13 @@ def test_online_replay_trains_on_the_last_epochs_pairs_and_resumes_them(tmp_path
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     prompts = ["a red circle"] * 4 + ["a blue square"] * 4
     first = run.algorithm.collect(0, prompts, groups, list(range(8)))
-    assert len(first["prompts"]) == 2  # the best against the worst of each group of 4
+    assert len(first.prompts) == 2  # the best against the worst of each group of 4
     saved = run.algorithm.state_dict()
     second = run.algorithm.collect(1, prompts, groups, list(range(8, 16)))
     third = run.algorithm.collect(2, prompts, groups, list(range(16, 24)))
-    assert len(second["prompts"]) == len(third["prompts"]) == 4  # two epochs of two pairs, no more
-    assert torch.equal(third["chosen"][:2].cpu(), second["chosen"][2:].cpu())  # epoch 1's pairs replayed
-    assert not torch.equal(third["noise"][:2], second["noise"][2:])  # at new noise
+    assert len(second.prompts) == len(third.prompts) == 4  # two epochs of two pairs, no more
+    assert torch.equal(third.chosen[:2].cpu(), second.chosen[2:].cpu())  # epoch 1's pairs replayed
+    assert not torch.equal(third.noise[:2], second.noise[2:])  # at new noise
     run.algorithm.load_state_dict(saved)  # as resume restores it
     again = run.algorithm.collect(1, prompts, groups, list(range(8, 16)))
-    assert torch.equal(again["chosen"], second["chosen"]) and torch.equal(again["noise"], second["noise"])
+    assert torch.equal(again.chosen, second.chosen) and torch.equal(again.noise, second.noise)

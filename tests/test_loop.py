@@ -104,12 +104,12 @@ def test_policy_gradient_updates_raise_the_log_probs_of_advantaged_samples(tmp_p
     run = Run(tiny_config(batch_size=16, micro_batch_size=8, lr=1e-3), tmp_path)
     plan = plan_epoch(run.prompts, run.config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
-    steps = batch["steps"]
+    steps = batch.steps
 
     def log_probs():
         with torch.no_grad():
             return sum(
-                run.adapter.rescore(batch["trajectory"], steps[:, k]).log_prob for k in range(steps.shape[1])
+                run.adapter.rescore(batch.trajectory, steps[:, k]).log_prob for k in range(steps.shape[1])
             )
 
     before = log_probs()
@@ -121,7 +121,7 @@ def test_policy_gradient_updates_raise_the_log_probs_of_advantaged_samples(tmp_p
         run.optimizer.step()
         run.optimizer.zero_grad()
     change = log_probs() - before
-    correlation = float(torch.corrcoef(torch.stack([batch["advantages"], change]))[0, 1])
+    correlation = float(torch.corrcoef(torch.stack([batch.advantages, change]))[0, 1])
     assert correlation > 0.3, correlation
 
 
@@ -312,7 +312,7 @@ def test_shared_initial_noise_gives_a_group_one_start_and_its_own_sde_draws(tmp_
     run = Run(config, tmp_path / "run")
     plan = plan_epoch(run.prompts, config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
-    start, end = batch["trajectory"].latents[:, 0], batch["trajectory"].latents[:, -1]
+    start, end = batch.trajectory.latents[:, 0], batch.trajectory.latents[:, -1]
     assert torch.equal(start[0], start[3]) and torch.equal(start[4], start[7])
     assert not torch.equal(start[0], start[4])
     assert (end[0] - end[1]).abs().max() > 1e-3  # the SDE spreads the group

@@ -70,13 +70,13 @@ def test_gradients_reach_every_lora_matrix_and_are_finite(tmp_path, algorithm):
 def test_draft_with_k_equal_to_the_steps_is_full_backprop(tmp_path):
     run = Run(backprop_config({"name": "draft", "grad_steps": 4}), tmp_path)
     batch = collected(run)
-    assert "trajectory" not in batch  # the replay from x_T is the epoch's sample: nothing sampled twice
+    assert batch.trajectory is None  # the replay from x_T is the epoch's sample: nothing sampled twice
     replayed = lora_gradients(run, batch, torch.arange(4))
     run.optimizer.zero_grad(set_to_none=True)
     from samplers.noise import generators_from_seeds
 
-    prompts = batch["prompts"]
-    full = run.adapter.sample(prompts, generators_from_seeds(batch["seeds"]), num_steps=4, grad_steps=4)
+    prompts = batch.prompts
+    full = run.adapter.sample(prompts, generators_from_seeds(batch.seeds), num_steps=4, grad_steps=4)
     images = run.adapter.decode(full.final)
     (-run.rewards.combine(run.rewards.score(images, prompts)).mean()).backward()
     direct = {n: p.grad for n, p in run.policy.named_parameters().items() if p.grad is not None}

@@ -102,13 +102,13 @@ def _collected(recipe: str, tmp_path, overrides=()):
 
 def test_dense_grpo_gives_each_window_step_its_own_zero_mean_advantage(tmp_path):
     run, plan, batch = _collected("dense-grpo.yaml", tmp_path)
-    advantages, window = batch["advantages"], batch["stats"]["noise_window"]
+    advantages, window = batch.advantages, batch.stats["noise_window"]
     assert advantages.shape == (8, 4) and len(window) == 2
     off = [i for i in range(4) if i not in window]
     assert (advantages[:, off] == 0).all() and advantages[:, window].abs().sum() > 0
     for group in plan.group_ids.unique():
         assert advantages[plan.group_ids == group].sum(0).abs().max() < 1e-4
-    assert set(batch["steps"].flatten().tolist()) <= set(window)
+    assert set(batch.steps.flatten().tolist()) <= set(window)
 
 
 def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_state(tmp_path):
@@ -116,7 +116,7 @@ def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_sta
     algorithm = run.algorithm
     assert set(algorithm.reference_rewards) == set(plan.prompts)
     assert algorithm.constraints.multipliers["jpeg-incompressibility"] > 0  # at_most -1: always broken
-    assert 0 < batch["stats"]["pareto_front_fraction"] <= 1
+    assert 0 < batch.stats["pareto_front_fraction"] <= 1
     state = algorithm.state_dict()
     algorithm.reference_rewards, algorithm.constraints.multipliers = {}, {"jpeg-incompressibility": 0.0}
     algorithm.load_state_dict(state)

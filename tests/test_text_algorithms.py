@@ -90,7 +90,7 @@ def test_grpo_first_loss_has_zero_kl_and_unit_ratio_when_rescored(tmp_path):
     assert stats["kl"] == 0.0  # a fresh LoRA (B = 0) is the reference
     # old log-probs came from the whole batch, these from a micro-batch: equal up to float rounding
     assert abs(stats["ratio_min"] - 1) < 1e-5 and abs(stats["ratio_max"] - 1) < 1e-5
-    advantages = batch["advantages"][unit]
+    advantages = batch.advantages[unit]
     assert loss.item() == pytest.approx(-advantages.mean().item(), abs=1e-5)  # ratio 1: -mean A
 
 

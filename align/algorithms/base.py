@@ -1,14 +1,18 @@
 """The algorithm contract: a small module the one loop drives, with no per-algorithm flags in the loop.
 
-collect(epoch, prompts, group_ids, seeds) -> batch   sample, score, advantages (no grad)
-units(batch, generator) -> list                      work items of one pass over the batch
-loss(batch, unit) -> (loss, stats)                   one micro-batch's loss, with gradients
-state_dict() / load_state_dict()                     whatever must survive a resume
+collect(epoch, prompts, group_ids, seeds) -> Collected   sample, score, advantages (no grad)
+units(batch, generator) -> list                          work items of one pass over the batch
+loss(batch, unit) -> (loss, stats)                       one micro-batch's loss, with gradients
+state_dict() / load_state_dict()                         whatever must survive a resume
+
+One registered name is one small class; variants share helpers through a base class, never through
+branches on the name. Names that differ only in their config's defaults (flow-grpo, ddpo, pref-grpo,
+adv-grpo) register one class. Objectives are pure functions in align/losses.py.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -55,19 +59,39 @@ class Context:
         return gathered[start : start + size]
 
 
+@dataclass
+class Collected:
+    """What collect() returns. The loop reads only these fields; each family's subclass adds the data
+    its loss trains on."""
+
+    stats: dict[str, Any] = field(default_factory=dict)  # logged as they are (numbers, lists of them)
+    values: dict[str, torch.Tensor] | None = None  # {reward: [B]} raw rewards; None: offline data
+    images: torch.Tensor | None = None  # [B, 3, H, W] in [0, 1]: the epoch's samples (monitors, grids)
+
+
+@dataclass
+class Rollouts(Collected):
+    """Sampled trajectories with their advantages (policy gradient, PRDP, text GRPO)."""
+
+    trajectory: Any = None  # samplers.types.Trajectory [B, T] (or align.text's token trajectory)
+    advantages: torch.Tensor | None = None  # [B], or [B, T] when each step has its own (DenseGRPO)
+    steps: torch.Tensor | None = None  # [B, K] indices of the trained steps of each sample
+    reward: torch.Tensor | None = None  # [B] combined reward, for losses that regress on it (PRDP)
+
+
 class Algorithm:
     pathway = ImagePathway  # what the run trains, prompts and evaluates (align/pathway.py)
 
     def __init__(self, context: Context):
         self.context = context
 
-    def collect(self, epoch: int, prompts: list[str], group_ids: torch.Tensor, seeds: list[int]) -> dict:
+    def collect(self, epoch: int, prompts: list[str], group_ids: torch.Tensor, seeds: list[int]) -> Collected:
         raise NotImplementedError
 
-    def units(self, batch: dict, generator: torch.Generator) -> list:
+    def units(self, batch: Collected, generator: torch.Generator) -> list:
         raise NotImplementedError
 
-    def loss(self, batch: dict, unit) -> tuple[torch.Tensor, dict]:
+    def loss(self, batch: Collected, unit) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def state_dict(self) -> dict:

@@ -1,5 +1,6 @@
 """Policy-gradient fine-tuning of the sampler: Flow-GRPO (and its Fast / MixGRPO variants), DDPO,
-Pref-GRPO and Adv-GRPO. One algorithm, four registered recipes that differ in their defaults.
+Pref-GRPO and Adv-GRPO. One class, four registered names that differ only in their config's defaults
+(nothing here reads the name).
 
 Per epoch: roll out groups of samples per prompt with a stochastic sampler (SDE for flow models,
 DDIM with eta for UNets), score them, turn rewards into advantages, then minimise PPO's clipped
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.algorithms.base import Algorithm, register_algorithm
+from align.algorithms.base import Algorithm, Rollouts, register_algorithm
 from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
 from align.schema import param
 from align.search import predicted_clean
@@ -272,14 +273,14 @@ class PolicyGradient(Algorithm):
                 "noise_window": [i for i, level in enumerate(levels) if level > 0],
             }
         )
-        return {
-            "trajectory": trajectory,
-            "advantages": advantages,
-            "steps": steps,
-            "images": images,
-            "values": values,
-            "stats": stats,
-        }
+        return Rollouts(
+            stats=stats,
+            values=values,
+            images=images,
+            trajectory=trajectory,
+            advantages=advantages,
+            steps=steps,
+        )
 
     def _signal(self, values, group_ids):
         rewards = self.context.rewards
@@ -374,18 +375,16 @@ class PolicyGradient(Algorithm):
     def units(self, batch, generator):
         """Micro-batches of shuffled samples; within each, one unit per trained step (Flow-GRPO order)."""
         size = self.context.config.train.micro_batch_size
-        order = torch.randperm(batch["steps"].shape[0], generator=generator)
+        order = torch.randperm(batch.steps.shape[0], generator=generator)
         return [
-            (order[i : i + size], k)
-            for i in range(0, len(order), size)
-            for k in range(batch["steps"].shape[1])
+            (order[i : i + size], k) for i in range(0, len(order), size) for k in range(batch.steps.shape[1])
         ]
 
     def loss(self, batch, unit):
         rows, k = unit
         context, settings = self.context, self.context.settings
-        trajectory = batch["trajectory"].select(rows)
-        steps = batch["steps"][rows, k]
+        trajectory = batch.trajectory.select(rows)
+        steps = batch.steps[rows, k]
         guidance = (
             context.adapter.detached_unconditional()
             if settings.cfg_gradient == "conditional"
@@ -395,7 +394,7 @@ class PolicyGradient(Algorithm):
             out = context.adapter.rescore(trajectory, steps)
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
         scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
-        advantages = batch["advantages"][rows]
+        advantages = batch.advantages[rows]
         if advantages.ndim == 2:  # dense: each trained step its own advantage
             advantages = advantages[torch.arange(len(rows)), steps]
         advantages = advantages.clamp(-settings.advantage_clip, settings.advantage_clip)

@@ -40,33 +40,33 @@ class PRDP(PolicyGradient):
 
     def collect(self, epoch, prompts, group_ids, seeds):
         batch = super().collect(epoch, prompts, group_ids, seeds)
-        batch["reward"] = self.context.rewards.combine(batch["values"]).detach()
+        batch.reward = self.context.rewards.combine(batch.values).detach()
         return batch
 
     def units(self, batch, generator):
         """Shuffled pairs (samples 2p and 2p + 1 share a prompt), one unit per trained step."""
-        pairs = batch["steps"].shape[0] // 2
+        pairs = batch.steps.shape[0] // 2
         order = torch.randperm(pairs, generator=generator)
         size = self.context.config.train.micro_batch_size // 2
         units = []
         for i in range(0, pairs, size):
             rows = torch.stack([2 * order[i : i + size], 2 * order[i : i + size] + 1], dim=1).flatten()
-            units += [(rows, k) for k in range(batch["steps"].shape[1])]
+            units += [(rows, k) for k in range(batch.steps.shape[1])]
         return units
 
     def loss(self, batch, unit):
         rows, k = unit
         context, settings = self.context, self.context.settings
-        trajectory = batch["trajectory"].select(rows)
+        trajectory = batch.trajectory.select(rows)
         # both samples of a pair train the step of the pair's first sample, so their ratios compare
-        steps = batch["steps"][rows[0::2], k].repeat_interleave(2)
+        steps = batch.steps[rows[0::2], k].repeat_interleave(2)
         with context.accelerator.autocast():
             out = context.adapter.rescore(trajectory, steps)
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
         scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
         log_ratio = ((out.log_prob - old) * scale).clamp(-settings.clip_range, settings.clip_range)
         predicted = settings.prdp_beta * trajectory.num_steps * (log_ratio[0::2] - log_ratio[1::2])
-        reward = batch["reward"][rows]
+        reward = batch.reward[rows]
         target = reward[0::2] - reward[1::2]
         loss = ((predicted - target) ** 2).mean()
         return loss, {

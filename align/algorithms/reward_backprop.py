@@ -22,16 +22,16 @@ replay from x_T is the epoch's sample, and loss() records its images and rewards
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from align.algorithms.base import Algorithm, register_algorithm
+from align.algorithms.base import Algorithm, Collected, register_algorithm
 from align.schema import param
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
-from samplers.types import Schedule
+from samplers.types import Schedule, Trajectory
 
 
 @dataclass
@@ -54,10 +54,13 @@ class RewardBackpropConfig:
         # the reward itself is maximised: a z-score within the batch (group) averages to 0, whatever
         # the images, so its gradient is zero; running statistics would rescale it by a moving target
         if experiment.rewards.normalise != "none":
-            yield ["rewards", "normalise"], (
-                f"{self.name} backpropagates the reward itself, and normalise "
-                f"{experiment.rewards.normalise!r} makes its gradient zero or drifting: "
-                "set rewards.normalise: none"
+            yield (
+                ["rewards", "normalise"],
+                (
+                    f"{self.name} backpropagates the reward itself, and normalise "
+                    f"{experiment.rewards.normalise!r} makes its gradient zero or drifting: "
+                    "set rewards.normalise: none"
+                ),
             )
 
 
@@ -81,7 +84,22 @@ class ReFLConfig(RewardBackpropConfig):
     name: str = "refl"
 
 
+@dataclass
+class Chains(Collected):
+    """The epoch's deterministic chains, or only their seeds when each loss samples its rows itself."""
+
+    prompts: list[str] = field(default_factory=list)  # [B]
+    seeds: list[int] = field(default_factory=list)  # [B] x_T seeds
+    epoch: int = 0
+    rng: random.Random | None = None  # draws each loss's K (alignprop) or start step (refl), in order
+    trajectory: Trajectory | None = None  # [B, T]; None: the replay from x_T is the epoch's sample
+    combined: list[torch.Tensor] = field(default_factory=list)  # replayed rows' combined rewards
+
+
 class RewardBackprop(Algorithm):
+    """What every reward-backprop variant shares: the no-grad rollout, checkpointing, decoding and the
+    reward; a subclass says how the latents to decode are reached with gradients (`_final`)."""
+
     def __init__(self, context):
         super().__init__(context)
         if not context.rewards.differentiable:
@@ -96,28 +114,42 @@ class RewardBackprop(Algorithm):
         context = self.context
         num_steps = context.config.sampling.num_steps
         rng = random.Random(context.config.train.seed * 31 + epoch)
-        batch = {"prompts": list(prompts), "seeds": seeds, "epoch": epoch, "rng": rng, "stats": {}}
+        batch = Chains(prompts=list(prompts), seeds=seeds, epoch=epoch, rng=rng)
         if self._replays_whole_chain(num_steps):
             return batch  # each loss samples its rows from x_T with gradients: nothing to sample twice
         trajectory = context.adapter.sample(prompts, generators_from_seeds(seeds), num_steps=num_steps)
         images = context.adapter.decode(trajectory.final).float()
         values = context.rewards.score(images, prompts)
         reward = context.rewards.combine(values, group_ids)
-        batch.update(
-            trajectory=trajectory, images=images, values=values, stats={"reward": float(reward.mean())}
-        )
+        batch.trajectory, batch.images, batch.values = trajectory, images, values
+        batch.stats = {"reward": float(reward.mean())}
         return batch
 
     def _replays_whole_chain(self, num_steps: int) -> bool:
-        settings = self.context.settings
-        if settings.name == "alignprop":
-            return settings.truncation_min >= num_steps
-        return settings.name == "draft" and settings.grad_steps >= num_steps
+        """Does every loss replay all `num_steps` steps from x_T (so collect() need not sample)?"""
+        return False
 
     def units(self, batch, generator):
         size = self.context.config.train.micro_batch_size
-        order = torch.randperm(len(batch["seeds"]), generator=generator)
+        order = torch.randperm(len(batch.seeds), generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _final(self, batch: Chains, rows) -> tuple[torch.Tensor, bool, dict]:
+        """(x_0 of `rows` with gradients [n * len(rows), ...], whether to checkpoint the decoder, stats)."""
+        raise NotImplementedError
+
+    def loss(self, batch, rows):
+        context = self.context
+        with context.accelerator.autocast():
+            final, checkpoint, stats = self._final(batch, rows)
+            images = self._decode(final, checkpoint)
+        prompts = [batch.prompts[int(i)] for i in rows] * (final.shape[0] // len(rows))
+        values = context.rewards.score(images, prompts)
+        reward = context.rewards.combine(values)
+        if batch.trajectory is None:
+            _record_samples(batch, rows, images, values, reward)
+        stats["backprop_reward"] = float(reward.detach().mean())
+        return -reward.mean(), stats
 
     def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
         """Checkpoint the denoiser calls and the decoder? Only where their activations would exceed
@@ -139,50 +171,43 @@ class RewardBackprop(Algorithm):
             return activation_checkpoint(adapter.decode, latents, use_reentrant=False)
         return adapter.decode(latents)
 
-    def loss(self, batch, rows):
-        context, settings = self.context, self.context.settings
-        num_steps = context.config.sampling.num_steps
-        checkpoint = settings.checkpoint
-        with context.accelerator.autocast():
-            if settings.name == "refl":
-                sub = batch["trajectory"].select(rows)
-                low, high = settings.refl_range
-                start = batch["rng"].randint(int(low * (num_steps - 1)), int(high * (num_steps - 1)))
-                final = self._one_step(
-                    sub.latents[:, start], sub.timesteps[:, start], sub.sigmas[:, start], sub.cond
-                )
-                stats = {"start_step": start}
-            elif settings.name == "draft-lv":
-                sub = batch["trajectory"].select(rows)
-                final, stats = self._draft_lv(sub, [batch["seeds"][int(i)] for i in rows], batch["epoch"])
-            else:
-                k = settings.grad_steps
-                if settings.name == "alignprop":
-                    k = batch["rng"].randint(min(settings.truncation_min, num_steps), num_steps)
-                final, checkpoint = self._replay(batch, rows, min(k, num_steps))
-                stats = {"grad_steps": min(k, num_steps)}
-            images = self._decode(final, checkpoint)
-        prompts = [batch["prompts"][int(i)] for i in rows]
-        prompts = prompts if settings.name != "draft-lv" else prompts * settings.lv_repeats
-        values = context.rewards.score(images, prompts)
-        reward = context.rewards.combine(values)
-        if "trajectory" not in batch:
-            _record_samples(batch, rows, images, values, reward)
-        stats["backprop_reward"] = float(reward.detach().mean())
-        return -reward.mean(), stats
+    def _one_step(self, x, t, sigma, cond) -> torch.Tensor:
+        """x_0 predicted in one step from (x, sigma): the step function taken to sigma = 0."""
+        adapter = self.context.adapter
+        if self.context.settings.checkpoint:
+            output = activation_checkpoint(adapter.denoise, x, t, cond, use_reentrant=False)
+        else:
+            output = adapter.denoise(x, t, cond)
+        return adapter.step(output, x, sigma, torch.zeros_like(sigma)).sample
+
+
+class DRaFT(RewardBackprop):
+    """DRaFT-K: the last K = grad_steps steps run again with gradients."""
+
+    def _grad_steps(self, batch: Chains, num_steps: int) -> int:
+        return self.context.settings.grad_steps
+
+    def _replays_whole_chain(self, num_steps: int) -> bool:
+        return self.context.settings.grad_steps >= num_steps
+
+    def _final(self, batch, rows):
+        num_steps = self.context.config.sampling.num_steps
+        k = min(self._grad_steps(batch, num_steps), num_steps)
+        final, checkpoint = self._replay(batch, rows, k)
+        return final, checkpoint, {"grad_steps": k}
 
     def _replay(self, batch, rows, k: int) -> tuple[torch.Tensor, bool]:
         """(x_0 of the last k steps run again with gradients, whether they were checkpointed): from the
         stored latent before them, or from x_T drawn from the rows' seeds when nothing was stored."""
         adapter = self.context.adapter
-        if "trajectory" in batch:
-            sub = batch["trajectory"].select(rows)
+        if batch.trajectory is not None:
+            sub = batch.trajectory.select(rows)
             start = sub.num_steps - k
             schedule = Schedule(timesteps=sub.timesteps[0, start:], sigmas=sub.sigmas[0, start:])
             x, cond, prompts = sub.latents[:, start], sub.cond, sub.prompts
         else:
-            prompts = [batch["prompts"][int(i)] for i in rows]
-            generators = generators_from_seeds([batch["seeds"][int(i)] for i in rows])
+            prompts = [batch.prompts[int(i)] for i in rows]
+            generators = generators_from_seeds([batch.seeds[int(i)] for i in rows])
             x, cond, schedule = (
                 adapter.initial_noise(generators, len(rows), k),
                 adapter.encode(prompts),
@@ -202,27 +227,46 @@ class RewardBackprop(Algorithm):
         )
         return out.final, checkpoint
 
-    def _one_step(self, x, t, sigma, cond) -> torch.Tensor:
-        """x_0 predicted in one step from (x, sigma): the step function taken to sigma = 0."""
-        adapter = self.context.adapter
-        if self.context.settings.checkpoint:
-            output = activation_checkpoint(adapter.denoise, x, t, cond, use_reentrant=False)
-        else:
-            output = adapter.denoise(x, t, cond)
-        return adapter.step(output, x, sigma, torch.zeros_like(sigma)).sample
 
-    def _draft_lv(self, sub, seeds, epoch):
-        """DRaFT-LV: n re-noisings of the (detached) final latent to the last step's sigma."""
+class AlignProp(DRaFT):
+    """AlignProp: DRaFT-K with K drawn uniformly from [truncation_min, T] for every loss."""
+
+    def _grad_steps(self, batch, num_steps):
+        return batch.rng.randint(min(self.context.settings.truncation_min, num_steps), num_steps)
+
+    def _replays_whole_chain(self, num_steps):
+        return self.context.settings.truncation_min >= num_steps
+
+
+class DRaFTLV(RewardBackprop):
+    """DRaFT-LV: `lv_repeats` re-noisings of the (detached) final latent to the last step's sigma, each
+    denoised in one step."""
+
+    def _final(self, batch, rows):
         repeats = self.context.settings.lv_repeats
+        sub = batch.trajectory.select(rows)
         x0 = sub.final.detach()
-        generators = generators_from_seeds([s * 7 + epoch for s in seeds])
+        generators = generators_from_seeds([batch.seeds[int(i)] * 7 + batch.epoch for i in rows])
         finals = []
         for _ in range(repeats):
             noise = draw_noise(tuple(x0.shape), generators, x0.device)
             sigma, t = sub.sigmas[:, -2], sub.timesteps[:, -1]
             noisy = self.context.adapter.add_noise(x0, noise, sigma)
             finals.append(self._one_step(noisy, t, sigma, sub.cond))
-        return torch.cat(finals), {"lv_repeats": repeats}
+        return torch.cat(finals), self.context.settings.checkpoint, {"lv_repeats": repeats}
+
+
+class ReFL(RewardBackprop):
+    """ReFL: the one-step prediction of x_0 from a random late step of the stored chain."""
+
+    def _final(self, batch, rows):
+        settings = self.context.settings
+        num_steps = self.context.config.sampling.num_steps
+        sub = batch.trajectory.select(rows)
+        low, high = settings.refl_range
+        start = batch.rng.randint(int(low * (num_steps - 1)), int(high * (num_steps - 1)))
+        final = self._one_step(sub.latents[:, start], sub.timesteps[:, start], sub.sigmas[:, start], sub.cond)
+        return final, settings.checkpoint, {"start_step": start}
 
 
 def saved_bytes(function, *args) -> int:
@@ -241,21 +285,20 @@ def saved_bytes(function, *args) -> int:
     return sum(size for pointer, size in storages.items() if pointer not in known)
 
 
-def _record_samples(batch, rows, images, values, reward) -> None:
+def _record_samples(batch: Chains, rows, images, values, reward) -> None:
     """Keep the replayed rows' images, rewards and mean combined reward as the epoch's samples."""
-    size = len(batch["seeds"])
-    if "images" not in batch:
-        batch["images"] = images.new_zeros((size, *images.shape[1:]))
-        batch["values"] = {name: value.new_zeros(size) for name, value in values.items()}
-        batch["combined"] = []
-    batch["images"][rows] = images.detach().float()
+    size = len(batch.seeds)
+    if batch.images is None:
+        batch.images = images.new_zeros((size, *images.shape[1:]))
+        batch.values = {name: value.new_zeros(size) for name, value in values.items()}
+    batch.images[rows] = images.detach().float()
     for name, value in values.items():
-        batch["values"][name][rows] = value.detach()
-    batch["combined"].append(reward.detach())
-    batch["stats"]["reward"] = float(torch.cat(batch["combined"]).mean())
+        batch.values[name][rows] = value.detach()
+    batch.combined.append(reward.detach())
+    batch.stats["reward"] = float(torch.cat(batch.combined).mean())
 
 
-register_algorithm("alignprop", AlignPropConfig)(RewardBackprop)
-register_algorithm("draft", DraftConfig)(RewardBackprop)
-register_algorithm("draft-lv", DraftLVConfig)(RewardBackprop)
-register_algorithm("refl", ReFLConfig)(RewardBackprop)
+register_algorithm("alignprop", AlignPropConfig)(AlignProp)
+register_algorithm("draft", DraftConfig)(DRaFT)
+register_algorithm("draft-lv", DraftLVConfig)(DRaFTLV)
+register_algorithm("refl", ReFLConfig)(ReFL)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from align.algorithms.base import Algorithm, register_algorithm
+from align.algorithms.base import Algorithm, Rollouts, register_algorithm
 from align.losses import group_advantages, k3_kl, masked_mean, ppo_clip_loss
 from align.schema import param
 from align.text.pathway import TextPathway
@@ -104,16 +104,16 @@ class TextGRPO(Algorithm):
                 trajectory.extra["reference_log_probs"] = policy.reference_log_probs(
                     trajectory.extra, settings.temperature
                 )
-        return {"trajectory": trajectory, "advantages": advantages, "values": values, "stats": stats}
+        return Rollouts(stats=stats, values=values, trajectory=trajectory, advantages=advantages)
 
     def units(self, batch, generator):
         size = self.context.config.train.micro_batch_size
-        order = torch.randperm(batch["trajectory"].batch_size, generator=generator)
+        order = torch.randperm(batch.trajectory.batch_size, generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]
 
     def loss(self, batch, rows):
         context, settings = self.context, self.context.settings
-        trajectory = batch["trajectory"].select(rows)
+        trajectory = batch.trajectory.select(rows)
         mask = trajectory.extra["completion_mask"]
         with context.accelerator.autocast():
             log_probs = context.policy.token_log_probs(trajectory.extra, settings.temperature)
@@ -121,7 +121,7 @@ class TextGRPO(Algorithm):
         loss, stats = ppo_clip_loss(
             log_probs,
             old,
-            batch["advantages"][rows],
+            batch.advantages[rows],
             settings.clip_range,
             mask=mask,
             normalisation=settings.normalisation,
