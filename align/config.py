@@ -124,19 +124,12 @@ class EvalConfig:
 @dataclass
 class LoggingConfig:
     tensorboard: bool = True
-    wandb: bool = False  # needs `pip install wandb` and an account
+    wandb: bool = False  # needs the wandb extra; WANDB_MODE=offline runs without an account
     image_every: int = param(1, min=0)  # epochs between image grids in TensorBoard; 0 = never
     progress: bool = True
     # per optimiser step, how much the micro-batch gradients agree (grad_agreement: 0 = pure noise,
     # 1 = all point the same way); costs one copy of the trainable gradients
     gradient_agreement: bool = True
-
-
-@dataclass
-class AlgorithmConfig:
-    """Placeholder type; the real dataclass is found by `name` in ALGORITHM_CONFIGS."""
-
-    name: str
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import shutil
@@ -46,17 +45,26 @@ class EpochPlan:
     seeds: list[int]  # one sampling seed per sample (global sample index based)
 
 
-def epoch_lr(settings, epoch: int) -> float:
-    """The learning rate of epoch `epoch` (0-based) under train.lr_schedule: a pure function of the
-    epoch, so a resumed run follows the same schedule with nothing extra in its checkpoint."""
-    if epoch < settings.warmup_epochs:
-        return settings.lr * (epoch + 1) / (settings.warmup_epochs + 1)
+def lr_scheduler(optimizer, settings, epochs_done: int = 0):
+    """train.lr_schedule as one of transformers' schedules, stepped once per epoch. Epoch e (0-based)
+    trains at step e + 1 of a schedule with warmup_epochs + 1 warmup steps over num_epochs steps: the
+    warmup rises as lr (e + 1) / (warmup_epochs + 1), the cosine falls from lr at the first epoch after
+    the warmup to lr_final_fraction x lr at the last. The lr is a function of the epoch alone, so a
+    resumed run builds the schedule at its epoch (`epochs_done`) with nothing of it in the checkpoint."""
+    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
+
+    for group in optimizer.param_groups:
+        group["initial_lr"] = settings.lr  # what the schedule scales, whatever lr a checkpoint restored
+    warmup = settings.warmup_epochs + 1
     if settings.lr_schedule == "constant":
-        return settings.lr
-    span = max(1, settings.num_epochs - 1 - settings.warmup_epochs)
-    progress = min(1.0, (epoch - settings.warmup_epochs) / span)
-    final = settings.lr * settings.lr_final_fraction
-    return final + (settings.lr - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=epochs_done)
+    return get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer,
+        warmup,
+        settings.num_epochs,
+        last_epoch=epochs_done,
+        min_lr_rate=settings.lr_final_fraction,
+    )
 
 
 def plan_epoch(
@@ -186,6 +194,7 @@ class Run:
             self.policy.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
         self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
+        self.scheduler = lr_scheduler(self.optimizer, config.train)
         self.adapter.network = self.network
         self.ema = (
             EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
@@ -204,8 +213,6 @@ class Run:
 
     def train_epoch(self) -> dict:
         config, epoch = self.config, self.epoch
-        for group in self.optimizer.param_groups:
-            group["lr"] = epoch_lr(config.train, epoch)
         plan = plan_epoch(
             self.prompts, config, epoch, self.accelerator.process_index, self.accelerator.num_processes
         )
@@ -284,6 +291,7 @@ class Run:
         if images is not None:
             record["monitors"] = _monitors(images)
         samples = config.train.batch_size * self.accelerator.num_processes
+        self.scheduler.step()  # the next epoch's lr
         record["time/training"] = trained - collected
         record["time/epoch"] = trained - start
         record["samples_per_second"] = samples / (trained - start)
@@ -393,6 +401,7 @@ class Run:
         self.algorithm.load_state_dict(state["algorithm"])
         set_rng_state(state["rng"])
         self.epoch, self.step, self.summary = state["epoch"], state["step"], state["summary"]
+        self.scheduler = lr_scheduler(self.optimizer, self.config.train, self.epoch)
         self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
 
     def checkpoint_bytes(self) -> int:
@@ -476,7 +485,7 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         run.load_checkpoint(checkpoint)
     if run.main:
         _prepare_directory(run, fresh=checkpoint is None)
-    writer = _writer(config, out, run.main, first_epoch=run.epoch + 1)
+    trackers = _trackers(config, out, run.main, first_epoch=run.epoch + 1)
     if "base" not in run.summary and run.main:
         run.summary["base"] = base if base is not None else run.evaluate()
         kill_point("evaluated")
@@ -501,7 +510,7 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
             _write_summary(out, run.summary)
         if run.main:
             _append_metrics(out / "metrics.jsonl", record)
-            _log_tensorboard(writer, record, images, prompts, config)
+            _log(trackers, record, images, prompts, config)
             kill_point("logged")
         bar.update(1)
         if "reward" in record:
@@ -509,12 +518,10 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         every_ckpt = config.train.checkpoint_every
         stopping = stop_after is not None and epochs_here >= stop_after
         if last or stopping or (every_ckpt and run.epoch % every_ckpt == 0):
-            if writer is not None:
-                writer.flush()  # a resume hides the events after its checkpoint: those before must be on disk
-            run.save_checkpoint()
+            run.save_checkpoint()  # the trackers flushed what they logged: a resume hides only what follows
     bar.close()
-    if writer is not None:
-        writer.close()
+    for tracker in trackers:
+        tracker.finish()
     return run.summary
 
 
@@ -559,29 +566,51 @@ def _write_summary(out: Path, summary: dict) -> None:
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
 
 
-def _writer(config, out: Path, main: bool, first_epoch: int):
-    """TensorBoard events; those an earlier, killed process logged from `first_epoch` on are hidden
-    (purge_step), since this run logs those epochs again."""
-    if not (main and config.logging.tensorboard):
-        return None
-    from torch.utils.tensorboard import SummaryWriter
+def _trackers(config, out: Path, main: bool, first_epoch: int) -> list:
+    """accelerate's experiment trackers: TensorBoard events in OUT/tensorboard, those an earlier, killed
+    process logged from `first_epoch` on hidden (purge_step), since this run logs those epochs again;
+    wandb in OUT/wandb (WANDB_MODE=offline runs without an account; `wandb sync` uploads later)."""
+    if not main:
+        return []
+    from accelerate.tracking import TensorBoardTracker, WandBTracker
 
-    return SummaryWriter(str(out / "tensorboard"), purge_step=first_epoch)
+    trackers = []
+    if config.logging.tensorboard:
+        trackers.append(TensorBoardTracker("", str(out / "tensorboard"), purge_step=first_epoch))
+    if config.logging.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as error:
+            raise ImportError(
+                "logging.wandb needs wandb: pip install 'diffusion-align[wandb]' (or set logging.wandb: false)"
+            ) from error
+        trackers.append(
+            WandBTracker("diffusion-align", name=out.name, dir=str(out), config=config_to_data(config))
+        )
+    for tracker in trackers:
+        tracker.start()
+    return trackers
 
 
-def _log_tensorboard(writer, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:
-    if writer is None:
-        return
+def _log(trackers: list, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:
+    """An epoch's numbers to every tracker, and every image_every epochs a grid of its first 16 samples."""
     epoch = record["epoch"]
-    for key, value in _flatten(record).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            writer.add_scalar(key, value, epoch)
+    scalars = {
+        key: value
+        for key, value in _flatten(record).items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
     every = config.logging.image_every
-    if images is not None and every and epoch % every == 0:
+    show = images is not None and every and epoch % every == 0
+    if show:
         from torchvision.utils import make_grid
 
-        writer.add_image("samples", make_grid(images[:16].cpu(), nrow=4), epoch)
-        writer.add_text("samples/prompts", " | ".join(prompts[:16]), epoch)
+        grid = make_grid(images[:16].cpu(), nrow=4)
+    for tracker in trackers:
+        tracker.log(scalars, step=epoch)
+        if show:
+            tracker.log_images({"samples": grid[None]}, step=epoch)
+            tracker.log({"samples/prompts": " | ".join(prompts[:16])}, step=epoch)
 
 
 def _flatten(record: dict, prefix: str = "") -> dict:

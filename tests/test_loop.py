@@ -369,14 +369,34 @@ def test_policy_gradient_records_what_tells_signal_from_noise(tmp_path):
     assert -1.0 <= record["grad_agreement"] <= 1.0
 
 
+def epoch_lrs(settings) -> list[float]:
+    """The lr of every epoch: the schedule stepped once per epoch, as the loop steps it; and the same
+    schedule built at each epoch, as a resumed run builds it, must agree."""
+    from align.loop import lr_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=settings.lr)
+    scheduler = lr_scheduler(optimizer, settings)
+    stepped = []
+    for _ in range(settings.num_epochs):
+        stepped.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # the epoch's steps (no gradients here: nothing moves)
+        scheduler.step()
+    resumed = []
+    for epoch in range(settings.num_epochs):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=123.0)  # a checkpoint's last lr
+        lr_scheduler(optimizer, settings, epochs_done=epoch)
+        resumed.append(optimizer.param_groups[0]["lr"])
+    assert stepped == resumed
+    return stepped
+
+
 def test_epoch_lr_schedules():
     from align.config import TrainConfig
-    from align.loop import epoch_lr
 
     constant = TrainConfig(lr=1e-3, num_epochs=10)
-    assert [epoch_lr(constant, e) for e in range(10)] == [1e-3] * 10
+    assert epoch_lrs(constant) == [1e-3] * 10
     cosine = TrainConfig(lr=1e-3, num_epochs=11, lr_schedule="cosine", lr_final_fraction=0.1)
-    values = [epoch_lr(cosine, e) for e in range(11)]
+    values = epoch_lrs(cosine)
     assert (
         values[0] == pytest.approx(1e-3)
         and values[5] == pytest.approx(0.55e-3)
@@ -384,5 +404,6 @@ def test_epoch_lr_schedules():
     )
     assert all(a > b for a, b in zip(values, values[1:]))  # falls every epoch
     warm = TrainConfig(lr=1e-3, num_epochs=12, lr_schedule="cosine", warmup_epochs=3)
-    assert [epoch_lr(warm, e) for e in range(4)] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
-    assert epoch_lr(warm, 11) == pytest.approx(0.0, abs=1e-12)
+    values = epoch_lrs(warm)
+    assert values[:4] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
+    assert values[11] == pytest.approx(0.0, abs=1e-12)

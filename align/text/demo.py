@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -95,6 +94,7 @@ def run_text_demo(
     aligned. With `out`, the run directory stays there (summary.json with `accuracy` in its "base" and
     "aligned", metrics.jsonl, the final checkpoint); without, it is a temporary one."""
     from align.loop import train
+    from align.runs import read_metrics
     from align.text.evaluate import format_text_summary
 
     config = demo_config(model, epochs)
@@ -102,7 +102,7 @@ def run_text_demo(
     with tempfile.TemporaryDirectory() as scratch:
         run_dir = Path(out) if out is not None else Path(scratch) / "run"
         summary = train(config, run_dir, progress=True)
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run_dir)
     base, aligned = summary["base"], summary["aligned"]
     echo(format_text_summary(base, f"base {config.model.name} on {config.eval.prompts}"))
     for record in records:
