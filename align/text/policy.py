@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from align.policy import ImagePolicy
+from align.text.decode import positions, sample_tokens
 from align.text.logprob import token_log_probs
 from samplers.types import Trajectory
 
@@ -46,11 +47,6 @@ def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tenso
         prompts=list(prompts),
         extra=dict(tokens),
     )
-
-
-def positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position ids counted over real tokens only, as `generate` counts them (pads get 0)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def shared_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
@@ -204,24 +200,10 @@ class TextPolicy:
     @torch.no_grad()
     def generate(self, tokens: dict, *, max_new_tokens: int, temperature: float, top_p: float = 1.0):
         """completion_ids, completion_mask [B, max_new_tokens]; temperature 0 = greedy."""
-        from transformers import GenerationConfig
-
-        sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_k=0 if sampling else None,  # no hidden top-k from the model's generation_config
-            top_p=top_p if sampling else None,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.stop_ids,
-        )
         prompt_ids, prompt_mask = tokens["prompt_ids"], tokens["prompt_mask"]
         shared = shared_prompts(prompt_ids, prompt_mask)
         training = self.model.training
         self.model.eval()  # checkpointing (train mode) would switch the key/value cache off
-        # inference mode: no autograd bookkeeping on the decoding loop's many small ops (about a tenth
-        # of a tiny model's decoding time); the ids are cloned out of it, as training embeds them
         try:
             with torch.inference_mode():
                 cache = (
@@ -229,15 +211,20 @@ class TextPolicy:
                     if shared is None
                     else self._prompt_cache(self.model, tokens, shared, drop_last=True)[1]
                 )
-                output = self.model.generate(
-                    input_ids=prompt_ids,
-                    attention_mask=prompt_mask,
-                    past_key_values=cache,
-                    generation_config=config,
+                output = sample_tokens(
+                    self.model,
+                    prompt_ids,
+                    prompt_mask,
+                    max_new_tokens=max_new_tokens,
+                    temperature=temperature,
+                    top_p=top_p,
+                    stop_ids=self.stop_ids,
+                    pad_id=self.pad_id,
+                    cache=cache,
                 )
         finally:
             self.model.train(training)
-        completion_ids = output[:, prompt_ids.shape[1] :].clone()
+        completion_ids = output.clone()  # out of inference mode: training embeds these ids
         pad = max_new_tokens - completion_ids.shape[1]  # generation stops early when every row ended
         completion_ids = torch.nn.functional.pad(completion_ids, (0, pad), value=self.pad_id)
         completion_mask = self.completion_mask(completion_ids)
