@@ -156,16 +156,19 @@ class GradientAgreement:
 
 
 class EMA:
-    """Exponential moving average of the trainable parameters (swapped in for evaluation)."""
+    """Exponential moving average of the trainable parameters (swapped in for evaluation), updated by
+    torch's own EMA rule (torch.optim.swa_utils: one fused lerp over every tensor)."""
 
     def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
+        from torch.optim.swa_utils import get_ema_multi_avg_fn
+
         self.decay = decay
         self.shadow = {n: p.detach().clone() for n, p in parameters.items()}
+        self._average = get_ema_multi_avg_fn(decay)
 
     @torch.no_grad()
     def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
-        for name, param in parameters.items():
-            self.shadow[name].lerp_(param.detach(), 1 - self.decay)
+        self._average([self.shadow[n] for n in parameters], [p.detach() for p in parameters.values()], None)
 
 
 class Run:

@@ -407,3 +407,18 @@ def test_epoch_lr_schedules():
     values = epoch_lrs(warm)
     assert values[:4] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
     assert values[11] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_ema_moves_the_shadow_by_the_decay_rule_and_leaves_the_weights():
+    from align.loop import EMA
+
+    weights = {"w": torch.nn.Parameter(torch.zeros(3)), "b": torch.nn.Parameter(torch.ones(2))}
+    ema = EMA(weights, 0.9)
+    with torch.no_grad():
+        weights["w"].fill_(1.0)
+        weights["b"].fill_(3.0)
+    ema.update(weights)
+    ema.update(weights)
+    assert torch.allclose(ema.shadow["w"], torch.full((3,), 1 - 0.9**2))  # 0 -> 1 at rate 1 - 0.9, twice
+    assert torch.allclose(ema.shadow["b"], torch.full((2,), 3 - 2 * 0.9**2))
+    assert torch.equal(weights["w"].detach(), torch.ones(3))

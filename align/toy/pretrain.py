@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from align.checkpoint import (
@@ -154,6 +155,7 @@ class DiffusionTrainer:
 
         self.out, self.total_steps, self.batch_size = out, total_steps, batch_size
         self.lr, self.ema_decay, self.caption_dropout = lr, ema_decay, caption_dropout
+        self._average = get_ema_multi_avg_fn(ema_decay)  # torch's EMA rule: a fused lerp per module
         self.warmup, self.sigma_location = warmup, sigma_location
         vae = AutoencoderKL.from_pretrained(out / "vae").eval()
         self.pipeline = toy.build_pipeline(seed, vae=vae)
@@ -250,10 +252,8 @@ class DiffusionTrainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for m in self.trainable.values() for p in m.parameters()], 1.0)
         self.optimizer.step()
-        with torch.no_grad():
-            for name, module in self.trainable.items():
-                for ema_p, p in zip(self.ema[name].parameters(), module.parameters()):
-                    ema_p.lerp_(p, 1 - self.ema_decay)
+        for name, module in self.trainable.items():
+            self._average(list(self.ema[name].parameters()), list(module.parameters()), None)
         self.step += 1
         return loss.item()
 
