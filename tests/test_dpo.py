@@ -153,3 +153,22 @@ def test_online_replay_trains_on_the_last_epochs_pairs_and_resumes_them(tmp_path
     run.algorithm.load_state_dict(saved)  # as resume restores it
     again = run.algorithm.collect(1, prompts, groups, list(range(8, 16)))
     assert torch.equal(again.chosen, second.chosen) and torch.equal(again.noise, second.noise)
+
+
+@pytest.mark.parametrize("source", ["policy", "reference"])
+def test_online_pairs_come_from_the_reference_only_when_asked(source, tmp_path):
+    from pathlib import Path
+
+    from align.config import load_config
+    from align.loop import Run, plan_epoch
+
+    recipe = Path(__file__).parents[1] / "configs" / "tiny" / "online-dpo.yaml"
+    config = load_config(recipe, [f"algorithm.sample_from={source}"])
+    run = Run(config, tmp_path / "run")
+    plan = plan_epoch(run.prompts, config, 0, 0, 1)
+    before = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds).images
+    with torch.no_grad():
+        for parameter in run.policy.named_parameters().values():
+            parameter.add_(0.5 * torch.randn_like(parameter))
+    after = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds).images
+    assert torch.equal(before, after) == (source == "reference")
