@@ -126,3 +126,18 @@ def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_sta
 def test_a_constraint_on_an_unscored_reward_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not a reward term"):
         _collected("shaped-grpo.yaml", tmp_path, ["algorithm.constraints=[{name: aesthetic, at_most: 1.0}]"])
+
+
+def test_dense_ode_estimate_from_the_initial_noise_is_the_plain_ode_samples_reward(tmp_path):
+    from samplers.noise import generators_from_seeds
+
+    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.sde_window_range=[0, 1]"])
+    window = batch.stats["noise_window"]
+    assert window[0] == 0
+    rewards = run.algorithm._step_rewards(batch.trajectory, batch.values, window)
+    adapter, rewards_set = run.context.adapter, run.context.rewards
+    with torch.no_grad():
+        ode = adapter.sample(plan.prompts, generators_from_seeds(plan.seeds), num_steps=4)
+        expected = rewards_set.combine(rewards_set.score(adapter.decode(ode.final).float(), plan.prompts))
+    assert torch.allclose(rewards[:, 0], expected, atol=1e-4)  # x_0 of the chain is the initial noise
+    assert torch.allclose(rewards[:, -1], rewards_set.combine(batch.values))
