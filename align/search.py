@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from align.optimize import weighted_reward
 from samplers.ddim import predict_x0_eps
 from samplers.noise import generators_from_seeds
+from samplers.rollout import rollout
+from samplers.types import Schedule
 
 SEED_STRIDE = 1_000_003  # candidate k of seed s starts from noise s + k * SEED_STRIDE, as best-of-N's
 
@@ -78,14 +81,14 @@ def predicted_clean(adapter, output: torch.Tensor, x: torch.Tensor, sigma: torch
     return predict_x0_eps(output.float(), x.float(), (1 - view**2).sqrt(), view, prediction)[0]
 
 
-def scorer(rewards: dict, weights: dict, prompts: list[str]):
-    """images [B,3,H,W] of `prompts` -> the weighted reward [B]."""
+def _schedule_tables(adapter, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(timesteps [T], sigmas [T+1]) on the adapter's device in float32, as rollout() uses them."""
+    schedule = adapter.schedule(steps)
+    return schedule.timesteps.to(adapter.device).float(), schedule.sigmas.to(adapter.device).float()
 
-    def score(images: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-        chosen = prompts if rows is None else [prompts[i] for i in rows]
-        return sum(weights.get(name, 1.0) * reward(images, chosen) for name, reward in rewards.items())
 
-    return score
+def _total(rewards: dict, weights: dict, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    return weighted_reward(rewards, weights, images, prompts)[0]
 
 
 class _Node:
@@ -109,10 +112,8 @@ class _Tree:
         self.adapter, self.settings, self.counter = adapter, settings, counter
         self.num_steps = settings.steps(adapter)
         self.window = min(settings.window, self.num_steps)
-        schedule = adapter.schedule(self.num_steps)
-        self.timesteps = schedule.timesteps.to(adapter.device).float()
-        self.sigmas = schedule.sigmas.to(adapter.device).float()
-        self.cond = adapter.encode([prompt])
+        self.timesteps, self.sigmas = _schedule_tables(adapter, self.num_steps)
+        self.prompt, self.cond = prompt, adapter.encode([prompt])
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed * 7_919 + 17)
         self.random = torch.Generator().manual_seed(seed * 104_729 + 3)
@@ -193,22 +194,19 @@ class _Tree:
         return self.counter.used + self.num_steps <= budget  # the most one more leaf can use
 
 
-def _finish_leaves(
-    adapter, trees: list[_Tree], leaves: list[_Node], score
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Complete the trees' new leaves (all at the window's edge) by the ODE in one batch; each tree is
-    charged one evaluation per step. Returns the images and their rewards."""
+def _finish_leaves(adapter, trees: list[_Tree], leaves: list[_Node]) -> torch.Tensor:
+    """Complete the trees' new leaves (all at the window's edge) by the ODE in one batch, through the
+    shared rollout on the rest of the schedule; each tree is charged one evaluation per step."""
     tree = trees[0]
     x = torch.cat([leaf.x for leaf in leaves])
     cond = {key: torch.cat([t.cond[key] for t in trees]) for key in tree.cond}
-    batch = len(leaves)
-    for i in range(tree.window, tree.num_steps):
-        output = adapter.denoise(x, tree.timesteps[i].expand(batch), cond)
-        for member in trees:
-            member.counter.used += 1
-        x = adapter.step(output, x, tree.sigmas[i].expand(batch), tree.sigmas[i + 1].expand(batch)).sample
-    images = adapter.decode(x)
-    return images, score(images)
+    rest = Schedule(timesteps=tree.timesteps[tree.window :], sigmas=tree.sigmas[tree.window :])
+    if len(rest) == 0:  # the window covers every step: the leaves are images already
+        return adapter.decode(x)
+    final = rollout(adapter.denoise, adapter.step, rest, x, cond, prompts=[t.prompt for t in trees]).final
+    for member in trees:
+        member.counter.used += len(rest)
+    return adapter.decode(final)
 
 
 @torch.no_grad()
@@ -227,8 +225,8 @@ def tree_search(
         if not active:
             break
         grown = [trees[row].descend() for row in active]
-        score = scorer(rewards, settings.weights, [prompts[row] for row in active])
-        images, values = _finish_leaves(adapter, [trees[row] for row in active], [g[1] for g in grown], score)
+        images = _finish_leaves(adapter, [trees[row] for row in active], [g[1] for g in grown])
+        values = _total(rewards, settings.weights, images, [prompts[row] for row in active])
         for k, row in enumerate(active):
             trees[row].backup(grown[k][0], float(values[k]), images[k : k + 1])
     return {
@@ -273,16 +271,10 @@ def pruned_search(
     steps = settings.steps(adapter)
     plan = prune_plan(steps, settings.prune_at, settings.keep, settings.total(adapter))
     cuts = sorted(p for p in settings.prune_at if 0 < p < steps)
-    schedule = adapter.schedule(steps)
-    timesteps, sigmas = (
-        schedule.timesteps.to(adapter.device).float(),
-        schedule.sigmas.to(adapter.device).float(),
-    )
+    timesteps, sigmas = _schedule_tables(adapter, steps)
     images, best, used = [], [], []
     for prompt, seed in zip(prompts, seeds, strict=True):
         counter = Counter(adapter)
-        final = scorer(rewards, settings.weights, [prompt] * plan[0])
-        early = scorer(prune_rewards or rewards, settings.weights, [prompt] * plan[0])
         x = adapter.initial_noise(generators_from_seeds([seed + SEED_STRIDE * k for k in range(plan[0])]))
         cond = adapter.encode([prompt] * plan[0])
         stage = 0
@@ -291,12 +283,14 @@ def pruned_search(
             if i + 1 in cuts:  # rank on the clean prediction of this output: no extra evaluation
                 stage += 1
                 clean = predicted_clean(adapter, output, x, sigmas[i].expand(len(x)))
-                values = early(adapter.decode(clean), list(range(len(x))))
+                values = _total(
+                    prune_rewards or rewards, settings.weights, adapter.decode(clean), [prompt] * len(x)
+                )
                 keep = values.argsort(descending=True)[: plan[stage]].sort().values
                 x, output = x[keep], output[keep]
             x = adapter.step(output, x, sigmas[i].expand(len(x)), sigmas[i + 1].expand(len(x))).sample
         decoded = adapter.decode(x)
-        values = final(decoded, list(range(len(x))))
+        values = _total(rewards, settings.weights, decoded, [prompt] * len(x))
         top = int(values.argmax())
         images.append(decoded[top : top + 1])
         best.append(float(values[top]))
@@ -315,12 +309,7 @@ def guided_sample(
     """SDE sampling with reward-gradient guidance on the first `window` steps (scale 0: plain SDE)."""
     scale = settings.guidance if scale is None else scale
     steps = settings.steps(adapter)
-    schedule = adapter.schedule(steps)
-    timesteps, sigmas = (
-        schedule.timesteps.to(adapter.device).float(),
-        schedule.sigmas.to(adapter.device).float(),
-    )
-    score = scorer(rewards, settings.weights, prompts)
+    timesteps, sigmas = _schedule_tables(adapter, steps)
     generators = generators_from_seeds(seeds)
     x = adapter.initial_noise(generators, len(prompts), steps)
     cond = adapter.encode(prompts)
@@ -338,7 +327,9 @@ def guided_sample(
             output = adapter.denoise(x_in, t, cond)
             if guided:
                 clean = predicted_clean(adapter, output, x_in, sigma)
-                (gradient,) = torch.autograd.grad(score(adapter.decode(clean)).sum(), x_in)
+                (gradient,) = torch.autograd.grad(
+                    _total(rewards, settings.weights, adapter.decode(clean), prompts).sum(), x_in
+                )
         with torch.no_grad():
             level = settings.noise_level if stochastic else 0.0
             out = adapter.step(output.detach(), x, sigma, sigma_next, noise_level=level, generator=generators)
@@ -349,7 +340,7 @@ def guided_sample(
                 x = x + scale * out.std.float().view(-1, *([1] * (x.ndim - 1))) * direction
     with torch.no_grad():
         images = adapter.decode(x)
-        return {"images": images, "reward": score(images)}
+        return {"images": images, "reward": _total(rewards, settings.weights, images, prompts)}
 
 
 SEARCHES = {"tree": tree_search, "prune": pruned_search}

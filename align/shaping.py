@@ -29,13 +29,6 @@ def par_shape(rewards: torch.Tensor, reference: torch.Tensor, temperature: float
     return torch.sigmoid((rewards.float() - reference.float()) / temperature)
 
 
-def group_means(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
-    """[B] -> [B]: the mean of each sample's group (PAR's centre when no reference sample is drawn)."""
-    _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
-    sums = torch.zeros(counts.shape[0], device=values.device).index_add_(0, inverse, values.float())
-    return (sums / counts)[inverse]
-
-
 def unlikeliness_bonus(
     rewards: torch.Tensor,
     log_likelihoods: torch.Tensor,

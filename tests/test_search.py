@@ -107,7 +107,18 @@ def test_the_cli_searches_with_a_black_box_reward_and_refuses_one_for_guidance(t
     assert summary["settings"]["plan"] == [8, 2] and summary["settings"]["best_of_n"] == 4
     assert summary["settings"]["evaluations"] == [14, 14, 14, 14]  # 8 x 1 + 2 x 3 per image
     assert summary["prune"]["num_images"] == 4 and "accuracy" in summary["prune"]["vs_baseline"]
-    assert sorted(p.name for p in (tmp_path / "p" / "images" / "prune").iterdir())[:2] == ["000_0.png", "001_1.png"]
+    assert sorted(p.name for p in (tmp_path / "p" / "images" / "prune").iterdir())[:2] == [
+        "000_0.png",
+        "001_1.png",
+    ]
     assert "(prune - best_of_n, paired)" in capsys.readouterr().out
     assert main([*common, "--method", "guidance", "--out", str(tmp_path / "g")]) == 2
     assert "geneval is not differentiable" in capsys.readouterr().err
+
+
+def test_a_window_over_every_step_leaves_no_ode_to_finish_and_keeps_its_best_image():
+    adapter = tiny_adapter("tiny:sd3")
+    settings = SearchSettings(budget=4 * 4, num_steps=4, window=4)
+    tree = tree_search(adapter, PROMPTS, SEEDS, {"pattern": Pattern()}, settings)
+    assert all(e <= 16 for e in tree["evaluations"]) and all(n >= 4 for n in tree["leaves"])
+    assert torch.allclose(Pattern()(tree["images"], PROMPTS), tree["reward"].float(), atol=1e-4)

@@ -30,6 +30,8 @@ from align.shaping import (
     unlikeliness_bonus,
 )
 from samplers.noise import generators_from_seeds
+from samplers.rollout import rollout
+from samplers.types import Schedule
 
 
 @dataclass
@@ -76,6 +78,14 @@ class PolicyGradientConfig:
     constraint_lr: float = param(0.5, gt=0.0)
 
     def check(self):
+        if self.dense and (self.shaping != "none" or self.unlikeliness > 0 or self.constraints):
+            yield (
+                ["dense"],
+                (
+                    "dense advantages come from per-step reward gains, which shaping, unlikeliness and "
+                    "constraints do not reach; use them without dense"
+                ),
+            )
         for i, spec in enumerate(self.constraints):
             unknown = set(spec) - {"name", "at_most", "at_least"}
             if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
@@ -360,7 +370,6 @@ class PolicyGradient(Algorithm):
         final image's (the ODE completes the chain after the window)."""
         context = self.context
         adapter, prompts = context.adapter, trajectory.prompts
-        num_steps = trajectory.log_probs.shape[1]
         step_rewards = []
         for s in stochastic:
             x, sigma = trajectory.latents[:, s], trajectory.sigmas[:, s]
@@ -368,13 +377,11 @@ class PolicyGradient(Algorithm):
                 if context.settings.dense_estimate == "one_step":
                     output = adapter.denoise(x, trajectory.timesteps[:, s], trajectory.cond)
                     clean = predicted_clean(adapter, output, x, sigma)
-                else:  # the ODE from x_s to the end
-                    for i in range(s, num_steps):
-                        output = adapter.denoise(x, trajectory.timesteps[:, i], trajectory.cond)
-                        x = adapter.step(
-                            output, x, trajectory.sigmas[:, i], trajectory.sigmas[:, i + 1]
-                        ).sample
-                    clean = x
+                else:  # the ODE from x_s to the end, by the shared rollout on the rest of the schedule
+                    rest = Schedule(timesteps=trajectory.timesteps[0, s:], sigmas=trajectory.sigmas[0, s:])
+                    clean = rollout(
+                        adapter.denoise, adapter.step, rest, x, trajectory.cond, prompts=prompts
+                    ).final
                 images = adapter.decode(clean).float().clamp(0, 1)
             step_rewards.append(context.rewards.combine(context.rewards.score(images, prompts)))
         step_rewards.append(context.rewards.combine(values))
