@@ -172,3 +172,58 @@ def test_online_pairs_come_from_the_reference_only_when_asked(source, tmp_path):
             parameter.add_(0.5 * torch.randn_like(parameter))
     after = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds).images
     assert torch.equal(before, after) == (source == "reference")
+
+
+def test_online_all_pairs_are_every_ordered_pair_of_a_group():
+    from align.algorithms.dpo import _all_pairs
+
+    reward = torch.tensor([0.2, 0.9, 0.5, 0.1, 0.7])
+    groups = torch.tensor([3, 3, 3, 1, 1])
+    higher, lower = _all_pairs(reward, groups)
+    assert list(zip(higher.tolist(), lower.tolist())) == [(1, 0), (2, 0), (1, 2), (4, 3)]
+    assert bool((reward[higher] >= reward[lower]).all())
+
+
+def test_online_all_pairs_trains_on_more_pairs_than_best_and_worst(tmp_path):
+    import pattern_reward  # noqa: F401  (a dense reward: no two samples tie)
+
+    from align.loop import Run
+
+    counts = {}
+    for pairing in ("best-worst", "all"):
+        config = dpo_config(tmp_path / "unused.jsonl", "tiny:sd3", "online-dpo", group_size=4)
+        config.algorithm.pairs = None
+        config.algorithm.pairing = pairing
+        config.rewards.terms[0].name = "test-pattern"
+        run = Run(config, tmp_path / pairing)
+        groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+        batch = run.algorithm.collect(0, ["a red circle"] * 4 + ["a blue square"] * 4, groups, list(range(8)))
+        assert len(set(batch.noise[:, 0, 0, 0].tolist())) == len(batch.prompts)  # a noise per pair
+        counts[pairing] = len(batch.prompts)
+    assert counts == {"best-worst": 2, "all": 12}
+
+
+def test_sft_weight_adds_the_chosen_images_own_loss(tmp_path):
+    from align.loop import Run
+
+    pairs = make_pairs(tmp_path / "pairs", "tiny:sd3")
+    config = dpo_config(pairs, "tiny:sd3", "flow-dpo")
+    run = Run(config, tmp_path / "run")
+    batch = run.algorithm.collect(0, [], torch.zeros(8, dtype=torch.long), list(range(8)))
+    rows = torch.arange(len(batch.prompts))
+    with torch.no_grad():
+        for parameter in run.policy.named_parameters().values():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    plain, _ = run.algorithm.loss(batch, rows)
+    run.context.settings.sft_weight = 2.0
+    with_sft, stats = run.algorithm.loss(batch, rows)
+    with torch.no_grad():
+        errors = run.algorithm._errors(batch, rows)
+        with run.policy.reference():
+            reference = run.algorithm._errors(batch, rows)
+    expected = (errors - reference).chunk(2)[0].mean()
+    assert abs(float(expected)) > 1e-6  # the perturbed policy fits the chosen differently
+    assert stats["sft_loss"] == pytest.approx(float(expected), rel=1e-5)
+    assert float((with_sft - plain).detach()) == pytest.approx(
+        2.0 * 500.0 / 4 * float(expected), rel=1e-4, abs=1e-6
+    )

@@ -40,6 +40,10 @@ class DPOConfig:
     image_root: str | None = None  # where relative image paths start (default: the JSONL's folder)
     max_pairs: int | None = param(None, min=1)
     reward_margin: float = param(0.0, min=0.0)  # online: skip pairs whose rewards differ less
+    # the chosen images' own denoising loss beside DPO's (RPO, Pang et al. 2024: DPO + NLL of the
+    # winner): sft_weight * beta / 4 * (e(x_w) - e_ref(x_w)). At 1 it pulls the chosen error down as
+    # hard as DPO's first step pushes it; it stops the margin being won by raising both errors
+    sft_weight: float = param(0.0, min=0.0)
 
 
 @dataclass
@@ -62,6 +66,9 @@ class OnlineDPOConfig(DPOConfig):
     # whose samples the pairs are drawn from: the current policy (online), or the reference, i.e. the
     # LoRA off (an endless offline pairs file: the diagnostic that separates on-policy pairs from the rest)
     sample_from: str = param("policy", choices=("policy", "reference"))
+    # which pairs of a prompt's group train: its best against its worst, or every pair whose rewards
+    # differ by more than reward_margin (up to g(g-1)/2 per group from the same samples)
+    pairing: str = param("best-worst", choices=("best-worst", "all"))
 
 
 def load_pairs(spec: str, image_root: str | None, limit: int | None):
@@ -144,6 +151,10 @@ class DPO(Algorithm):
             reference_w - error_w, reference_l - error_l, settings.beta / 2, settings.label_smoothing
         )
         stats["dpo_loss"] = float(loss.detach())
+        if settings.sft_weight:
+            sft = (error_w - reference_w).mean()
+            loss = loss + settings.sft_weight * settings.beta / 4 * sft
+            stats["sft_loss"] = float(sft.detach())
         return loss, stats
 
 
@@ -203,13 +214,18 @@ class OnlineDPO(DPO):
         values = context.rewards.score(images, prompts)
         context.rewards.observe(values)
         reward = context.rewards.combine(values)
-        best, worst = _best_and_worst(reward, group_ids.to(reward.device))
+        pairing = _best_and_worst if context.settings.pairing == "best-worst" else _all_pairs
+        best, worst = pairing(reward, group_ids.to(reward.device))
         gap = reward[best] - reward[worst]
         keep = gap > context.settings.reward_margin
         latents = trajectory.final.detach()
         chosen, rejected = latents[best[keep]], latents[worst[keep]]
         pair_prompts = [prompts[int(i)] for i in best[keep]]
-        noise_seeds = seeds[0::2][: len(pair_prompts)]
+        noise_seeds = (
+            seeds[0::2][: len(pair_prompts)]
+            if len(pair_prompts) <= len(seeds[0::2])
+            else [config.train.seed * 7_919 + epoch * 100_003 + 2 * i for i in range(len(pair_prompts))]
+        )
         replay = context.settings.replay_epochs
         if replay > 1:
             self.replay = [
@@ -247,6 +263,20 @@ def _best_and_worst(reward: torch.Tensor, group_ids: torch.Tensor) -> tuple[torc
         best.append(members[values.argmax()])
         worst.append(members[values.argmin()])
     return torch.stack(best), torch.stack(worst)
+
+
+def _all_pairs(reward: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every pair of two samples of one group, the higher reward first (ties: the earlier sample)."""
+    higher, lower = [], []
+    for group in dict.fromkeys(group_ids.tolist()):
+        members = (group_ids == group).nonzero().flatten().tolist()
+        for k, i in enumerate(members):
+            for j in members[k + 1 :]:
+                first = reward[j] > reward[i]
+                higher.append(j if first else i)
+                lower.append(i if first else j)
+    as_index = {"dtype": torch.long, "device": reward.device}
+    return torch.tensor(higher, **as_index), torch.tensor(lower, **as_index)
 
 
 # Flow-DPO is Diffusion-DPO's loss with the velocity as the target, which the adapter supplies
