@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from align.cli import main
 from align.config import config_from_data
@@ -227,3 +228,40 @@ def test_sft_weight_adds_the_chosen_images_own_loss(tmp_path):
     assert float((with_sft - plain).detach()) == pytest.approx(
         2.0 * 500.0 / 4 * float(expected), rel=1e-4, abs=1e-6
     )
+
+
+@pytest.mark.parametrize("model", ["tiny:sd15", "tiny:sd3"])
+def test_time_range_noises_pairs_only_in_that_part_of_the_schedule(tmp_path, model):
+    from align.loop import Run
+
+    pairs = make_pairs(tmp_path / "pairs", model)
+    config = dpo_config(pairs, model, "flow-dpo" if model == "tiny:sd3" else "diffusion-dpo")
+    config.algorithm.time_range = [0.6, 1.0]
+    run = Run(config, tmp_path / "run")
+    sigmas = torch.cat(
+        [
+            run.algorithm.collect(epoch, [], torch.zeros(8, dtype=torch.long), list(range(8))).sigma
+            for epoch in range(8)
+        ]
+    )
+    full = run.context.adapter.training_times(4096, torch.Generator().manual_seed(0))[1]
+    high = run.context.adapter.training_times(4096, torch.Generator().manual_seed(0), within=(0.6, 1.0))[1]
+    assert float(high.min()) > float(full.min()) + 0.1  # the low-noise part is cut away
+    assert float(sigmas.min()) >= float(high.min()) - 1e-6 and float(sigmas.max()) <= 1.0
+
+
+def test_time_range_out_of_order_is_refused(tmp_path, capsys):
+    pairs = make_pairs(tmp_path / "pairs", "tiny:sd3", count=2)
+    path = tmp_path / "dpo.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "tiny:sd3"},
+                "algorithm": {"name": "flow-dpo", "pairs": str(pairs), "time_range": [0.8, 0.2]},
+                "rewards": {"terms": [{"name": "geneval"}], "normalise": "none"},
+            }
+        )
+    )
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "time_range: must be [lo, hi] with 0 <= lo < hi <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -44,6 +44,15 @@ class DPOConfig:
     # winner): sft_weight * beta / 4 * (e(x_w) - e_ref(x_w)). At 1 it pulls the chosen error down as
     # hard as DPO's first step pushes it; it stops the margin being won by raising both errors
     sft_weight: float = param(0.0, min=0.0)
+    # where on the training noise schedule the pairs are noised, [lo, hi] with 0 clean and 1 pure noise
+    # (flow models: sigma; UNets: the fraction of the timesteps). Layout (count, position) is settled
+    # at high noise, as Flow-GRPO's SDE window on the first steps uses; [0, 1] is Diffusion-DPO's choice
+    time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+
+    def check(self):
+        lo_hi = self.time_range
+        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 1.0:
+            yield ["time_range"], "must be [lo, hi] with 0 <= lo < hi <= 1"
 
 
 @dataclass
@@ -106,7 +115,9 @@ class DPO(Algorithm):
         adapter = self.context.adapter
         device = adapter.device
         generator = torch.Generator().manual_seed(self.context.config.train.seed * 65_537 + epoch)
-        t, sigma = adapter.training_times(len(prompts), generator)
+        t, sigma = adapter.training_times(
+            len(prompts), generator, within=tuple(self.context.settings.time_range)
+        )
         noise = (
             torch.cat(
                 [torch.randn((1, *chosen.shape[1:]), generator=g) for g in generators_from_seeds(noise_seeds)]

@@ -111,8 +111,11 @@ class Adapter:
         """Images [B, 3, H, W] in [0, 1] -> latents in the layout the denoiser takes (VAE mean)."""
         raise NotImplementedError
 
-    def training_times(self, batch: int, generator: torch.Generator | None = None):
-        """(model timesteps t [B], sigmas [B]) drawn as the family is trained."""
+    def training_times(
+        self, batch: int, generator: torch.Generator | None = None, within: tuple[float, float] = (0.0, 1.0)
+    ):
+        """(model timesteps t [B], sigmas [B]) drawn as the family is trained, restricted to the part
+        `within` = (lo, hi) of the training noise schedule (0: clean, 1: pure noise; (0, 1): all of it)."""
         raise NotImplementedError
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:

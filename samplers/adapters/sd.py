@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from diffusers import DDIMScheduler
 
@@ -49,10 +51,15 @@ class UNetMixin:
             **kwargs,
         )
 
-    def training_times(self, batch: int, generator: torch.Generator | None = None):
-        """(t [B], sigma [B]): uniform integer training timesteps and their VP sigma."""
+    def training_times(
+        self, batch: int, generator: torch.Generator | None = None, within: tuple[float, float] = (0.0, 1.0)
+    ):
+        """(t [B], sigma [B]): uniform integer training timesteps in the fraction `within` of the
+        schedule, and their VP sigma."""
         scheduler = self.pipeline.scheduler
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        steps = scheduler.config.num_train_timesteps
+        lo, hi = int(within[0] * steps), max(int(within[0] * steps) + 1, math.ceil(within[1] * steps))
+        t = torch.randint(lo, min(hi, steps), (batch,), generator=generator)
         sigma = (1 - scheduler.alphas_cumprod[t].to(torch.float64)).sqrt().float()
         return t.to(self.device), sigma.to(self.device)
 

@@ -26,9 +26,13 @@ class FlowMatchMixin:
         sigma = sigma.float().view(-1, *([1] * (x0.ndim - 1)))
         return (1 - sigma) * x0 + sigma * noise
 
-    def training_times(self, batch: int, generator: torch.Generator | None = None):
-        """(t [B], sigma [B]) for training losses: logit-normal sigma, as SD3 trains."""
-        sigma = torch.sigmoid(torch.randn(batch, generator=generator)).to(self.device)
+    def training_times(
+        self, batch: int, generator: torch.Generator | None = None, within: tuple[float, float] = (0.0, 1.0)
+    ):
+        """(t [B], sigma [B]) for training losses: logit-normal sigma, as SD3 trains, mapped affinely
+        onto sigma in `within`."""
+        lo, hi = within
+        sigma = lo + (hi - lo) * torch.sigmoid(torch.randn(batch, generator=generator)).to(self.device)
         return sigma * 1000, sigma
 
     def training_target(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
