@@ -125,6 +125,17 @@ def pareto_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def pareto_front(values: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """values [B, K] -> [B] bool: non-dominated over the whole batch, or within each group."""
+    if group_ids is None:
+        return pareto_ranks(values) == 0
+    front = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
+    for group in group_ids.unique():
+        members = (group_ids == group).nonzero().flatten()
+        front[members] = pareto_ranks(values[members]) == 0
+    return front
+
+
 def dense_step_advantages(
     step_rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4
 ) -> torch.Tensor:

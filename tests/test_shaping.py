@@ -10,6 +10,7 @@ from align.shaping import (
     Constraints,
     dense_step_advantages,
     par_shape,
+    pareto_front,
     pareto_ranks,
     unlikeliness_bonus,
 )
@@ -59,6 +60,16 @@ def test_constraint_mistakes_are_named():
         Constraint("proxy")
     with pytest.raises(ValueError, match="no reward term of that name"):
         Constraints([Constraint("missing", at_most=1.0)]).shape(torch.zeros(2), {"proxy": torch.zeros(2)})
+
+
+def test_pareto_front_within_groups_keeps_each_groups_own_front():
+    values = torch.tensor([[0.9, 0.9], [0.1, 0.2], [0.2, 0.1], [0.5, 0.5], [0.4, 0.6], [0.3, 0.3]])
+    groups = torch.tensor([0, 1, 1, 0, 1, 1])
+    assert pareto_front(values).tolist() == [True, False, False, False, False, False]  # one sample dominates
+    # in group 1 nothing is beaten by (0.9, 0.9): (0.4, 0.6) dominates the others
+    assert pareto_front(values, groups).tolist() == [True, False, False, False, True, False]
+    groups = torch.tensor([0, 1, 1, 2, 2, 3])
+    assert pareto_front(values, groups).tolist() == [True, True, True, True, True, True]
 
 
 def test_pareto_ranks_peel_fronts_by_hand():

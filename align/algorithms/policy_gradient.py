@@ -26,7 +26,7 @@ from align.shaping import (
     Constraints,
     dense_step_advantages,
     par_shape,
-    pareto_ranks,
+    pareto_front,
     unlikeliness_bonus,
 )
 from samplers.noise import generators_from_seeds
@@ -67,7 +67,10 @@ class PolicyGradientConfig:
     # reward for the prompt, and Parrot's Pareto selection (only non-dominated samples of the batch train)
     shaping: str = param("none", choices=("none", "par"))
     par_temperature: float = param(0.1, gt=0.0)
-    pareto: bool = False
+    # Parrot's non-dominated selection over the reward terms: within each prompt's group (the GRPO
+    # reading: a group is the set of images one prompt competes in), or over the whole batch as the
+    # paper selects (on the toy model that leaves 1-3 of 64 samples, easy prompts' ones, training)
+    pareto: str = param("none", choices=("none", "group", "batch"))
     # "Rewarding the Unlikely": successes (combined reward >= unlikeliness_success) that the policy finds
     # likely earn up to `unlikeliness` less, by their likelihood rank within the group
     unlikeliness: float = param(0.0, min=0.0, max=1.0)
@@ -263,8 +266,10 @@ class PolicyGradient(Algorithm):
             advantages, zero_std = self._dense_advantages(trajectory, values, group_ids, stochastic)
         else:
             advantages, zero_std = self._advantages(prompts, signal, group_ids)
-        if settings.pareto:
-            front = pareto_ranks(torch.stack(list(values.values()), dim=1)) == 0
+        if settings.pareto != "none":
+            front = pareto_front(
+                torch.stack(list(values.values()), dim=1), group_ids if settings.pareto == "group" else None
+            )
             advantages = advantages * front.view(-1, *([1] * (advantages.ndim - 1))).to(advantages.dtype)
             stats["pareto_front_fraction"] = float(front.float().mean())
         scored = time.perf_counter()
