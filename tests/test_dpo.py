@@ -200,6 +200,7 @@ def test_online_all_pairs_trains_on_more_pairs_than_best_and_worst(tmp_path):
         groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
         batch = run.algorithm.collect(0, ["a red circle"] * 4 + ["a blue square"] * 4, groups, list(range(8)))
         assert len(set(batch.noise[:, 0, 0, 0].tolist())) == len(batch.prompts)  # a noise per pair
+        assert batch.stats["pair_chosen_reward"] > batch.stats["pair_rejected_reward"]
         counts[pairing] = len(batch.prompts)
     assert counts == {"best-worst": 2, "all": 12}
 

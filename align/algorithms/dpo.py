@@ -254,6 +254,9 @@ class OnlineDPO(DPO):
             "reward": float(reward.mean()),
             "pairs": len(pair_prompts),
             "pair_gap": float(gap.mean()),
+            # the labels' own rewards: how good the preferred samples are, not only how far apart
+            "pair_chosen_reward": float(reward[best[keep]].mean()) if bool(keep.any()) else 0.0,
+            "pair_rejected_reward": float(reward[worst[keep]].mean()) if bool(keep.any()) else 0.0,
         }
         return batch
 
