@@ -1,0 +1,130 @@
+"""D3PO (Yang et al. 2024): online DPO on the denoising chain's own transitions.
+
+Online DPO on final images (align/algorithms/dpo.py) re-noises each preferred and rejected image at a
+random noise level and compares denoising errors; the comparison is spread over every noise level,
+most of which decide details, not the layout the preference is about. D3PO instead treats each
+stochastic sampling step as an action: for a pair (w preferred, l) of one prompt's samples and a step
+s of the SDE window, with rho(x) = log pi(x_{s+1} | x_s) - log pi_ref(x_{s+1} | x_s) (per dimension,
+the LoRA off for the reference),
+
+    loss = -log sigmoid(beta * (rho(w) - rho(l)))
+
+on the transitions the sampler actually took. The sampling, its SDE window (Flow-GRPO-Fast style),
+the re-scoring of a transition and the per-step bookkeeping are Flow-GRPO's (PolicyGradient.collect);
+only the pairing and the loss differ. The sigmoid is a soft trust region: once a pair's log-ratio
+margin exceeds a few / beta it stops pulling (beta 1000: a few 1e-3 per dimension, where Flow-GRPO's
+clip acts).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from align.algorithms.base import Rollouts, register_algorithm
+from align.algorithms.dpo import _all_pairs, _best_and_worst
+from align.algorithms.policy_gradient import PolicyGradient, PolicyGradientConfig
+from align.losses import dpo_loss
+from align.schema import param
+
+
+@dataclass
+class TrajectoryDPOConfig(PolicyGradientConfig):
+    name: str = "d3po"
+    beta: float = param(1000.0, gt=0.0)  # DPO's beta on per-dimension transition log-ratios
+    label_smoothing: float = param(0.0, min=0.0, max=0.5)
+    reward_margin: float = param(0.0, min=0.0)  # skip pairs whose rewards differ less
+    pairing: str = param("best-worst", choices=("best-worst", "all"))  # as online-dpo's
+
+    def check(self):
+        yield from super().check()
+        shaped = self.shaping != "none" or self.pareto != "none" or self.unlikeliness or self.constraints
+        if self.dense or shaped:
+            yield (
+                ["dense"] if self.dense else ["shaping"],
+                "d3po pairs samples by their combined reward: dense, shaping, pareto, unlikeliness and "
+                "constraints do not reach its loss; remove them",
+            )
+
+
+@dataclass
+class PairedRollouts(Rollouts):
+    """Rollouts and the pairs drawn from them: rows of the preferred and of the rejected sample."""
+
+    chosen: torch.Tensor | None = None  # [P] row indices
+    rejected: torch.Tensor | None = None  # [P]
+
+
+class TrajectoryDPO(PolicyGradient):
+    def __init__(self, context):
+        if context.config.train.group_size < 2:
+            raise ValueError("d3po pairs samples of one prompt: set train.group_size to 2 or more")
+        if context.config.train.trainable != "lora":
+            raise ValueError("d3po needs train.trainable=lora: the reference policy is the LoRA disabled")
+        super().__init__(context)
+
+    @torch.no_grad()
+    def collect(self, epoch, prompts, group_ids, seeds):
+        rollouts = super().collect(epoch, prompts, group_ids, seeds)
+        settings = self.context.settings
+        reward = self.context.rewards.combine(rollouts.values)
+        pairing = _best_and_worst if settings.pairing == "best-worst" else _all_pairs
+        chosen, rejected = pairing(reward, group_ids.to(reward.device))
+        gap = reward[chosen] - reward[rejected]
+        keep = gap > settings.reward_margin
+        stats = dict(rollouts.stats)
+        stats.update(
+            {
+                "reward": float(reward.mean()),
+                "pairs": int(keep.sum()),
+                "pair_gap": float(gap.mean()),
+                "pair_chosen_reward": float(reward[chosen[keep]].mean()) if bool(keep.any()) else 0.0,
+                "pair_rejected_reward": float(reward[rejected[keep]].mean()) if bool(keep.any()) else 0.0,
+            }
+        )
+        return PairedRollouts(
+            stats=stats,
+            values=rollouts.values,
+            images=rollouts.images,
+            trajectory=rollouts.trajectory,
+            steps=rollouts.steps,
+            reward=reward,
+            chosen=chosen[keep].cpu(),
+            rejected=rejected[keep].cpu(),
+        )
+
+    def units(self, batch, generator):
+        """Micro-batches of shuffled pairs (two samples each); within each, one unit per trained step."""
+        size = max(1, self.context.config.train.micro_batch_size // 2)
+        order = torch.randperm(len(batch.chosen), generator=generator)
+        return [
+            (order[i : i + size], k) for i in range(0, len(order), size) for k in range(batch.steps.shape[1])
+        ]
+
+    def loss(self, batch, unit):
+        pairs, k = unit
+        context, settings = self.context, self.context.settings
+        chosen, rejected = batch.chosen[pairs], batch.rejected[pairs]
+        rows = torch.cat([chosen, rejected])
+        trajectory = batch.trajectory.select(rows)
+        step = batch.steps[chosen, k]  # both samples of a pair at the same step of the schedule
+        steps = torch.cat([step, step])
+        guidance = (
+            context.adapter.detached_unconditional()
+            if settings.cfg_gradient == "conditional"
+            else contextlib.nullcontext()
+        )
+        with context.accelerator.autocast(), guidance:
+            policy = context.adapter.rescore(trajectory, steps).log_prob
+        with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
+            reference = context.adapter.rescore(trajectory, steps).log_prob
+        scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
+        chosen_ratio, rejected_ratio = ((policy - reference) * scale).chunk(2)
+        loss, stats = dpo_loss(chosen_ratio, rejected_ratio, settings.beta, settings.label_smoothing)
+        stats["dpo_loss"] = float(loss.detach())
+        return loss, stats
+
+
+register_algorithm("d3po", TrajectoryDPOConfig)(TrajectoryDPO)
