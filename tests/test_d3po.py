@@ -74,3 +74,15 @@ def test_shaping_options_are_refused(tmp_path, capsys):
     assert code == 2
     assert "d3po pairs samples by their combined reward" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_groups_samples_share_their_initial_noise_by_default(tmp_path):
+    _, plan, batch = collected(tmp_path)
+    start = batch.trajectory.latents[:, 0]
+    for group in plan.group_ids.unique():
+        members = start[plan.group_ids == group]
+        assert torch.equal(members, members[:1].expand_as(members))
+    assert not torch.equal(start[plan.group_ids == 0][0], start[plan.group_ids == 1][0])
+    _, _, independent = collected(tmp_path / "independent", "algorithm.shared_initial_noise=false")
+    first = independent.trajectory.latents[plan.group_ids == 0, 0]
+    assert not torch.equal(first[0], first[1])
