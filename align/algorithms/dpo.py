@@ -225,17 +225,17 @@ class OnlineDPO(DPO):
         values = context.rewards.score(images, prompts)
         context.rewards.observe(values)
         reward = context.rewards.combine(values)
-        pairing = _best_and_worst if context.settings.pairing == "best-worst" else _all_pairs
-        best, worst = pairing(reward, group_ids.to(reward.device))
-        gap = reward[best] - reward[worst]
-        keep = gap > context.settings.reward_margin
+        best, worst, pair_stats = draw_pairs(
+            reward, group_ids, context.settings.pairing, context.settings.reward_margin
+        )
         latents = trajectory.final.detach()
-        chosen, rejected = latents[best[keep]], latents[worst[keep]]
-        pair_prompts = [prompts[int(i)] for i in best[keep]]
+        chosen, rejected = latents[best], latents[worst]
+        pair_prompts = [prompts[int(i)] for i in best]
+        fresh_seed = config.train.seed * 7_919 + epoch * 100_003  # pair noises beyond the plan's seeds
         noise_seeds = (
             seeds[0::2][: len(pair_prompts)]
             if len(pair_prompts) <= len(seeds[0::2])
-            else [config.train.seed * 7_919 + epoch * 100_003 + 2 * i for i in range(len(pair_prompts))]
+            else [fresh_seed + 2 * i for i in range(len(pair_prompts))]
         )
         replay = context.settings.replay_epochs
         if replay > 1:
@@ -246,18 +246,10 @@ class OnlineDPO(DPO):
             chosen = torch.cat([r["chosen"] for r in self.replay])
             rejected = torch.cat([r["rejected"] for r in self.replay])
             pair_prompts = [p for r in self.replay for p in r["prompts"]]
-            base = context.config.train.seed * 7_919 + epoch * 100_003
-            noise_seeds = [base + 2 * i for i in range(len(pair_prompts))]
+            noise_seeds = [fresh_seed + 2 * i for i in range(len(pair_prompts))]
         batch = self._noised(epoch, pair_prompts, chosen, rejected, noise_seeds)
         batch.images, batch.values = images, values
-        batch.stats = {
-            "reward": float(reward.mean()),
-            "pairs": len(pair_prompts),
-            "pair_gap": float(gap.mean()),
-            # the labels' own rewards: how good the preferred samples are, not only how far apart
-            "pair_chosen_reward": float(reward[best[keep]].mean()) if bool(keep.any()) else 0.0,
-            "pair_rejected_reward": float(reward[worst[keep]].mean()) if bool(keep.any()) else 0.0,
-        }
+        batch.stats = {"reward": float(reward.mean()), "pairs": len(pair_prompts), **pair_stats}
         return batch
 
     def state_dict(self) -> dict:
@@ -265,6 +257,26 @@ class OnlineDPO(DPO):
 
     def load_state_dict(self, state: dict) -> None:
         self.replay = [dict(r) for r in state.get("replay", [])]
+
+
+def draw_pairs(
+    reward: torch.Tensor, group_ids: torch.Tensor, pairing: str, margin: float
+) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Online pairs of one batch: (chosen rows, rejected rows, stats). `pairing` best-worst: each group's
+    best against its worst; all: every pair of a group. Pairs whose rewards differ by no more than
+    `margin` are dropped; the stats give the mean gap of all candidates and the kept pairs' own rewards
+    (how good the preferred samples are, not only how far apart)."""
+    pick = _best_and_worst if pairing == "best-worst" else _all_pairs
+    best, worst = pick(reward, group_ids.to(reward.device))
+    gap = reward[best] - reward[worst]
+    keep = gap > margin
+    chosen, rejected = best[keep], worst[keep]
+    stats = {
+        "pair_gap": float(gap.mean()),
+        "pair_chosen_reward": float(reward[chosen].mean()) if len(chosen) else 0.0,
+        "pair_rejected_reward": float(reward[rejected].mean()) if len(chosen) else 0.0,
+    }
+    return chosen, rejected, stats
 
 
 def _best_and_worst(reward: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from align.algorithms.base import Rollouts, register_algorithm
-from align.algorithms.dpo import _all_pairs, _best_and_worst
+from align.algorithms.dpo import draw_pairs
 from align.algorithms.policy_gradient import PolicyGradient, PolicyGradientConfig
 from align.losses import dpo_loss
 from align.schema import param
@@ -75,20 +75,8 @@ class TrajectoryDPO(PolicyGradient):
         rollouts = super().collect(epoch, prompts, group_ids, seeds)
         settings = self.context.settings
         reward = self.context.rewards.combine(rollouts.values)
-        pairing = _best_and_worst if settings.pairing == "best-worst" else _all_pairs
-        chosen, rejected = pairing(reward, group_ids.to(reward.device))
-        gap = reward[chosen] - reward[rejected]
-        keep = gap > settings.reward_margin
-        stats = dict(rollouts.stats)
-        stats.update(
-            {
-                "reward": float(reward.mean()),
-                "pairs": int(keep.sum()),
-                "pair_gap": float(gap.mean()),
-                "pair_chosen_reward": float(reward[chosen[keep]].mean()) if bool(keep.any()) else 0.0,
-                "pair_rejected_reward": float(reward[rejected[keep]].mean()) if bool(keep.any()) else 0.0,
-            }
-        )
+        chosen, rejected, pair_stats = draw_pairs(reward, group_ids, settings.pairing, settings.reward_margin)
+        stats = {**rollouts.stats, "reward": float(reward.mean()), "pairs": len(chosen), **pair_stats}
         return PairedRollouts(
             stats=stats,
             values=rollouts.values,
@@ -96,8 +84,8 @@ class TrajectoryDPO(PolicyGradient):
             trajectory=rollouts.trajectory,
             steps=rollouts.steps,
             reward=reward,
-            chosen=chosen[keep].cpu(),
-            rejected=rejected[keep].cpu(),
+            chosen=chosen.cpu(),
+            rejected=rejected.cpu(),
         )
 
     def units(self, batch, generator):

@@ -58,8 +58,9 @@ class UNetMixin:
         schedule, and their VP sigma."""
         scheduler = self.pipeline.scheduler
         steps = scheduler.config.num_train_timesteps
-        lo, hi = int(within[0] * steps), max(int(within[0] * steps) + 1, math.ceil(within[1] * steps))
-        t = torch.randint(lo, min(hi, steps), (batch,), generator=generator)
+        lo = int(within[0] * steps)
+        hi = min(steps, max(lo + 1, math.ceil(within[1] * steps)))
+        t = torch.randint(lo, hi, (batch,), generator=generator)
         sigma = (1 - scheduler.alphas_cumprod[t].to(torch.float64)).sqrt().float()
         return t.to(self.device), sigma.to(self.device)
 
