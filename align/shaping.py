@@ -13,6 +13,10 @@ Constraints          Constrained RLHF (Moskovitz et al. 2024): a threshold per r
                      with a Lagrange multiplier each, updated by projected gradient ascent on the
                      violation after every batch; the optimised reward is the weighted sum minus each
                      multiplier times its constraint's slack.
+pareto_front         Parrot (Lee et al. 2024): the non-dominated samples over several rewards.
+dense_step_advantages, calibrate_noise
+                     DenseGRPO (dense step-wise reward gains as advantages, and the per-step SDE noise
+                     scaled until each step's gains are balanced).
 """
 
 from __future__ import annotations
@@ -154,3 +158,35 @@ def dense_step_advantages(
     stds = (squares / (counts[:, None] - 1).clamp(min=1)).sqrt()
     flat = (counts[:, None] == 1) | (stds == 0)  # one sample, or no spread at that step: no credit
     return torch.where(flat[inverse], torch.zeros_like(centred), centred / (stds[inverse] + eps))
+
+
+def calibrate_noise(
+    scales: dict[int, float],
+    step_rewards: torch.Tensor,
+    steps: list[int],
+    rate: float,
+    band: float = 0.1,
+    bounds: tuple[float, float] = (0.1, 3.0),
+) -> tuple[dict[int, float], list[float | None]]:
+    """DenseGRPO's reward-aware exploration, as we read it: a stochastic step's noise should leave its
+    reward gains balanced (as many samples improved by the step's noise as worsened). step_rewards
+    [B, S+1] as for dense_step_advantages, `steps` the S schedule indices they belong to. For each step,
+    among samples whose gain is not zero: a share of losses above 0.5 + band means the noise mostly
+    spoils images, so its scale shrinks by (1 - rate); below 0.5 - band, or no sample changed at all
+    (the noise is too small for the reward to see), it grows by (1 + rate); in the band it stays.
+    Scales stay within `bounds`. Returns the new {step: scale} and each step's share of losses
+    (None where no gain is non-zero)."""
+    gains = step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
+    updated, shares = dict(scales), []
+    for column, step in enumerate(steps):
+        moved = gains[:, column][gains[:, column].abs() > 1e-6]
+        share = float((moved < 0).float().mean()) if len(moved) else None
+        shares.append(share)
+        if len(moved) and share > 0.5 + band:
+            factor = 1.0 - rate
+        elif not len(moved) or share < 0.5 - band:
+            factor = 1.0 + rate
+        else:
+            factor = 1.0
+        updated[step] = min(bounds[1], max(bounds[0], scales.get(step, 1.0) * factor))
+    return updated, shares

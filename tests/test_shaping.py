@@ -8,6 +8,7 @@ import torch
 from align.shaping import (
     Constraint,
     Constraints,
+    calibrate_noise,
     dense_step_advantages,
     par_shape,
     pareto_front,
@@ -155,3 +156,50 @@ def test_dense_with_reward_shaping_is_refused_by_name(tmp_path):
 
     with pytest.raises((ValueError, ConfigError), match="dense advantages come from per-step reward gains"):
         _collected("dense-grpo.yaml", tmp_path, ["algorithm.shaping=par"])
+
+
+def test_noise_calibration_shrinks_a_spoiling_step_grows_a_silent_one_and_keeps_a_balanced_one():
+    # three window steps (schedule indices 2, 3, 4) over six samples; gain = next column - this one
+    step_rewards = torch.tensor(
+        [
+            [0.5, 0.4, 0.4, 0.6],
+            [0.5, 0.3, 0.3, 0.2],
+            [0.5, 0.2, 0.2, 0.5],
+            [0.5, 0.6, 0.6, 0.4],
+            [0.5, 0.1, 0.1, 0.1],
+            [0.5, 0.5, 0.5, 0.5],
+        ]
+    )
+    # step 2: 4 losses of 5 moved (0.8 > 0.6): shrink; step 3: nothing moved: grow; step 4: 2 of 4
+    scales, shares = calibrate_noise({2: 1.0, 3: 2.9, 4: 0.7}, step_rewards, [2, 3, 4], rate=0.2, band=0.1)
+    assert shares[0] == pytest.approx(0.8) and shares[1] is None and shares[2] == pytest.approx(0.5)
+    assert scales[2] == pytest.approx(0.8)  # 1.0 * (1 - 0.2)
+    assert scales[3] == pytest.approx(3.0)  # 2.9 * 1.2 = 3.48, held at the upper bound
+    assert scales[4] == pytest.approx(0.7)  # balanced: unchanged
+    gaining = torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.0, -1.0]])  # 1 loss of 3 < 0.4: grow
+    assert calibrate_noise({}, gaining, [0], rate=0.5, band=0.1)[0] == {0: pytest.approx(1.5)}
+
+
+def test_dense_calibration_scales_the_next_epochs_window_noise_and_survives_state(tmp_path):
+    run, plan, batch = _collected(
+        "dense-grpo.yaml", tmp_path, ["algorithm.dense_calibration=0.25", "algorithm.sde_window_range=[1, 2]"]
+    )
+    algorithm, window = run.algorithm, batch.stats["noise_window"]
+    assert window == [1, 2] and batch.stats["noise_scales"] == [1.0, 1.0]
+    assert set(algorithm.noise_scales) == {1, 2}
+    assert all(v in (pytest.approx(0.75), 1.0, pytest.approx(1.25)) for v in algorithm.noise_scales.values())
+    algorithm.noise_scales = {1: 0.5, 2: 2.0}  # as if calibrated; the next collection samples with them
+    state = algorithm.state_dict()
+    algorithm.noise_scales = {}
+    algorithm.load_state_dict(state)
+    again = algorithm.collect(1, plan.prompts, plan.group_ids, plan.seeds)
+    levels = again.trajectory.noise_levels.tolist()
+    assert levels[1] == pytest.approx(0.7 * 0.5) and levels[2] == pytest.approx(0.7 * 2.0)
+    assert levels[0] == 0.0 and levels[3] == 0.0
+
+
+def test_dense_calibration_without_dense_is_refused_by_name(tmp_path):
+    from align.schema import ConfigError
+
+    with pytest.raises((ValueError, ConfigError), match="calibrates the noise from dense reward gains"):
+        _collected("shaped-grpo.yaml", tmp_path, ["algorithm.dense_calibration=0.1"])

@@ -24,6 +24,7 @@ from align.search import predicted_clean
 from align.shaping import (
     Constraint,
     Constraints,
+    calibrate_noise,
     dense_step_advantages,
     par_shape,
     pareto_front,
@@ -63,6 +64,11 @@ class PolicyGradientConfig:
     # choice: exact for a deterministic sampler, T - s extra evaluations) or one_step (x0^ = x - sigma v:
     # one evaluation, blurry at high noise; measured to misattribute credit on the toy model)
     dense_estimate: str = param("ode", choices=("ode", "one_step"))
+    # DenseGRPO's exploration calibration: after each epoch every window step's noise scale moves by
+    # this rate, down where its reward gains are mostly losses (share > 0.5 + dense_calibration_band),
+    # up where mostly gains or where no sample's reward moved (align/shaping.py calibrate_noise); 0: off
+    dense_calibration: float = param(0.0, min=0.0, max=0.5)
+    dense_calibration_band: float = param(0.1, min=0.0, max=0.5)
     # reward shaping before advantages (align/shaping.py): PAR's sigmoid around the reference model's
     # reward for the prompt, and Parrot's Pareto selection (only non-dominated samples of the batch train)
     shaping: str = param("none", choices=("none", "par"))
@@ -89,6 +95,8 @@ class PolicyGradientConfig:
                     "constraints do not reach; use them without dense"
                 ),
             )
+        if self.dense_calibration > 0 and not self.dense:
+            yield ["dense_calibration"], "calibrates the noise from dense reward gains: set dense: true"
         for i, spec in enumerate(self.constraints):
             unknown = set(spec) - {"name", "at_most", "at_least"}
             if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
@@ -220,6 +228,7 @@ class PolicyGradient(Algorithm):
             [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
         )
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
+        self.noise_scales: dict[int, float] = {}  # DenseGRPO calibration: step index -> noise scale
 
     # --- collection ---------------------------------------------------------------------------
 
@@ -231,6 +240,7 @@ class PolicyGradient(Algorithm):
         rng = random.Random(config.train.seed * 1_000_003 + epoch)
         sigmas = adapter.schedule(num_steps).sigmas.tolist()
         levels = noise_levels(settings, config.sampling.noise_level, sigmas, epoch, rng)
+        levels = [level * self.noise_scales.get(i, 1.0) for i, level in enumerate(levels)]
         start = time.perf_counter()
         generators, noise = generators_from_seeds(seeds), None
         if settings.shared_initial_noise:
@@ -263,7 +273,10 @@ class PolicyGradient(Algorithm):
         )
         stats.update(shaping_stats)
         if settings.dense:
-            advantages, zero_std = self._dense_advantages(trajectory, values, group_ids, stochastic)
+            advantages, zero_std, dense_stats = self._dense_advantages(
+                trajectory, values, group_ids, stochastic
+            )
+            stats.update(dense_stats)
         else:
             advantages, zero_std = self._advantages(prompts, signal, group_ids)
         if settings.pareto != "none":
@@ -357,7 +370,8 @@ class PolicyGradient(Algorithm):
     @torch.no_grad()
     def _dense_advantages(self, trajectory, values, group_ids, stochastic):
         """DenseGRPO: per stochastic step s, the combined reward estimated at x_s (dense_estimate), and
-        after the window the final image's; advantages [B, T] (0 off the window) from the gains."""
+        after the window the final image's; advantages [B, T] (0 off the window) from the gains, the
+        zero-spread share, and the calibration's stats (the window steps' noise scales move after)."""
         context = self.context
         if stochastic != list(range(stochastic[0], stochastic[-1] + 1)):
             raise ValueError("algorithm.dense needs one contiguous window of stochastic steps (sde_window)")
@@ -367,7 +381,17 @@ class PolicyGradient(Algorithm):
         local = context.local_slice(dense)
         advantages = torch.zeros(local.shape[0], trajectory.log_probs.shape[1], device=local.device)
         advantages[:, stochastic] = local
-        return advantages, float((dense == 0).all(1).float().mean())
+        stats = {}
+        if context.settings.dense_calibration > 0:
+            stats["noise_scales"] = [self.noise_scales.get(s, 1.0) for s in stochastic]
+            self.noise_scales, stats["loss_share"] = calibrate_noise(
+                self.noise_scales,
+                everything,
+                stochastic,
+                context.settings.dense_calibration,
+                context.settings.dense_calibration_band,
+            )
+        return advantages, float((dense == 0).all(1).float().mean()), stats
 
     @torch.no_grad()
     def _step_rewards(self, trajectory, values, stochastic) -> torch.Tensor:
@@ -450,12 +474,14 @@ class PolicyGradient(Algorithm):
             "tracker": {p: list(v) for p, v in self.tracker.history.items()},
             "constraints": self.constraints.state_dict(),
             "reference_rewards": dict(self.reference_rewards),
+            "noise_scales": dict(self.noise_scales),
         }
 
     def load_state_dict(self, state):
         self.tracker.history = {p: list(v) for p, v in state.get("tracker", {}).items()}
         self.constraints.load_state_dict(state.get("constraints", {}))
         self.reference_rewards = dict(state.get("reference_rewards", {}))
+        self.noise_scales = {int(k): float(v) for k, v in state.get("noise_scales", {}).items()}
 
 
 def _mean_group_std(values: torch.Tensor, group_ids: torch.Tensor) -> float:
