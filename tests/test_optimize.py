@@ -69,6 +69,26 @@ def test_reno_on_the_toy_model_raises_the_toy_clip_score_of_every_image_with_roo
     assert (best >= first).all()
 
 
+def test_reno_optimises_each_image_as_if_alone_in_its_batch():
+    # the gradient clip acts per image (ReNO's batch of one): a batch's result is each prompt's own run
+    adapter = tiny_adapter("tiny:sd3")
+    prompts, seeds = ["a red circle", "two blue squares", "a green triangle"], [0, 1, 2]
+    settings = OptimizeSettings(iterations=3, lr=5.0, grad_clip=0.05, num_steps=4)
+    together = reno(adapter, prompts, seeds, {"bright": Brightness()}, settings)
+    for i in range(3):
+        alone = reno(adapter, prompts[i : i + 1], seeds[i : i + 1], {"bright": Brightness()}, settings)
+        assert torch.allclose(alone["noise"][0], together["noise"][i], atol=1e-5)
+        assert alone["reward"][0] == pytest.approx(float(together["reward"][i]), abs=1e-3)
+
+
+def test_per_sample_clip_by_hand():
+    from align.optimize import clip_per_sample_
+
+    grad = torch.tensor([[3.0, 4.0], [0.03, 0.04]])  # norms 5 and 0.05
+    clip_per_sample_(grad, 1.0)
+    assert torch.allclose(grad, torch.tensor([[0.6, 0.8], [0.03, 0.04]]))
+
+
 def test_comparison_uses_equal_model_evaluations_and_never_scores_reno_below_its_start(tmp_path):
     from align.optimize import compare_with_best_of_n
 
