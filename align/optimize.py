@@ -178,8 +178,9 @@ def compare_with_best_of_n(
     """The base sample, noise optimisation (ReNO, or exploration when `settings.explore` > 1) and
     best-of-N with as many model evaluations, on the same prompts and seeds, each scored by `report`
     (default: the optimised rewards). Returns {"images": {method: [B,3,H,W]}, "summaries": {method:
-    evaluate summary}, "optimised": the optimiser's result, "best_of_n": N}."""
-    from rewards.scoring import score_images, summarise
+    evaluate summary; the optimised one's "vs_baseline" is its paired difference from best-of-N},
+    "optimised": the optimiser's result, "best_of_n": N}."""
+    from align.search import score_against
 
     with torch.no_grad():  # at the steps the optimiser samples with
         base = adapter.generate(prompts, seeds, num_steps=settings.num_steps)
@@ -188,8 +189,5 @@ def compare_with_best_of_n(
     n = images_generated(optimised["iterations"])
     baseline = best_of_n(adapter, prompts, seeds, rewards, settings, n)
     images = {"base": base, "best_of_n": baseline["images"], "optimized": optimised["images"].detach()}
-    summaries = {
-        method: summarise(prompts, seeds, score_images(batch, prompts, report or rewards))[0]
-        for method, batch in images.items()
-    }
+    summaries = score_against(images, prompts, seeds, report or rewards, "best_of_n")
     return {"images": images, "summaries": summaries, "optimised": optimised, "best_of_n": n}

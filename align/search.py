@@ -346,6 +346,30 @@ def guided_sample(
 SEARCHES = {"tree": tree_search, "prune": pruned_search}
 
 
+def score_against(images: dict, prompts, seeds, report: dict, baseline: str) -> dict:
+    """Each method's images [B,3,H,W] scored by `report` on the same prompts and seeds: {method:
+    summary}, every method but the baseline with "vs_baseline": the paired (difference, SE) of accuracy
+    (toy prompts) and of each reward, image by image."""
+    from align.evaluate import paired_difference
+    from rewards.scoring import score_images, standard_error, summarise
+
+    scored = {m: score_images(batch, prompts, report) for m, batch in images.items()}
+    summaries = {m: summarise(prompts, seeds, s)[0] for m, s in scored.items()}
+    for m in images:
+        if m == baseline:
+            continue
+        versus = {}
+        if summaries[m]["outcomes"]:
+            versus["accuracy"] = paired_difference(summaries[baseline], summaries[m])
+        for reward_name, values in scored[m]["rewards"].items():
+            differences = [
+                a - b for a, b in zip(values, scored[baseline]["rewards"][reward_name], strict=True)
+            ]
+            versus[reward_name] = (sum(differences) / len(differences), standard_error(differences))
+        summaries[m]["vs_baseline"] = versus
+    return summaries
+
+
 def compare_with_search(
     adapter,
     prompts: list[str],
@@ -361,9 +385,7 @@ def compare_with_search(
     evaluations, guidance against the plain SDE at the same steps; the ODE sample (base) beside both.
     Returns {"images": {method: [B,3,H,W]}, "summaries": {method: summary, with "vs_baseline": paired
     (difference, SE) of accuracy and of each reward}, "result": the method's own output}."""
-    from align.evaluate import paired_difference
     from align.optimize import OptimizeSettings, best_of_n
-    from rewards.scoring import score_images, standard_error, summarise
 
     steps = settings.steps(adapter)
     images = {"base": adapter.generate(prompts, seeds, num_steps=steps)}
@@ -381,18 +403,5 @@ def compare_with_search(
     else:
         raise ValueError(f"unknown search method {method!r}; use tree, prune or guidance")
     images[name] = result["images"].detach()
-    scored = {m: score_images(batch, prompts, report or rewards) for m, batch in images.items()}
-    summaries = {m: summarise(prompts, seeds, s)[0] for m, s in scored.items()}
-    for m in images:
-        if m == baseline:
-            continue
-        versus = {}
-        if summaries[m]["outcomes"]:
-            versus["accuracy"] = paired_difference(summaries[baseline], summaries[m])
-        for reward_name, values in scored[m]["rewards"].items():
-            differences = [
-                a - b for a, b in zip(values, scored[baseline]["rewards"][reward_name], strict=True)
-            ]
-            versus[reward_name] = (sum(differences) / len(differences), standard_error(differences))
-        summaries[m]["vs_baseline"] = versus
+    summaries = score_against(images, prompts, seeds, report or rewards, baseline)
     return {"images": images, "summaries": summaries, "result": result, "baseline": baseline, "method": name}

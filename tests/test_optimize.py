@@ -101,3 +101,32 @@ def test_comparison_uses_equal_model_evaluations_and_never_scores_reno_below_its
     means = {m: s["rewards"]["bright"] for m, s in compared["summaries"].items()}
     assert means["optimized"] >= means["base"] - 1e-6 and means["best_of_n"] >= means["base"] - 1e-6
     assert torch.equal(compared["images"]["base"], adapter.generate(prompts, seeds, num_steps=4))
+
+
+def test_the_cli_passes_its_settings_to_reno_and_reports_the_paired_difference(tmp_path, monkeypatch, capsys):
+    import json
+
+    import align.optimize
+    from align.cli import main
+
+    seen = {}
+    real = align.optimize.reno
+
+    def spy(adapter, prompts, seeds, rewards, settings, on_iteration=None):
+        seen["settings"] = settings
+        return real(adapter, prompts, seeds, rewards, settings, on_iteration=on_iteration)
+
+    monkeypatch.setattr(align.optimize, "reno", spy)
+    args = ["optimize", "toy", "--prompt", "a red circle", "--prompt", "two blue squares", "--seeds", "2"]
+    args += ["--reward", "clip-toy", "--eval-reward", "geneval", "--steps", "4", "--iterations", "2"]
+    args += ["--grad-clip", "0.03", "--lr", "2.0", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    assert (seen["settings"].grad_clip, seen["settings"].lr) == (0.03, 2.0)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    versus = summary["optimized"]["vs_baseline"]
+    assert summary["settings"]["best_of_n"] == 3 and summary["optimized"]["num_images"] == 4
+    for name in ("clip-toy", "geneval"):  # the paired mean difference is the difference of the means
+        difference = summary["optimized"]["rewards"][name] - summary["best_of_n"]["rewards"][name]
+        assert versus[name][0] == pytest.approx(difference, abs=1e-6) and versus[name][1] >= 0
+    assert "accuracy" in versus
+    assert "(optimized - best_of_n, paired)" in capsys.readouterr().out

@@ -93,7 +93,6 @@ def run(args) -> int:
     from align.recipes import load_prompts
     from align.runs import load_model
     from rewards.base import build_reward, to_pil
-    from rewards.toy_world import is_toy_prompt
     from samplers.devices import resolve_device
 
     apply_recipe(args)
@@ -116,6 +115,7 @@ def run(args) -> int:
         seconds=args.seconds,
         lr=args.lr,
         regularisation=args.regularisation,
+        grad_clip=args.grad_clip,
         num_steps=args.steps,
         explore=args.explore,
         keep_every=args.keep_every,
@@ -138,10 +138,9 @@ def run(args) -> int:
 
     compared = compare_with_best_of_n(adapter, prompts, seeds, rewards, settings, report, on_iteration=keep)
     optimised, n = compared["optimised"], compared["best_of_n"]
-    keys = ("rewards", "accuracy", "categories") if any(is_toy_prompt(p) for p in prompts) else ("rewards",)
     results = {}
     for method, images in compared["images"].items():
-        results[method] = {k: compared["summaries"][method][k] for k in keys}
+        results[method] = compared["summaries"][method]
         folder = out / "images" / method
         folder.mkdir(parents=True, exist_ok=True)
         for i, picture in enumerate(to_pil(images)):
@@ -156,7 +155,7 @@ def run(args) -> int:
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     (out / "curves.json").write_text(json.dumps({"prompts": prompts, "history": optimised["history"]}))
     _plot_curves(out, optimised["history"])
-    print(_table(results, list(report)))
+    print(_search_table(results, "optimized", "best_of_n", list(report)))
     print(f"wrote {out / 'summary.json'}")
     return 0
 
@@ -223,22 +222,6 @@ def _search_table(results: dict, method: str, baseline: str, names: list[str]) -
     if toy:
         line += f"{versus['accuracy'][0]:>+11.3f} +-{versus['accuracy'][1]:.3f}"
     lines.append(line + f"   ({method} - {baseline}, paired)")
-    return "\n".join(lines)
-
-
-def _table(results: dict, names: list[str]) -> str:
-    header = (
-        f"{'method':<10}"
-        + "".join(f"{n:>16}" for n in names)
-        + ("  accuracy" if "accuracy" in results["base"] else "")
-    )
-    lines = [header]
-    for method in ("base", "best_of_n", "optimized"):
-        row = results[method]
-        line = f"{method:<10}" + "".join(f"{row['rewards'][n]:>16.4f}" for n in names)
-        if "accuracy" in row:
-            line += f"  {row['accuracy']:>8.3f}"
-        lines.append(line)
     return "\n".join(lines)
 
 
