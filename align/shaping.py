@@ -13,7 +13,8 @@ Constraints          Constrained RLHF (Moskovitz et al. 2024): a threshold per r
                      with a Lagrange multiplier each, updated by projected gradient ascent on the
                      violation after every batch; the optimised reward is the weighted sum minus each
                      multiplier times its constraint's slack.
-pareto_front         Parrot (Lee et al. 2024): the non-dominated samples over several rewards.
+pareto_front         Parrot (Lee et al. 2024): the non-dominated samples over several rewards;
+pareto_rank_signal   and every sample's non-dominated-sorting rank in its group, as a reward.
 dense_step_advantages, calibrate_noise
                      DenseGRPO (dense step-wise reward gains as advantages, and the per-step SDE noise
                      scaled until each step's gains are balanced).
@@ -138,6 +139,18 @@ def pareto_front(values: torch.Tensor, group_ids: torch.Tensor | None = None) ->
         members = (group_ids == group).nonzero().flatten()
         front[members] = pareto_ranks(values[members]) == 0
     return front
+
+
+def pareto_rank_signal(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """values [B, K] -> [B]: minus each sample's non-dominated-sorting rank within its group (0 for the
+    group's front, -1 for the next front, ...). As a GRPO signal every sample trains and no weights
+    between the rewards are chosen: the front earns the most, and a sample beaten on every reward by
+    another of its group earns less than that one."""
+    signal = torch.zeros(values.shape[0], device=values.device)
+    for group in group_ids.unique():
+        members = (group_ids == group).nonzero().flatten()
+        signal[members] = -pareto_ranks(values[members]).float()
+    return signal
 
 
 def dense_step_advantages(

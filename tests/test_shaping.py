@@ -12,6 +12,7 @@ from align.shaping import (
     dense_step_advantages,
     par_shape,
     pareto_front,
+    pareto_rank_signal,
     pareto_ranks,
     unlikeliness_bonus,
 )
@@ -203,3 +204,26 @@ def test_dense_calibration_without_dense_is_refused_by_name(tmp_path):
 
     with pytest.raises((ValueError, ConfigError), match="calibrates the noise from dense reward gains"):
         _collected("shaped-grpo.yaml", tmp_path, ["algorithm.dense_calibration=0.1"])
+
+
+def test_pareto_rank_signal_is_minus_the_rank_within_each_group():
+    values = torch.tensor([[1.0, 1.0], [0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.5, 0.5]])
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    # group 0: (1,1) and (2,0) are the front, (0,0) is beaten by both; group 1: a chain of three
+    assert pareto_rank_signal(values, groups).tolist() == [0.0, -1.0, 0.0, -2.0, 0.0, -1.0]
+
+
+def test_pareto_rank_trains_every_sample_on_its_group_rank(tmp_path):
+    import pattern_reward  # noqa: F401  (registers test-pattern)
+
+    from align.losses import group_advantages
+
+    terms = "rewards.terms=[{name: jpeg-compressibility}, {name: test-pattern}]"
+    run, plan, batch = _collected("flow-grpo.yaml", tmp_path, ["algorithm.pareto=rank", terms])
+    values = torch.stack([batch.values["jpeg-compressibility"], batch.values["test-pattern"]], dim=1)
+    ranks = torch.cat([pareto_ranks(values[plan.group_ids == g]) for g in plan.group_ids.unique()])
+    assert ranks.max() >= 1  # the two rewards disagree only in part: some samples are dominated
+    expected, _ = group_advantages(pareto_rank_signal(values, plan.group_ids), plan.group_ids)
+    assert torch.allclose(batch.advantages, expected, atol=1e-5)
+    front = float((pareto_rank_signal(values, plan.group_ids) == 0).float().mean())
+    assert batch.stats["pareto_front_fraction"] == pytest.approx(front) and front < 1

@@ -28,6 +28,7 @@ from align.shaping import (
     dense_step_advantages,
     par_shape,
     pareto_front,
+    pareto_rank_signal,
     unlikeliness_bonus,
 )
 from samplers.noise import generators_from_seeds
@@ -75,8 +76,10 @@ class PolicyGradientConfig:
     par_temperature: float = param(0.1, gt=0.0)
     # Parrot's non-dominated selection over the reward terms: within each prompt's group (the GRPO
     # reading: a group is the set of images one prompt competes in), or over the whole batch as the
-    # paper selects (on the toy model that leaves 1-3 of 64 samples, easy prompts' ones, training)
-    pareto: str = param("none", choices=("none", "group", "batch"))
+    # paper selects (on the toy model that leaves 1-3 of 64 samples, easy prompts' ones, training);
+    # rank: every sample trains, its signal minus its non-dominated-sorting rank in the group (no
+    # weights between the rewards; the group's front earns the most)
+    pareto: str = param("none", choices=("none", "group", "batch", "rank"))
     # "Rewarding the Unlikely": successes (combined reward >= unlikeliness_success) that the policy finds
     # likely earn up to `unlikeliness` less, by their likelihood rank within the group
     unlikeliness: float = param(0.0, min=0.0, max=1.0)
@@ -87,12 +90,13 @@ class PolicyGradientConfig:
     constraint_lr: float = param(0.5, gt=0.0)
 
     def check(self):
-        if self.dense and (self.shaping != "none" or self.unlikeliness > 0 or self.constraints):
+        shaped = self.shaping != "none" or self.unlikeliness > 0 or self.constraints or self.pareto == "rank"
+        if self.dense and shaped:
             yield (
                 ["dense"],
                 (
-                    "dense advantages come from per-step reward gains, which shaping, unlikeliness and "
-                    "constraints do not reach; use them without dense"
+                    "dense advantages come from per-step reward gains, which shaping, unlikeliness, "
+                    "constraints and pareto: rank do not reach; use them without dense"
                 ),
             )
         if self.dense_calibration > 0 and not self.dense:
@@ -267,7 +271,10 @@ class PolicyGradient(Algorithm):
         stochastic = [i for i, level in enumerate(levels) if level > 0]
         if not stochastic:
             raise ValueError("sampling.noise_level is 0: no stochastic step to train; set it above 0")
-        signal = self._signal(values, group_ids)
+        signal = combined = self._signal(values, group_ids)
+        if settings.pareto == "rank":
+            signal = pareto_rank_signal(torch.stack(list(values.values()), dim=1), group_ids.to(signal.device))
+            stats["pareto_front_fraction"] = float((signal == 0).float().mean())
         signal, shaping_stats = self._shaped(
             epoch, prompts, values, signal, group_ids, trajectory, stochastic
         )
@@ -279,7 +286,7 @@ class PolicyGradient(Algorithm):
             stats.update(dense_stats)
         else:
             advantages, zero_std = self._advantages(prompts, signal, group_ids)
-        if settings.pareto != "none":
+        if settings.pareto in ("group", "batch"):
             front = pareto_front(
                 torch.stack(list(values.values()), dim=1), group_ids if settings.pareto == "group" else None
             )
@@ -296,7 +303,7 @@ class PolicyGradient(Algorithm):
         )
         stats.update(
             {
-                "reward": float(signal.mean()),
+                "reward": float((combined if settings.pareto == "rank" else signal).mean()),
                 "reward_std_in_groups": _mean_group_std(signal, group_ids),
                 "advantage_abs_mean": float(
                     advantages[:, stochastic].abs().mean()
