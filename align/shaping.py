@@ -130,15 +130,19 @@ def pareto_ranks(values: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def pareto_front(values: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """values [B, K] -> [B] bool: non-dominated over the whole batch, or within each group."""
-    if group_ids is None:
-        return pareto_ranks(values) == 0
-    front = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
+def pareto_ranks_within(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """values [B, K], group_ids [B] -> [B] ranks of pareto_ranks, each group sorted on its own."""
+    ranks = torch.zeros(values.shape[0], dtype=torch.long, device=values.device)
     for group in group_ids.unique():
         members = (group_ids == group).nonzero().flatten()
-        front[members] = pareto_ranks(values[members]) == 0
-    return front
+        ranks[members] = pareto_ranks(values[members])
+    return ranks
+
+
+def pareto_front(values: torch.Tensor, group_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """values [B, K] -> [B] bool: non-dominated over the whole batch, or within each group."""
+    ranks = pareto_ranks(values) if group_ids is None else pareto_ranks_within(values, group_ids)
+    return ranks == 0
 
 
 def pareto_rank_signal(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
@@ -146,11 +150,7 @@ def pareto_rank_signal(values: torch.Tensor, group_ids: torch.Tensor) -> torch.T
     group's front, -1 for the next front, ...). As a GRPO signal every sample trains and no weights
     between the rewards are chosen: the front earns the most, and a sample beaten on every reward by
     another of its group earns less than that one."""
-    signal = torch.zeros(values.shape[0], device=values.device)
-    for group in group_ids.unique():
-        members = (group_ids == group).nonzero().flatten()
-        signal[members] = -pareto_ranks(values[members]).float()
-    return signal
+    return -pareto_ranks_within(values, group_ids).float()
 
 
 def dense_step_advantages(
