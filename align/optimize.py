@@ -48,6 +48,7 @@ class OptimizeSettings:
     lr: float = 5.0  # ReNO's step size on the noise
     regularisation: float = 0.01  # lambda on the norm regulariser
     grad_clip: float = 0.1  # ReNO clips the noise gradient norm
+    momentum: float = 0.9  # ReNO's optimiser: SGD with Nesterov momentum 0.9 (0: plain gradient steps)
     num_steps: int | None = None  # sampling steps (default: the model's)
     explore: int = 1  # >1: this many starting noises share the budget; the best is kept
     keep_every: int = 10  # save images every this many iterations
@@ -83,7 +84,11 @@ def reno(
     noise = (
         adapter.initial_noise(generators_from_seeds(seeds), len(prompts), steps).detach().requires_grad_(True)
     )
-    optimizer = torch.optim.SGD([noise], lr=settings.lr)
+    if not 0.0 <= settings.momentum < 1.0:
+        raise ValueError(f"momentum must lie in [0, 1), got {settings.momentum}")
+    optimizer = torch.optim.SGD(
+        [noise], lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0
+    )
     history, best_total, best_noise, best_images = [], None, None, None
     for iteration in range(settings.iterations + 1):
         images = _images(adapter, noise, prompts, steps, grad=True)

@@ -110,3 +110,63 @@ def test_short_draft_run_raises_the_reward_on_fixed_seeds(tmp_path):
     for _ in range(6):
         run.train_epoch()
     assert fixed_reward() > before + 0.01
+
+
+def test_par_maximises_the_sigmoid_of_each_images_gain_over_the_reference(tmp_path):
+    # micro-batches of one: each loss is one image's, so the shaped loss can be checked by hand
+    plain = Run(backprop_config({"name": "draft-lv"}, micro_batch_size=1), tmp_path / "plain")
+    shaped = Run(
+        backprop_config({"name": "draft-lv", "shaping": "par", "par_temperature": 0.05}, micro_batch_size=1),
+        tmp_path / "par",
+    )
+    batch = collected(plain)
+    for row in range(4):
+        unit = torch.tensor([row])
+        reward = -float(plain.algorithm.loss(batch, unit)[0].detach())
+        loss, stats = shaped.algorithm.loss(batch, unit)
+        loss = loss.detach()
+        reference = shaped.algorithm.reference_rewards[batch.prompts[row]]
+        assert stats["par_reference"] == pytest.approx(reference)
+        assert float(loss) == pytest.approx(
+            -float(torch.sigmoid(torch.tensor((reward - reference) / 0.05))), abs=1e-5
+        )
+    # the reference is the LoRA-off model's seed-0 sample, drawn once per prompt and kept across a resume
+    state = shaped.algorithm.state_dict()
+    assert set(state["reference_rewards"]) == set(batch.prompts)
+
+
+def test_constraint_multiplier_moves_by_the_last_batchs_violation_and_prices_the_reward(tmp_path):
+    spec = {
+        "name": "draft-lv",
+        "constraints": [{"name": "test-pattern", "at_most": -1.0}],
+        "constraint_lr": 0.5,
+    }
+    run = Run(backprop_config(spec, micro_batch_size=2), tmp_path)
+    batch = collected(run)
+    assert batch.stats["lambda/test-pattern"] == 0.0
+    seen = []
+    for unit in run.algorithm.units(batch, torch.Generator().manual_seed(0)):
+        loss, stats = run.algorithm.loss(batch, unit)
+        seen.append(stats["backprop_reward"])
+    mean = sum(seen) / len(seen)  # the reward is the one term: the violation is its batch mean + 1
+    batch = run.algorithm.collect(1, batch.prompts, torch.arange(4), [s + 1 for s in batch.seeds])
+    multiplier = batch.stats["lambda/test-pattern"]
+    assert multiplier == pytest.approx(0.5 * (mean + 1.0), rel=1e-5) and multiplier > 0
+    unit = torch.arange(2)
+    loss, stats = run.algorithm.loss(batch, unit)
+    loss, reward = (
+        float(loss.detach()),
+        stats["backprop_reward"],
+    )  # mean of the two images' rewards; the Lagrangian is linear in them
+    assert loss == pytest.approx(-(reward - multiplier * (reward + 1.0)), rel=1e-5)
+    assert run.algorithm.state_dict()["constraints"]["multipliers"]["test-pattern"] == multiplier
+
+
+def test_backprop_constraint_mistakes_are_named(tmp_path):
+    with pytest.raises(ValueError, match="'clip-toy' is not a reward term"):
+        Run(
+            backprop_config({"name": "draft", "constraints": [{"name": "clip-toy", "at_most": 0.8}]}),
+            tmp_path,
+        )
+    with pytest.raises(ValueError, match="exactly one of at_most / at_least"):
+        backprop_config({"name": "draft", "constraints": [{"name": "test-pattern"}]})

@@ -79,6 +79,26 @@ class Rollouts(Collected):
     reward: torch.Tensor | None = None  # [B] combined reward, for losses that regress on it (PRDP)
 
 
+@torch.no_grad()
+def reference_rewards(context: Context, cache: dict[str, float], prompts: list[str]) -> torch.Tensor:
+    """PAR's centre: the reference model's (LoRA off) combined reward on each prompt's deterministic
+    sample (seed 0, the training steps), drawn once per prompt and kept in `cache`. Returns [B]."""
+    from samplers.noise import generators_from_seeds
+
+    missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+    if missing:
+        with context.policy.reference(), context.accelerator.autocast():
+            trajectory = context.adapter.sample(
+                missing,
+                generators_from_seeds([0] * len(missing)),
+                num_steps=context.config.sampling.num_steps,
+            )
+            images = context.adapter.decode(trajectory.final).float()
+        combined = context.rewards.combine(context.rewards.score(images, missing))
+        cache.update(zip(missing, combined.tolist()))
+    return torch.tensor([cache[p] for p in prompts])
+
+
 class Algorithm:
     pathway = ImagePathway  # what the run trains, prompts and evaluates (align/pathway.py)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.algorithms.base import Algorithm, Rollouts, register_algorithm
+from align.algorithms.base import Algorithm, Rollouts, reference_rewards, register_algorithm
 from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
 from align.schema import param
 from align.search import predicted_clean
@@ -273,11 +273,11 @@ class PolicyGradient(Algorithm):
             raise ValueError("sampling.noise_level is 0: no stochastic step to train; set it above 0")
         signal = combined = self._signal(values, group_ids)
         if settings.pareto == "rank":
-            signal = pareto_rank_signal(torch.stack(list(values.values()), dim=1), group_ids.to(signal.device))
+            signal = pareto_rank_signal(
+                torch.stack(list(values.values()), dim=1), group_ids.to(signal.device)
+            )
             stats["pareto_front_fraction"] = float((signal == 0).float().mean())
-        signal, shaping_stats = self._shaped(
-            epoch, prompts, values, signal, group_ids, trajectory, stochastic
-        )
+        signal, shaping_stats = self._shaped(prompts, values, signal, group_ids, trajectory, stochastic)
         stats.update(shaping_stats)
         if settings.dense:
             advantages, zero_std, dense_stats = self._dense_advantages(
@@ -334,7 +334,7 @@ class PolicyGradient(Algorithm):
             return group_win_rate(rewards.combine(values), group_ids)
         return rewards.combine(values, group_ids)
 
-    def _shaped(self, epoch, prompts, values, signal, group_ids, trajectory, stochastic):
+    def _shaped(self, prompts, values, signal, group_ids, trajectory, stochastic):
         """PAR, the unlikeliness bonus and the constraints' Lagrangian on the combined reward."""
         settings, stats = self.context.settings, {}
         if self.constraints.constraints:
@@ -342,7 +342,7 @@ class PolicyGradient(Algorithm):
             signal = self.constraints.shape(signal, values)
             self.constraints.update({name: self.context.gather(v) for name, v in values.items()})
         if settings.shaping == "par":
-            reference = self._reference_rewards(epoch, prompts).to(signal.device)
+            reference = reference_rewards(self.context, self.reference_rewards, prompts).to(signal.device)
             stats["par_reference"] = float(reference.mean())
             signal = par_shape(signal, reference, settings.par_temperature)
         if settings.unlikeliness > 0:
@@ -355,24 +355,6 @@ class PolicyGradient(Algorithm):
                 settings.unlikeliness_success,
             )
         return signal, stats
-
-    @torch.no_grad()
-    def _reference_rewards(self, epoch, prompts) -> torch.Tensor:
-        """The reference model's (LoRA off) combined reward on each prompt's ODE sample, drawn once
-        per prompt (seed 0) and remembered."""
-        context = self.context
-        missing = [p for p in dict.fromkeys(prompts) if p not in self.reference_rewards]
-        if missing:
-            with context.policy.reference(), context.accelerator.autocast():
-                trajectory = context.adapter.sample(
-                    missing,
-                    generators_from_seeds([0] * len(missing)),
-                    num_steps=context.config.sampling.num_steps,
-                )
-                images = context.adapter.decode(trajectory.final).float()
-            combined = context.rewards.combine(context.rewards.score(images, missing))
-            self.reference_rewards.update(zip(missing, combined.tolist()))
-        return torch.tensor([self.reference_rewards[p] for p in prompts])
 
     @torch.no_grad()
     def _dense_advantages(self, trajectory, values, group_ids, stochastic):

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from align.algorithms.base import Algorithm, Collected, register_algorithm
+from align.algorithms.base import Algorithm, Collected, reference_rewards, register_algorithm
 from align.schema import param
+from align.shaping import Constraint, Constraints, par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
 from samplers.types import Schedule, Trajectory
@@ -44,8 +45,21 @@ class RewardBackpropConfig:
     checkpoint: bool = True  # activation checkpointing of each denoiser call and of the decoder
     # ...only where the activations kept without it would exceed this many MiB (0: always): time vs memory
     checkpoint_above_mb: float = param(512.0, min=0.0)
+    # hacking controls on the maximised reward (align/shaping.py): PAR maximises
+    # sigmoid((r - r_ref) / par_temperature) around the reference model's reward for the prompt, so
+    # the gradient fades once an image beats the reference by a few temperatures; constraints
+    # ([{name, at_most} or {name, at_least}]) subtract lambda x slack per term, one Lagrange multiplier
+    # each, moved by constraint_lr x the last batch's violation before every epoch
+    shaping: str = param("none", choices=("none", "par"))
+    par_temperature: float = param(0.05, gt=0.0)
+    constraints: list[dict] = field(default_factory=list)
+    constraint_lr: float = param(0.5, gt=0.0)
 
     def check(self):
+        for i, spec in enumerate(self.constraints):
+            unknown = set(spec) - {"name", "at_most", "at_least"}
+            if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
+                yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
         low, high = (self.refl_range + [0, 0])[:2]
         if len(self.refl_range) != 2 or not 0 <= low <= high <= 1:
             yield ["refl_range"], "must be [low, high] with 0 <= low <= high <= 1"
@@ -108,6 +122,19 @@ class RewardBackprop(Algorithm):
                 f"{context.settings.name} backpropagates through the reward, but {', '.join(stuck)} is not "
                 "differentiable; use flow-grpo (or ddpo) for black-box rewards"
             )
+        settings = context.settings
+        names = {term.name for term in context.config.rewards.terms}
+        for spec in settings.constraints:
+            if spec["name"] not in names:
+                raise ValueError(
+                    f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
+                    "(weight 0 scores it without optimising it)"
+                )
+        self.constraints = Constraints(
+            [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
+        )
+        self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
+        self.seen: dict[str, list[torch.Tensor]] = {}  # the reward terms of the last epoch's replays
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
@@ -115,6 +142,11 @@ class RewardBackprop(Algorithm):
         num_steps = context.config.sampling.num_steps
         rng = random.Random(context.config.train.seed * 31 + epoch)
         batch = Chains(prompts=list(prompts), seeds=seeds, epoch=epoch, rng=rng)
+        if self.constraints.constraints and self.seen:  # one multiplier step per batch, as flow-grpo's
+            values = {name: context.gather(torch.cat(parts)) for name, parts in self.seen.items()}
+            self.constraints.update(values)
+            self.seen = {}
+        batch.stats.update({f"lambda/{k}": v for k, v in self.constraints.multipliers.items()})
         if self._replays_whole_chain(num_steps):
             return batch  # each loss samples its rows from x_T with gradients: nothing to sample twice
         trajectory = context.adapter.sample(prompts, generators_from_seeds(seeds), num_steps=num_steps)
@@ -122,7 +154,7 @@ class RewardBackprop(Algorithm):
         values = context.rewards.score(images, prompts)
         reward = context.rewards.combine(values, group_ids)
         batch.trajectory, batch.images, batch.values = trajectory, images, values
-        batch.stats = {"reward": float(reward.mean())}
+        batch.stats["reward"] = float(reward.mean())
         return batch
 
     def _replays_whole_chain(self, num_steps: int) -> bool:
@@ -149,7 +181,32 @@ class RewardBackprop(Algorithm):
         if batch.trajectory is None:
             _record_samples(batch, rows, images, values, reward)
         stats["backprop_reward"] = float(reward.detach().mean())
-        return -reward.mean(), stats
+        return -self._shaped(reward, values, prompts, stats).mean(), stats
+
+    def _shaped(self, reward, values, prompts, stats) -> torch.Tensor:
+        """The constraints' Lagrangian, then PAR's sigmoid, on the combined reward [B] (with gradients)."""
+        settings = self.context.settings
+        if self.constraints.constraints:
+            for name in self.constraints.multipliers:
+                self.seen.setdefault(name, []).append(values[name].detach().float())
+            reward = self.constraints.shape(reward, values)
+        if settings.shaping == "par":
+            reference = reference_rewards(self.context, self.reference_rewards, prompts).to(reward.device)
+            stats["par_reference"] = float(reference.mean())
+            reward = par_shape(reward, reference, settings.par_temperature)
+        return reward
+
+    def state_dict(self):
+        return {
+            "constraints": self.constraints.state_dict(),
+            "reference_rewards": dict(self.reference_rewards),
+            "seen": {name: [t.tolist() for t in parts] for name, parts in self.seen.items()},
+        }
+
+    def load_state_dict(self, state):
+        self.constraints.load_state_dict(state.get("constraints", {}))
+        self.reference_rewards = dict(state.get("reference_rewards", {}))
+        self.seen = {name: [torch.tensor(t) for t in parts] for name, parts in state.get("seen", {}).items()}
 
     def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
         """Checkpoint the denoiser calls and the decoder? Only where their activations would exceed

@@ -30,10 +30,18 @@ RECIPE_KEYS = {
     "lr",
     "regularisation",
     "grad_clip",
+    "momentum",
     "explore",
     "seconds",
 }
-DEFAULTS = {"iterations": 50, "lr": 5.0, "regularisation": 0.01, "grad_clip": 0.1, "explore": 1}
+DEFAULTS = {
+    "iterations": 50,
+    "lr": 5.0,
+    "regularisation": 0.01,
+    "grad_clip": 0.1,
+    "momentum": 0.9,
+    "explore": 1,
+}
 
 
 def is_recipe(data) -> bool:
@@ -116,6 +124,7 @@ def run(args) -> int:
         lr=args.lr,
         regularisation=args.regularisation,
         grad_clip=args.grad_clip,
+        momentum=args.momentum,
         num_steps=args.steps,
         explore=args.explore,
         keep_every=args.keep_every,
@@ -268,6 +277,12 @@ def register(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=None, help="step size on the noise (default 5)")
     parser.add_argument("--regularisation", type=float, default=None, help="norm regulariser weight (0.01)")
     parser.add_argument("--grad-clip", type=float, default=None, help="noise-gradient norm clip (0.1)")
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=None,
+        help="Nesterov momentum of the noise SGD (0.9; 0: plain steps)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument(
         "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
