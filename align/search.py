@@ -161,22 +161,34 @@ class _Tree:
         bonus = [settings.exploration * math.sqrt(math.log(visits + 1) / (c.visits + 1)) for c in children]
         return children[max(range(len(values)), key=lambda j: values[j] + bonus[j])]
 
-    def descend(self) -> tuple[list[_Node], _Node]:
-        """Select a path from the root and grow one new branch down to the window's edge; returns the
-        path and the new node there, which `finish_leaves` completes into an image."""
+    def select(self) -> list[_Node]:
+        """Walk from the root by the selection rule to the node that grows a new branch (one whose
+        children are below its widening limit, or that has none still open); returns the path."""
         path, node = [self.root], self.root
         while node.step < self.window:
             open_children = [c for c in node.children if c.step < self.window]  # not yet images
             if not open_children or len(node.children) < self._limit(node):
-                node = self._child(node)
-                path.append(node)
-                while node.step < self.window:  # the new branch runs down to the window's edge
-                    node = self._child(node)
-                    path.append(node)
                 break
             node = self._select(open_children, node.visits)
             path.append(node)
-        return path, node
+        return path
+
+    def cost(self, node: _Node) -> int:
+        """Denoiser evaluations of one new leaf grown from `node`: its model output if not cached, one
+        per new branch node above the window's edge, and the ODE over the steps after the window."""
+        if node is self.root:  # a new initial noise runs every step
+            return self.num_steps
+        return int(node.output is None) + (self.window - node.step - 1) + (self.num_steps - self.window)
+
+    def grow(self, path: list[_Node]) -> tuple[list[_Node], _Node]:
+        """Grow a new branch from the path's last node down to the window's edge; returns the path and
+        the new node there, which `_finish_leaves` completes into an image."""
+        path, node = list(path), path[-1]
+        while True:
+            node = self._child(node)
+            path.append(node)
+            if node.step >= self.window:
+                return path, node
 
     def backup(self, path: list[_Node], reward: float, image: torch.Tensor) -> None:
         self.leaves += 1
@@ -189,9 +201,6 @@ class _Tree:
                 if not member.children
                 else _soft_value([c.value for c in member.children if c.visits], self.settings.temperature)
             )
-
-    def affordable(self, budget: int) -> bool:
-        return self.counter.used + self.num_steps <= budget  # the most one more leaf can use
 
 
 def _finish_leaves(adapter, trees: list[_Tree], leaves: list[_Node]) -> torch.Tensor:
@@ -220,11 +229,22 @@ def tree_search(
     trees = []
     for prompt, seed in zip(prompts, seeds, strict=True):
         trees.append(_Tree(adapter, prompt, seed, settings, Counter(adapter)))
+    done = [False] * len(trees)
     while True:
-        active = [row for row, tree in enumerate(trees) if tree.affordable(budget)]
+        # each tree's next leaf is charged its exact cost: a deep branch reuses its prefix's evaluations,
+        # so a tree that branches late in the window affords more leaves than best-of-N
+        paths = {}
+        for row, tree in enumerate(trees):
+            if not done[row]:
+                path = tree.select()
+                if tree.counter.used + tree.cost(path[-1]) <= budget:
+                    paths[row] = path
+                else:
+                    done[row] = True  # the budget cannot pay for the branch the selection chose
+        active = sorted(paths)
         if not active:
             break
-        grown = [trees[row].descend() for row in active]
+        grown = [trees[row].grow(paths[row]) for row in active]
         images = _finish_leaves(adapter, [trees[row] for row in active], [g[1] for g in grown])
         values = _total(rewards, settings.weights, images, [prompts[row] for row in active])
         for k, row in enumerate(active):

@@ -122,3 +122,26 @@ def test_a_window_over_every_step_leaves_no_ode_to_finish_and_keeps_its_best_ima
     tree = tree_search(adapter, PROMPTS, SEEDS, {"pattern": Pattern()}, settings)
     assert all(e <= 16 for e in tree["evaluations"]) and all(n >= 4 for n in tree["leaves"])
     assert torch.allclose(Pattern()(tree["images"], PROMPTS), tree["reward"].float(), atol=1e-4)
+
+
+def test_tree_charges_each_leaf_its_exact_cost_and_stops_only_when_the_next_does_not_fit(monkeypatch):
+    import align.search as search
+
+    charged: dict[int, list[int]] = {}
+    real = search._Tree.cost
+
+    def spy(tree, node):
+        cost = real(tree, node)
+        charged.setdefault(id(tree), []).append(cost)
+        return cost
+
+    monkeypatch.setattr(search._Tree, "cost", spy)
+    adapter = tiny_adapter("tiny:sd3")
+    budget = 8 * 6
+    settings = SearchSettings(budget=budget, num_steps=6, window=5)
+    tree = tree_search(adapter, PROMPTS, SEEDS, {"pattern": Pattern()}, settings)
+    for costs, used, leaves in zip(charged.values(), tree["evaluations"], tree["leaves"], strict=True):
+        assert len(costs) == leaves + 1 and sum(costs[:-1]) == used  # the counter agrees with the charges
+        assert used + costs[-1] > budget >= used  # the last branch chosen did not fit
+        assert min(costs) < 6  # deep branches reuse their prefix: cheaper than a fresh sample
+    assert all(n > 8 for n in tree["leaves"])  # more images than best-of-8
