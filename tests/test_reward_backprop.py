@@ -170,3 +170,38 @@ def test_backprop_constraint_mistakes_are_named(tmp_path):
         )
     with pytest.raises(ValueError, match="exactly one of at_most / at_least"):
         backprop_config({"name": "draft", "constraints": [{"name": "test-pattern"}]})
+
+
+def test_activation_size_measured_on_two_rows_extrapolates_to_the_batch():
+    from align.algorithms.reward_backprop import batch_saved_bytes, saved_bytes
+    from samplers.types import select_batch
+    from tests.conftest import tiny_adapter
+
+    adapter = tiny_adapter("tiny:sd3")
+    for p in list(adapter.model.parameters())[:4]:
+        p.requires_grad_(True)  # a trainable weight, as LoRA's, so that activations are kept
+    prompts = ["a red circle", "two blue squares", "a green triangle", "a cat"]
+    x = adapter.initial_noise(None, 4, 4)
+    t = adapter.schedule(4).timesteps[:1].float().expand(4)
+    cond = adapter.encode(prompts)
+    whole = saved_bytes(adapter.denoise, x, t, cond)
+    estimate = batch_saved_bytes(adapter.denoise, 4, lambda n: (x[n], t[n], select_batch(cond, n)))
+    assert whole > 0 and estimate == pytest.approx(whole, rel=0.02), (whole, estimate)
+    decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
+    assert decoded > 0  # the decoder's activations count once its input carries gradients
+
+
+@pytest.mark.parametrize("limit_mb, nested", [(1e-6, True), (1e6, False)])
+def test_checkpointing_only_where_memory_needs_it_and_the_gradients_do_not_change(tmp_path, limit_mb, nested):
+    algorithm = {"name": "draft", "grad_steps": 4}
+    plain = Run(backprop_config({**algorithm, "checkpoint": False}), tmp_path / "plain")
+    measured = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / "measured")
+    batch = collected(plain)
+    reference = lora_gradients(plain, batch, torch.arange(4))
+    grads = lora_gradients(measured, batch, torch.arange(4))
+    step, decode = measured.algorithm._activation_bytes[4]
+    assert step > 0 and decode > 0
+    # above the limit: every call checkpointed and, one call alone being above it too, each block inside
+    assert measured.adapter.model.is_gradient_checkpointing is nested
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-7)

@@ -32,7 +32,7 @@ from align.schema import param
 from align.shaping import Constraint, Constraints, par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
-from samplers.types import Schedule, Trajectory
+from samplers.types import Schedule, Trajectory, select_batch
 
 
 @dataclass
@@ -209,17 +209,26 @@ class RewardBackprop(Algorithm):
         self.seen = {name: [torch.tensor(t) for t in parts] for name, parts in state.get("seen", {}).items()}
 
     def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
-        """Checkpoint the denoiser calls and the decoder? Only where their activations would exceed
-        checkpoint_above_mb; one denoiser call and one decode are measured once per batch size."""
+        """Checkpoint the denoiser calls and the decoder? Only where the activations they would keep
+        exceed checkpoint_above_mb. Measured once per batch size on one and two rows and extrapolated
+        (measuring the whole batch would itself hold what checkpointing saves). Where one
+        call's own activations exceed the limit too, the model (or the decoder) also checkpoints inside
+        the call, block by block: backward's recompute then holds one block, not one whole call."""
         settings = self.context.settings
         if not settings.checkpoint or settings.checkpoint_above_mb == 0:
             return settings.checkpoint
         sizes = self.__dict__.setdefault("_activation_bytes", {})
-        if x.shape[0] not in sizes:
+        rows = x.shape[0]
+        if rows not in sizes:
             adapter = self.context.adapter
-            step = saved_bytes(adapter.denoise, x, t, cond)
-            sizes[x.shape[0]] = (step, saved_bytes(adapter.decode, x.detach().clone()))
-        step, decode = sizes[x.shape[0]]
+            step = batch_saved_bytes(adapter.denoise, rows, lambda n: (x[n], t[n], select_batch(cond, n)))
+            decode = batch_saved_bytes(
+                adapter.decode, rows, lambda n: (x[n].detach().clone().requires_grad_(True),)
+            )
+            sizes[rows] = (step, decode)
+            limit = settings.checkpoint_above_mb * 2**20
+            adapter.checkpoint_blocks(denoiser=step > limit, decoder=decode > limit)
+        step, decode = sizes[rows]
         return grad_steps * step + decode > settings.checkpoint_above_mb * 2**20
 
     def _decode(self, latents, checkpoint: bool):
@@ -324,6 +333,16 @@ class ReFL(RewardBackprop):
         start = batch.rng.randint(int(low * (num_steps - 1)), int(high * (num_steps - 1)))
         final = self._one_step(sub.latents[:, start], sub.timesteps[:, start], sub.sigmas[:, start], sub.cond)
         return final, settings.checkpoint, {"start_step": start}
+
+
+def batch_saved_bytes(function, rows: int, arguments) -> int:
+    """saved_bytes of `function` on `rows` rows, from its arguments on 1 and 2 rows (`arguments(slice)`):
+    a part per row and a fixed part, extrapolated, so the whole batch's activations are never held."""
+    one = saved_bytes(function, *arguments(slice(0, 1)))
+    if rows < 2:
+        return one
+    two = saved_bytes(function, *arguments(slice(0, 2)))
+    return one + (rows - 1) * max(0, two - one)
 
 
 def saved_bytes(function, *args) -> int:

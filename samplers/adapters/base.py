@@ -58,6 +58,14 @@ class Adapter:
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
 
+    def checkpoint_blocks(self, denoiser: bool = True, decoder: bool = False) -> None:
+        """Activation checkpointing inside the denoiser (each transformer / resnet block) and the VAE
+        decoder, for every forward with gradients, where the diffusers model supports it."""
+        vae = getattr(getattr(self, "pipeline", None), "vae", None)
+        for module, wanted in ((self.model, denoiser), (vae, decoder)):
+            if wanted and getattr(module, "_supports_gradient_checkpointing", False):
+                module.enable_gradient_checkpointing()
+
     @property
     def network(self) -> torch.nn.Module:
         """What forward passes go through: the model, or its distributed wrapper while training."""
