@@ -86,14 +86,18 @@ class Constraints:
         self.constraints, self.lr = constraints, lr
         self.multipliers = {c.name: 0.0 for c in constraints}
 
-    def shape(self, combined: torch.Tensor, values: dict[str, torch.Tensor]) -> torch.Tensor:
-        """combined [B] (the weighted reward) minus sum_k lambda_k * slack_k [B]."""
+    def shape(
+        self, combined: torch.Tensor, values: dict[str, torch.Tensor], multipliers: dict | None = None
+    ) -> torch.Tensor:
+        """combined [B] (the weighted reward) minus sum_k lambda_k * slack_k [B] (lambda: the current
+        multipliers, or those a batch was collected with)."""
+        multipliers = self.multipliers if multipliers is None else multipliers
         missing = [c.name for c in self.constraints if c.name not in values]
         if missing:
             raise ValueError(f"constraint on {missing[0]!r}: no reward term of that name is scored")
         shaped = combined.float()
         for c in self.constraints:
-            shaped = shaped - self.multipliers[c.name] * c.slack(values[c.name].float())
+            shaped = shaped - multipliers[c.name] * c.slack(values[c.name].float())
         return shaped
 
     def update(self, values: dict[str, torch.Tensor]) -> dict[str, float]:

@@ -108,6 +108,8 @@ class Chains(Collected):
     rng: random.Random | None = None  # draws each loss's K (alignprop) or start step (refl), in order
     trajectory: Trajectory | None = None  # [B, T]; None: the replay from x_T is the epoch's sample
     combined: list[torch.Tensor] = field(default_factory=list)  # replayed rows' combined rewards
+    multipliers: dict[str, float] = field(default_factory=dict)  # constraints' lambdas for this batch
+    seen: dict[str, list[torch.Tensor]] = field(default_factory=dict)  # constrained terms as replayed
 
 
 class RewardBackprop(Algorithm):
@@ -134,7 +136,7 @@ class RewardBackprop(Algorithm):
             [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
         )
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
-        self.seen: dict[str, list[torch.Tensor]] = {}  # the reward terms of the last epoch's replays
+        self.seen: dict[str, list[torch.Tensor]] = {}  # the constrained terms of the last batch's replays
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
@@ -145,7 +147,7 @@ class RewardBackprop(Algorithm):
         if self.constraints.constraints and self.seen:  # one multiplier step per batch, as flow-grpo's
             values = {name: context.gather(torch.cat(parts)) for name, parts in self.seen.items()}
             self.constraints.update(values)
-            self.seen = {}
+        batch.multipliers, self.seen = dict(self.constraints.multipliers), batch.seen
         batch.stats.update({f"lambda/{k}": v for k, v in self.constraints.multipliers.items()})
         if self._replays_whole_chain(num_steps):
             return batch  # each loss samples its rows from x_T with gradients: nothing to sample twice
@@ -181,15 +183,15 @@ class RewardBackprop(Algorithm):
         if batch.trajectory is None:
             _record_samples(batch, rows, images, values, reward)
         stats["backprop_reward"] = float(reward.detach().mean())
-        return -self._shaped(reward, values, prompts, stats).mean(), stats
+        return -self._shaped(batch, reward, values, prompts, stats).mean(), stats
 
-    def _shaped(self, reward, values, prompts, stats) -> torch.Tensor:
+    def _shaped(self, batch, reward, values, prompts, stats) -> torch.Tensor:
         """The constraints' Lagrangian, then PAR's sigmoid, on the combined reward [B] (with gradients)."""
         settings = self.context.settings
         if self.constraints.constraints:
             for name in self.constraints.multipliers:
-                self.seen.setdefault(name, []).append(values[name].detach().float())
-            reward = self.constraints.shape(reward, values)
+                batch.seen.setdefault(name, []).append(values[name].detach().float())
+            reward = self.constraints.shape(reward, values, batch.multipliers)
         if settings.shaping == "par":
             reference = reference_rewards(self.context, self.reference_rewards, prompts).to(reward.device)
             stats["par_reference"] = float(reference.mean())
