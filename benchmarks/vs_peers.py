@@ -577,6 +577,10 @@ def print_table(rows, configs, args) -> None:
         if key not in seen:
             seen.add(key)
             print(f"  {row['case'].split()[0]}: {key}")
+    threshold = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    print(
+        f"  allocator (both sides): MALLOC_MMAP_THRESHOLD_={threshold or 'unset (glibc dynamic threshold)'}"
+    )
     for case, config in configs.items():
         if config:
             print(f"  peer CONFIG {case}: {json.dumps(config)}")
@@ -584,6 +588,13 @@ def print_table(rows, configs, args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--mmap-threshold",
+        type=int,
+        default=None,
+        help="glibc MALLOC_MMAP_THRESHOLD_ for both sides (e.g. 131072): large tensors are mapped and "
+        "returned on free, so peak RSS tracks live memory rather than the heap glibc keeps",
+    )
     parser.add_argument(
         "--peer-scripts",
         default=os.environ.get("PEER_SCRIPTS"),
@@ -628,6 +639,8 @@ def main() -> None:
     missing = [f for f in ("peer_scripts", "trl_python", "trl_grpo_python", "work") if not getattr(args, f)]
     if missing:
         parser.error(f"give --{', --'.join(m.replace('_', '-') for m in missing)} (or their env variables)")
+    if args.mmap_threshold is not None:  # read by glibc at each child's start: both sides alike
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     drive(args)
 
 

@@ -172,7 +172,7 @@ def test_backprop_constraint_mistakes_are_named(tmp_path):
         backprop_config({"name": "draft", "constraints": [{"name": "test-pattern"}]})
 
 
-def test_activation_size_measured_on_two_rows_extrapolates_to_the_batch():
+def test_activation_size_from_one_row_bounds_the_batchs_from_above():
     from align.algorithms.reward_backprop import batch_saved_bytes, saved_bytes
     from samplers.types import select_batch
     from tests.conftest import tiny_adapter
@@ -186,7 +186,7 @@ def test_activation_size_measured_on_two_rows_extrapolates_to_the_batch():
     cond = adapter.encode(prompts)
     whole = saved_bytes(adapter.denoise, x, t, cond)
     estimate = batch_saved_bytes(adapter.denoise, 4, lambda n: (x[n], t[n], select_batch(cond, n)))
-    assert whole > 0 and estimate == pytest.approx(whole, rel=0.02), (whole, estimate)
+    assert whole > 0 and whole <= estimate <= 1.5 * whole, (whole, estimate)  # the fixed part, once per row
     decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
     assert decoded > 0  # the decoder's activations count once its input carries gradients
 
