@@ -191,9 +191,13 @@ def test_activation_size_from_one_row_bounds_the_batchs_from_above():
     assert decoded > 0  # the decoder's activations count once its input carries gradients
 
 
-@pytest.mark.parametrize("limit_mb, nested", [(1e-6, True), (1e6, False)])
-def test_checkpointing_only_where_memory_needs_it_and_the_gradients_do_not_change(tmp_path, limit_mb, nested):
-    algorithm = {"name": "draft", "grad_steps": 4}
+@pytest.mark.parametrize(
+    "limit_mb, blocks, nested", [(1e-6, True, True), (1e-6, False, False), (1e6, True, False)]
+)
+def test_checkpointing_only_where_memory_needs_it_and_the_gradients_do_not_change(
+    tmp_path, limit_mb, blocks, nested
+):
+    algorithm = {"name": "draft", "grad_steps": 4, "checkpoint_blocks": blocks}
     plain = Run(backprop_config({**algorithm, "checkpoint": False}), tmp_path / "plain")
     measured = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / "measured")
     batch = collected(plain)

@@ -45,6 +45,9 @@ class RewardBackpropConfig:
     checkpoint: bool = True  # activation checkpointing of each denoiser call and of the decoder
     # ...only where the activations kept without it would exceed this many MiB (0: always): time vs memory
     checkpoint_above_mb: float = param(512.0, min=0.0)
+    # ...and where one call alone exceeds it, checkpoint inside the call too, block by block (the
+    # denoiser's, the decoder's): measured at 256 px against trl, 0.62x its memory at 1.74x its time
+    checkpoint_blocks: bool = False
     # hacking controls on the maximised reward (align/shaping.py): PAR maximises
     # sigmoid((r - r_ref) / par_temperature) around the reference model's reward for the prompt, so
     # the gradient fades once an image beats the reference by a few temperatures; constraints
@@ -213,9 +216,9 @@ class RewardBackprop(Algorithm):
     def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
         """Checkpoint the denoiser calls and the decoder? Only where the activations they would keep
         exceed checkpoint_above_mb. Estimated once per batch size from one row (measuring the whole
-        batch would itself hold what checkpointing saves). Where one
-        call's own activations exceed the limit too, the model (or the decoder) also checkpoints inside
-        the call, block by block: backward's recompute then holds one block, not one whole call."""
+        batch would itself hold what checkpointing saves). With checkpoint_blocks, where one call's own
+        activations exceed the limit too, the model (or the decoder) also checkpoints inside the call,
+        block by block: backward's recompute then holds one block, not one whole call."""
         settings = self.context.settings
         if not settings.checkpoint or settings.checkpoint_above_mb == 0:
             return settings.checkpoint
@@ -229,7 +232,8 @@ class RewardBackprop(Algorithm):
             )
             sizes[rows] = (step, decode)
             limit = settings.checkpoint_above_mb * 2**20
-            adapter.checkpoint_blocks(denoiser=step > limit, decoder=decode > limit)
+            if settings.checkpoint_blocks:
+                adapter.checkpoint_blocks(denoiser=step > limit, decoder=decode > limit)
         step, decode = sizes[rows]
         return grad_steps * step + decode > settings.checkpoint_above_mb * 2**20
 
