@@ -79,6 +79,21 @@ class Rollouts(Collected):
     reward: torch.Tensor | None = None  # [B] combined reward, for losses that regress on it (PRDP)
 
 
+def constraints_for(context: Context):
+    """The run's Lagrange constraints (algorithm.constraints, constraint_lr), each on a reward term."""
+    from align.shaping import Constraint, Constraints
+
+    settings = context.settings
+    names = {term.name for term in context.config.rewards.terms}
+    for spec in settings.constraints:
+        if spec["name"] not in names:
+            raise ValueError(
+                f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
+                "(weight 0 scores it without optimising it)"
+            )
+    return Constraints([Constraint(**spec) for spec in settings.constraints], settings.constraint_lr)
+
+
 @torch.no_grad()
 def reference_rewards(context: Context, cache: dict[str, float], prompts: list[str]) -> torch.Tensor:
     """PAR's centre: the reference model's (LoRA off) combined reward on each prompt's deterministic

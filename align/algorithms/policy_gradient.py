@@ -17,13 +17,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.algorithms.base import Algorithm, Rollouts, reference_rewards, register_algorithm
+from align.algorithms.base import Algorithm, Rollouts, constraints_for, reference_rewards, register_algorithm
 from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
 from align.schema import param
 from align.search import predicted_clean
 from align.shaping import (
-    Constraint,
-    Constraints,
     calibrate_noise,
     dense_step_advantages,
     par_shape,
@@ -221,16 +219,7 @@ class PolicyGradient(Algorithm):
         if settings.signal == "win_rate" and context.config.train.group_size < 2:
             raise ValueError("signal=win_rate compares samples within a group: set train.group_size >= 2")
         self.tracker = PromptStatTracker(settings.tracker_buffer, settings.tracker_min_count)
-        names = {term.name for term in context.config.rewards.terms}
-        for spec in settings.constraints:
-            if spec["name"] not in names:
-                raise ValueError(
-                    f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
-                    "(weight 0 scores it without optimising it)"
-                )
-        self.constraints = Constraints(
-            [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
-        )
+        self.constraints = constraints_for(context)
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
         self.noise_scales: dict[int, float] = {}  # DenseGRPO calibration: step index -> noise scale
 

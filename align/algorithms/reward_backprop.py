@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from align.algorithms.base import Algorithm, Collected, reference_rewards, register_algorithm
+from align.algorithms.base import Algorithm, Collected, constraints_for, reference_rewards, register_algorithm
 from align.schema import param
-from align.shaping import Constraint, Constraints, par_shape
+from align.shaping import par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
 from samplers.types import Schedule, Trajectory, select_batch
@@ -127,17 +127,7 @@ class RewardBackprop(Algorithm):
                 f"{context.settings.name} backpropagates through the reward, but {', '.join(stuck)} is not "
                 "differentiable; use flow-grpo (or ddpo) for black-box rewards"
             )
-        settings = context.settings
-        names = {term.name for term in context.config.rewards.terms}
-        for spec in settings.constraints:
-            if spec["name"] not in names:
-                raise ValueError(
-                    f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
-                    "(weight 0 scores it without optimising it)"
-                )
-        self.constraints = Constraints(
-            [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr
-        )
+        self.constraints = constraints_for(context)
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
         self.seen: dict[str, list[torch.Tensor]] = {}  # the constrained terms of the last batch's replays
 
