@@ -48,9 +48,7 @@ def read_pairs_file(path: str | Path, image_root: str | Path | None = None) -> l
         files = []
         for key in ("chosen", "rejected"):
             file = Path(row[key]) if Path(row[key]).is_absolute() else root / row[key]
-            if not file.is_file() and row.get(
-                f"{key}_path"
-            ):  # the gallery export also carries absolute paths
+            if not file.is_file() and row.get(f"{key}_path"):  # the gallery export also carries absolute paths
                 file = Path(row[f"{key}_path"])
             if not file.is_file():
                 raise ValueError(f"{where}: {key} image {file} does not exist")

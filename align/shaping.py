@@ -77,6 +77,14 @@ class Constraint:
         return values - self.at_most if self.at_most is not None else self.at_least - values
 
 
+def constraint_spec_problems(specs: list[dict]):
+    """Config check of `algorithm.constraints`: yields (path, problem) for each malformed entry."""
+    for i, spec in enumerate(specs):
+        unknown = set(spec) - {"name", "at_most", "at_least"}
+        if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
+            yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
+
+
 class Constraints:
     """Lagrange multipliers for reward thresholds, updated once per batch (lambda >= 0)."""
 

@@ -185,7 +185,7 @@ def test_activation_size_from_one_row_bounds_the_batchs_from_above():
     t = adapter.schedule(4).timesteps[:1].float().expand(4)
     cond = adapter.encode(prompts)
     whole = saved_bytes(adapter.denoise, x, t, cond)
-    estimate = batch_saved_bytes(adapter.denoise, 4, lambda n: (x[n], t[n], select_batch(cond, n)))
+    estimate = batch_saved_bytes(adapter.denoise, 4, x[:1], t[:1], select_batch(cond, slice(0, 1)))
     assert whole > 0 and whole <= estimate <= 1.5 * whole, (whole, estimate)  # the fixed part, once per row
     decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
     assert decoded > 0  # the decoder's activations count once its input carries gradients

@@ -23,6 +23,7 @@ from align.schema import param
 from align.search import predicted_clean
 from align.shaping import (
     calibrate_noise,
+    constraint_spec_problems,
     dense_step_advantages,
     par_shape,
     pareto_front,
@@ -99,10 +100,7 @@ class PolicyGradientConfig:
             )
         if self.dense_calibration > 0 and not self.dense:
             yield ["dense_calibration"], "calibrates the noise from dense reward gains: set dense: true"
-        for i, spec in enumerate(self.constraints):
-            unknown = set(spec) - {"name", "at_most", "at_least"}
-            if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
-                yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
+        yield from constraint_spec_problems(self.constraints)
         if self.sde_window_range is not None and (
             len(self.sde_window_range) != 2 or self.sde_window_range[0] >= self.sde_window_range[1]
         ):

@@ -29,7 +29,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from align.algorithms.base import Algorithm, Collected, constraints_for, reference_rewards, register_algorithm
 from align.schema import param
-from align.shaping import par_shape
+from align.shaping import constraint_spec_problems, par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
 from samplers.types import Schedule, Trajectory, select_batch
@@ -59,10 +59,7 @@ class RewardBackpropConfig:
     constraint_lr: float = param(0.5, gt=0.0)
 
     def check(self):
-        for i, spec in enumerate(self.constraints):
-            unknown = set(spec) - {"name", "at_most", "at_least"}
-            if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
-                yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
+        yield from constraint_spec_problems(self.constraints)
         low, high = (self.refl_range + [0, 0])[:2]
         if len(self.refl_range) != 2 or not 0 <= low <= high <= 1:
             yield ["refl_range"], "must be [low, high] with 0 <= low <= high <= 1"
@@ -213,19 +210,16 @@ class RewardBackprop(Algorithm):
         if not settings.checkpoint or settings.checkpoint_above_mb == 0:
             return settings.checkpoint
         sizes = self.__dict__.setdefault("_activation_bytes", {})
-        rows = x.shape[0]
+        rows, limit = x.shape[0], settings.checkpoint_above_mb * 2**20
         if rows not in sizes:
-            adapter = self.context.adapter
-            step = batch_saved_bytes(adapter.denoise, rows, lambda n: (x[n], t[n], select_batch(cond, n)))
-            decode = batch_saved_bytes(
-                adapter.decode, rows, lambda n: (x[n].detach().clone().requires_grad_(True),)
-            )
+            adapter, one = self.context.adapter, slice(0, 1)
+            step = batch_saved_bytes(adapter.denoise, rows, x[one], t[one], select_batch(cond, one))
+            decode = batch_saved_bytes(adapter.decode, rows, x[one].detach().clone().requires_grad_(True))
             sizes[rows] = (step, decode)
-            limit = settings.checkpoint_above_mb * 2**20
             if settings.checkpoint_blocks:
                 adapter.checkpoint_blocks(denoiser=step > limit, decoder=decode > limit)
         step, decode = sizes[rows]
-        return grad_steps * step + decode > settings.checkpoint_above_mb * 2**20
+        return grad_steps * step + decode > limit
 
     def _decode(self, latents, checkpoint: bool):
         adapter = self.context.adapter
@@ -331,12 +325,12 @@ class ReFL(RewardBackprop):
         return final, settings.checkpoint, {"start_step": start}
 
 
-def batch_saved_bytes(function, rows: int, arguments) -> int:
-    """An upper estimate of saved_bytes of `function` on `rows` rows, from its arguments on one row
-    (`arguments(slice)`) times `rows`: the part of the activations that does not grow with the batch is
-    counted once per row, so the estimate errs towards checkpointing, and measuring never holds more
-    than one row's activations."""
-    return rows * saved_bytes(function, *arguments(slice(0, 1)))
+def batch_saved_bytes(function, rows: int, *one_row) -> int:
+    """An upper estimate of saved_bytes of `function` on `rows` rows: its saved bytes on the arguments
+    of one row, times `rows`. The part of the activations that does not grow with the batch is counted
+    once per row, so the estimate errs towards checkpointing, and measuring never holds more than one
+    row's activations."""
+    return rows * saved_bytes(function, *one_row)
 
 
 def saved_bytes(function, *args) -> int:
