@@ -166,19 +166,35 @@ def pareto_rank_signal(values: torch.Tensor, group_ids: torch.Tensor) -> torch.T
 
 
 def dense_step_advantages(
-    step_rewards: torch.Tensor, group_ids: torch.Tensor, eps: float = 1e-4
+    step_rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    eps: float = 1e-4,
+    std_over: str = "step",
+    centre: bool = True,
+    credit: str = "gain",
 ) -> torch.Tensor:
     """DenseGRPO's step-wise credit: step_rewards [B, S+1] are the rewards of the clean predictions
     before the first trained step and after each of the S steps (the last is the final image's); the
-    gain of step s is step_rewards[:, s+1] - step_rewards[:, s], normalised within each group per step
-    (mean removed, divided by the group's std of that step's gain + eps; 0 where a step has no spread in
-    its group). Returns [B, S]."""
+    gain of step s is step_rewards[:, s+1] - step_rewards[:, s]. With `centre` each group's mean gain at
+    that step is removed (the paper's GRPO baseline; without it the reward estimated before the step is
+    the only baseline). std_over "step" (the paper's) divides by the group's std of that step's gain
+    (+ eps; 0 where a step has no spread in its group); "batch" by one std of every (centred) gain of
+    the batch, so a step that moved few samples keeps small credit instead of being scaled up to unit
+    spread. credit "gain" (the paper's) credits step s with its own gain; "to_go" with the gains of s
+    and every later step, i.e. the final reward minus the estimate at x_s: the estimate is then a
+    baseline (it depends on x_s only), so the credit stays unbiased when later steps are stochastic
+    too and keeps the step's effect on what the later steps could reach. Returns [B, S]."""
     gains = step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
+    if credit == "to_go":
+        gains = gains.flip(1).cumsum(1).flip(1)
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     groups, steps = counts.shape[0], gains.shape[1]
     sums = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, gains)
     means = sums / counts[:, None]
-    centred = gains - means[inverse]
+    centred = gains - means[inverse] if centre else gains
+    if std_over == "batch":
+        spread = centred.std() if centred.numel() > 1 else centred.new_zeros(())
+        return centred / (spread + eps) if spread > 0 else torch.zeros_like(centred)
     squares = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, centred**2)
     stds = (squares / (counts[:, None] - 1).clamp(min=1)).sqrt()
     flat = (counts[:, None] == 1) | (stds == 0)  # one sample, or no spread at that step: no credit

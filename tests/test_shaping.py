@@ -96,6 +96,25 @@ def test_dense_advantages_credit_the_step_whose_prediction_improved():
     assert (advantages.sum(0).abs() < 1e-5).all()  # zero-mean per group and step
 
 
+def test_dense_to_go_credit_is_the_final_reward_minus_the_estimate_before_the_step():
+    step_rewards = torch.tensor([[0.0, 0.5, 0.5, 1.0], [0.2, 0.2, 0.6, 0.4], [0.3, 0.3, 0.3, 0.3]])
+    one_group = torch.tensor([0, 0, 0])
+    raw = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", centre=False, credit="to_go")
+    to_go = step_rewards[:, -1:] - step_rewards[:, :-1]  # [[1, .5, .5], [.2, .2, -.2], [0, 0, 0]]
+    assert torch.allclose(raw, to_go / to_go.std())
+    # one batch-wide std keeps the steps' relative sizes: the third sample, which no step moved, gets 0
+    assert raw[2].abs().max() == 0
+    assert float(raw[0, 0] / raw[0, 1]) == pytest.approx(2.0)
+    # centred per group and step, then divided by one std of every centred value
+    centred = to_go - to_go.mean(0, keepdim=True)
+    batch = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", credit="to_go")
+    assert torch.allclose(batch, centred / centred.std())
+    # "gain" credit with the same options: the step's own gain only
+    gains = step_rewards[:, 1:] - step_rewards[:, :-1]
+    own = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", centre=False)
+    assert torch.allclose(own, gains / gains.std())
+
+
 def _collected(recipe: str, tmp_path, overrides=()):
     from pathlib import Path
 

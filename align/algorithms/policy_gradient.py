@@ -64,6 +64,13 @@ class PolicyGradientConfig:
     # choice: exact for a deterministic sampler, T - s extra evaluations) or one_step (x0^ = x - sigma v:
     # one evaluation, blurry at high noise; measured to misattribute credit on the toy model)
     dense_estimate: str = param("ode", choices=("ode", "one_step"))
+    # how gains become advantages: each step's group std (step, the paper's) or one std over the batch's
+    # gains (batch); dense_centre removes each group's mean gain per step (the paper's baseline)
+    dense_std: str = param("step", choices=("step", "batch"))
+    dense_centre: bool = True
+    # a step's credit: its own gain (gain, the paper's) or the final reward minus the estimate before it
+    # (to_go: the gains of it and every later window step; unbiased where later steps are stochastic)
+    dense_credit: str = param("gain", choices=("gain", "to_go"))
     # DenseGRPO's exploration calibration: after each epoch every window step's noise scale moves by
     # this rate, down where its reward gains are mostly losses (share > 0.5 + dense_calibration_band),
     # up where mostly gains or where no sample's reward moved (align/shaping.py calibrate_noise); 0: off
@@ -98,6 +105,8 @@ class PolicyGradientConfig:
                     "constraints and pareto: rank do not reach; use them without dense"
                 ),
             )
+        if not self.dense and (self.dense_std != "step" or not self.dense_centre or self.dense_credit != "gain"):
+            yield ["dense"], "dense_std, dense_centre and dense_credit shape dense advantages: set dense: true"
         if self.dense_calibration > 0 and not self.dense:
             yield ["dense_calibration"], "calibrates the noise from dense reward gains: set dense: true"
         yield from constraint_spec_problems(self.constraints)
@@ -353,11 +362,22 @@ class PolicyGradient(Algorithm):
             raise ValueError("algorithm.dense needs one contiguous window of stochastic steps (sde_window)")
         step_rewards = self._step_rewards(trajectory, values, stochastic)
         everything = context.gather(step_rewards)
-        dense = dense_step_advantages(everything, context.gather(group_ids).to(everything.device))
+        dense = dense_step_advantages(
+            everything,
+            context.gather(group_ids).to(everything.device),
+            std_over=context.settings.dense_std,
+            centre=context.settings.dense_centre,
+            credit=context.settings.dense_credit,
+        )
         local = context.local_slice(dense)
         advantages = torch.zeros(local.shape[0], trajectory.log_probs.shape[1], device=local.device)
         advantages[:, stochastic] = local
-        stats = {}
+        gains = everything[:, 1:] - everything[:, :-1]
+        # per window step: the share of samples whose estimated reward the step moved, and its mean gain
+        stats = {
+            "dense_moved": [float(v) for v in (gains.abs() > 1e-6).float().mean(0)],
+            "dense_gain": [float(v) for v in gains.mean(0)],
+        }
         if context.settings.dense_calibration > 0:
             stats["noise_scales"] = [self.noise_scales.get(s, 1.0) for s in stochastic]
             self.noise_scales, stats["loss_share"] = calibrate_noise(
