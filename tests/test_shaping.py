@@ -99,7 +99,9 @@ def test_dense_advantages_credit_the_step_whose_prediction_improved():
 def test_dense_to_go_credit_is_the_final_reward_minus_the_estimate_before_the_step():
     step_rewards = torch.tensor([[0.0, 0.5, 0.5, 1.0], [0.2, 0.2, 0.6, 0.4], [0.3, 0.3, 0.3, 0.3]])
     one_group = torch.tensor([0, 0, 0])
-    raw = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", centre=False, credit="to_go")
+    raw = dense_step_advantages(
+        step_rewards, one_group, eps=0.0, std_over="batch", centre=False, credit="to_go"
+    )
     to_go = step_rewards[:, -1:] - step_rewards[:, :-1]  # [[1, .5, .5], [.2, .2, -.2], [0, 0, 0]]
     assert torch.allclose(raw, to_go / to_go.std())
     # one batch-wide std keeps the steps' relative sizes: the third sample, which no step moved, gets 0
@@ -137,6 +139,21 @@ def test_dense_grpo_gives_each_window_step_its_own_zero_mean_advantage(tmp_path)
     for group in plan.group_ids.unique():
         assert advantages[plan.group_ids == group].sum(0).abs().max() < 1e-4
     assert set(batch.steps.flatten().tolist()) <= set(window)
+
+
+def test_dense_mix_blends_the_trajectory_advantage_into_every_window_step(tmp_path):
+    from align.algorithms.policy_gradient import group_advantages
+
+    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.dense_mix=0.25"])
+    window = batch.stats["noise_window"]
+    dense = run.algorithm._step_rewards(batch.trajectory, batch.values, window)
+    per_step = dense_step_advantages(dense, plan.group_ids)
+    combined = run.context.rewards.combine(batch.values)
+    trajectory, _ = group_advantages(combined, plan.group_ids)
+    expected = 0.75 * per_step + 0.25 * trajectory[:, None]
+    assert torch.allclose(batch.advantages[:, window], expected, atol=1e-5)
+    off = [i for i in range(batch.advantages.shape[1]) if i not in window]
+    assert (batch.advantages[:, off] == 0).all()
 
 
 def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_state(tmp_path):

@@ -71,6 +71,9 @@ class PolicyGradientConfig:
     # a step's credit: its own gain (gain, the paper's) or the final reward minus the estimate before it
     # (to_go: the gains of it and every later window step; unbiased where later steps are stochastic)
     dense_credit: str = param("gain", choices=("gain", "to_go"))
+    # share of Flow-GRPO's whole-trajectory group advantage blended into each window step's (0: dense
+    # alone; the trajectory's term credits the samples that meet every constraint at once)
+    dense_mix: float = param(0.0, min=0.0, max=1.0)
     # DenseGRPO's exploration calibration: after each epoch every window step's noise scale moves by
     # this rate, down where its reward gains are mostly losses (share > 0.5 + dense_calibration_band),
     # up where mostly gains or where no sample's reward moved (align/shaping.py calibrate_noise); 0: off
@@ -105,8 +108,13 @@ class PolicyGradientConfig:
                     "constraints and pareto: rank do not reach; use them without dense"
                 ),
             )
-        if not self.dense and (self.dense_std != "step" or not self.dense_centre or self.dense_credit != "gain"):
-            yield ["dense"], "dense_std, dense_centre and dense_credit shape dense advantages: set dense: true"
+        if not self.dense and (
+            self.dense_std != "step" or not self.dense_centre or self.dense_credit != "gain" or self.dense_mix
+        ):
+            yield (
+                ["dense"],
+                "dense_std, dense_centre, dense_credit and dense_mix shape dense advantages: set dense: true",
+            )
         if self.dense_calibration > 0 and not self.dense:
             yield ["dense_calibration"], "calibrates the noise from dense reward gains: set dense: true"
         yield from constraint_spec_problems(self.constraints)
@@ -280,6 +288,11 @@ class PolicyGradient(Algorithm):
                 trajectory, values, group_ids, stochastic
             )
             stats.update(dense_stats)
+            if settings.dense_mix > 0:  # blend in the whole trajectory's group advantage on every step
+                trajectory_advantages, _ = self._advantages(prompts, signal, group_ids)
+                window = torch.zeros_like(advantages)
+                window[:, stochastic] = trajectory_advantages.to(advantages.device)[:, None]
+                advantages = (1 - settings.dense_mix) * advantages + settings.dense_mix * window
         else:
             advantages, zero_std = self._advantages(prompts, signal, group_ids)
         if settings.pareto in ("group", "batch"):
