@@ -146,7 +146,7 @@ def test_align_config_accepts_every_shipped_experiment(path, capsys):
     if "algorithm" in shipped:
         assert printed["algorithm"]["name"] == shipped["algorithm"]["name"]
     else:  # a noise-optimisation recipe (`align optimize --config`)
-        assert printed == shipped and "iterations" in shipped
+        assert printed == shipped and {"iterations", "method"} & set(shipped)
 
 
 def test_align_config_checks_optimize_recipes_too(tmp_path, capsys):

@@ -116,6 +116,31 @@ def test_the_cli_searches_with_a_black_box_reward_and_refuses_one_for_guidance(t
     assert "geneval is not differentiable" in capsys.readouterr().err
 
 
+def test_a_recipe_sets_the_search_method_and_its_settings_and_the_command_line_wins(tmp_path, capsys):
+    import json
+
+    from align.cli import main
+
+    recipe = tmp_path / "prune.yaml"
+    recipe.write_text(
+        "model: toy\nmethod: prune\nrewards: {geneval: 1.0}\neval_rewards: [clip-toy]\nsteps: 4\n"
+        "seeds: 2\nbudget: 16\nprune_at: [1]\nkeep: 0.25\n"
+    )
+    prompts = ["--prompt", "a red circle", "--prompt", "two blue squares"]
+    assert main(["optimize", "--config", str(recipe), *prompts, "--out", str(tmp_path / "r")]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    # the same plan as the command-line test above: 8 starts, 2 kept after step 1, best-of-4 baseline
+    assert summary["settings"]["plan"] == [8, 2] and summary["settings"]["evaluations"] == [14] * 4
+    assert summary["prune"]["num_images"] == 4 and "clip-toy" in summary["prune"]["rewards"]
+    # a flag on the command line overrides the recipe's value: keeping half, 6 starts x 1 step + 3 x 3
+    argv = ["optimize", "--config", str(recipe), *prompts, "--keep", "0.5", "--out", str(tmp_path / "k")]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "k" / "summary.json").read_text())["settings"]["plan"] == [6, 3]
+    recipe.write_text("model: toy\nmethod: beam\nrewards: {geneval: 1.0}\n")
+    assert main(["optimize", "--config", str(recipe), *prompts, "--out", str(tmp_path / "b")]) == 2
+    assert "method: 'beam' is not one of reno, tree, prune, guidance" in capsys.readouterr().err
+
+
 def test_a_window_over_every_step_leaves_no_ode_to_finish_and_keeps_its_best_image():
     adapter = tiny_adapter("tiny:sd3")
     settings = SearchSettings(budget=4 * 4, num_steps=4, window=4)

@@ -22,6 +22,7 @@ def parse_rewards(specs: list[str]) -> dict[str, float]:
     return weights
 
 
+METHODS = ("reno", "tree", "prune", "guidance")
 RECIPE_KEYS = {
     "model",
     "steps",
@@ -33,6 +34,16 @@ RECIPE_KEYS = {
     "momentum",
     "explore",
     "seconds",
+    "method",
+    "seeds",
+    "budget",
+    "noise_level",
+    "window",
+    "selection",
+    "prune_at",
+    "keep",
+    "guidance",
+    "eval_rewards",
 }
 DEFAULTS = {
     "iterations": 50,
@@ -41,6 +52,14 @@ DEFAULTS = {
     "grad_clip": 0.1,
     "momentum": 0.9,
     "explore": 1,
+    "method": "reno",
+    "seeds": 1,
+    "noise_level": 0.7,
+    "window": 4,
+    "selection": "greedy",
+    "prune_at": [4],
+    "keep": 0.25,
+    "guidance": 0.5,
 }
 
 
@@ -64,6 +83,11 @@ def check_recipe(recipe: dict, path) -> None:
         REWARDS.lookup(name)
         if not isinstance(weight, (int, float)):
             raise ValueError(f"{path}: rewards.{name}: the weight must be a number, got {weight!r}")
+    for key, choices in (("method", METHODS), ("selection", ("greedy", "sample"))):
+        if key in recipe and recipe[key] not in choices:
+            raise ValueError(f"{path}: {key}: {recipe[key]!r} is not one of {', '.join(choices)}")
+    for name in recipe.get("eval_rewards") or []:
+        REWARDS.lookup(name)
 
 
 def apply_recipe(args) -> None:
@@ -90,8 +114,11 @@ def apply_recipe(args) -> None:
     for key, default in DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, recipe.get(key, default))
-    if args.steps is None:
-        args.steps = recipe.get("steps")
+    if not args.eval_reward:
+        args.eval_reward = list(recipe.get("eval_rewards") or [])
+    for key in ("steps", "budget"):
+        if getattr(args, key) is None:
+            setattr(args, key, recipe.get(key))
     if args.seconds is None:
         args.seconds = recipe.get("seconds")
 
@@ -290,32 +317,41 @@ def register(subparsers) -> None:
     parser.add_argument("--keep-every", type=int, default=10)
     parser.add_argument(
         "--method",
-        choices=("reno", "tree", "prune", "guidance"),
-        default="reno",
+        choices=METHODS,
+        default=None,
         help="reno (noise optimisation) | tree (Diffusion Tree Sampling) | prune (noise-aware pruning): "
         "each against best-of-N at equal denoiser evaluations | guidance (reward gradient in the SDE) "
         "against the plain SDE",
     )
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per prompt (images: prompts x seeds)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per prompt (images: prompts x seeds; 1)"
+    )
     parser.add_argument(
         "--budget", type=int, default=None, help="tree/prune: denoiser evaluations per image (21 x steps)"
     )
-    parser.add_argument("--noise-level", type=float, default=0.7, help="SDE noise of the stochastic steps")
     parser.add_argument(
-        "--window", type=int, default=4, help="tree/guidance: the first N steps are stochastic"
+        "--noise-level", type=float, default=None, help="SDE noise of the stochastic steps (0.7)"
     )
     parser.add_argument(
-        "--selection", choices=("greedy", "sample"), default="greedy", help="tree: DTS* | DTS"
+        "--window", type=int, default=None, help="tree/guidance: the first N steps are stochastic (4)"
     )
     parser.add_argument(
-        "--prune-at", type=int, nargs="+", default=[4], help="prune: rank candidates after these steps"
+        "--selection", choices=("greedy", "sample"), default=None, help="tree: DTS* (greedy) | DTS (sample)"
     )
-    parser.add_argument("--keep", type=float, default=0.25, help="prune: fraction kept at each pruning")
+    parser.add_argument(
+        "--prune-at", type=int, nargs="+", default=None, help="prune: rank candidates after these steps (4)"
+    )
+    parser.add_argument(
+        "--keep", type=float, default=None, help="prune: fraction kept at each pruning (0.25)"
+    )
     parser.add_argument(
         "--prune-reward", action="append", default=[], help="prune: rank noisy predictions by this reward"
     )
     parser.add_argument(
-        "--guidance", type=float, default=0.5, help="guidance: step along the reward gradient (noise stds)"
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance: step along the reward gradient (0.5 noise stds)",
     )
     parser.add_argument("--out", required=True)
     add_device_arguments(parser)
