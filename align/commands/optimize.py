@@ -116,11 +116,9 @@ def apply_recipe(args) -> None:
             setattr(args, key, recipe.get(key, default))
     if not args.eval_reward:
         args.eval_reward = list(recipe.get("eval_rewards") or [])
-    for key in ("steps", "budget"):
+    for key in ("steps", "budget", "seconds"):  # no default: None means the model's / 21 x steps / none
         if getattr(args, key) is None:
             setattr(args, key, recipe.get(key))
-    if args.seconds is None:
-        args.seconds = recipe.get("seconds")
 
 
 def run(args) -> int:
