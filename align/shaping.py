@@ -184,21 +184,27 @@ def dense_step_advantages(
     and every later step, i.e. the final reward minus the estimate at x_s: the estimate is then a
     baseline (it depends on x_s only), so the credit stays unbiased when later steps are stochastic
     too and keeps the step's effect on what the later steps could reach. Returns [B, S]."""
-    gains = step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
+    gains = step_gains(step_rewards)
     if credit == "to_go":
         gains = gains.flip(1).cumsum(1).flip(1)
     _, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
     groups, steps = counts.shape[0], gains.shape[1]
     sums = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, gains)
-    means = sums / counts[:, None]
-    centred = gains - means[inverse] if centre else gains
+    centred = gains - (sums / counts[:, None])[inverse]
+    credits = centred if centre else gains
     if std_over == "batch":
-        spread = centred.std() if centred.numel() > 1 else centred.new_zeros(())
-        return centred / (spread + eps) if spread > 0 else torch.zeros_like(centred)
+        spread = credits.std() if credits.numel() > 1 else credits.new_zeros(())
+        return credits / (spread + eps) if spread > 0 else torch.zeros_like(credits)
+    # the group's std of the step's credit (about its mean, whether or not the mean is removed)
     squares = torch.zeros(groups, steps, device=gains.device).index_add_(0, inverse, centred**2)
     stds = (squares / (counts[:, None] - 1).clamp(min=1)).sqrt()
     flat = (counts[:, None] == 1) | (stds == 0)  # one sample, or no spread at that step: no credit
-    return torch.where(flat[inverse], torch.zeros_like(centred), centred / (stds[inverse] + eps))
+    return torch.where(flat[inverse], torch.zeros_like(credits), credits / (stds[inverse] + eps))
+
+
+def step_gains(step_rewards: torch.Tensor) -> torch.Tensor:
+    """[B, S+1] rewards estimated before each window step and after the last -> [B, S] each step's gain."""
+    return step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
 
 
 def calibrate_noise(
@@ -217,7 +223,7 @@ def calibrate_noise(
     (the noise is too small for the reward to see), it grows by (1 + rate); in the band it stays.
     Scales stay within `bounds`. Returns the new {step: scale} and each step's share of losses
     (None where no gain is non-zero)."""
-    gains = step_rewards[:, 1:].float() - step_rewards[:, :-1].float()
+    gains = step_gains(step_rewards)
     updated, shares = dict(scales), []
     for column, step in enumerate(steps):
         moved = gains[:, column][gains[:, column].abs() > 1e-6]

@@ -111,6 +111,9 @@ def test_dense_to_go_credit_is_the_final_reward_minus_the_estimate_before_the_st
     centred = to_go - to_go.mean(0, keepdim=True)
     batch = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", credit="to_go")
     assert torch.allclose(batch, centred / centred.std())
+    # not centred, each step's group std: the std is still taken about the step's group mean
+    per_step = dense_step_advantages(step_rewards, one_group, eps=0.0, centre=False, credit="to_go")
+    assert torch.allclose(per_step, to_go / to_go.std(0, keepdim=True))
     # "gain" credit with the same options: the step's own gain only
     gains = step_rewards[:, 1:] - step_rewards[:, :-1]
     own = dense_step_advantages(step_rewards, one_group, eps=0.0, std_over="batch", centre=False)

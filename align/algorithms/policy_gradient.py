@@ -28,6 +28,7 @@ from align.shaping import (
     par_shape,
     pareto_front,
     pareto_rank_signal,
+    step_gains,
     unlikeliness_bonus,
 )
 from samplers.noise import generators_from_seeds
@@ -385,7 +386,7 @@ class PolicyGradient(Algorithm):
         local = context.local_slice(dense)
         advantages = torch.zeros(local.shape[0], trajectory.log_probs.shape[1], device=local.device)
         advantages[:, stochastic] = local
-        gains = everything[:, 1:] - everything[:, :-1]
+        gains = step_gains(everything)
         # per window step: the share of samples whose estimated reward the step moved, and its mean gain
         stats = {
             "dense_moved": [float(v) for v in (gains.abs() > 1e-6).float().mean(0)],
