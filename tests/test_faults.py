@@ -79,8 +79,8 @@ def reference(tmp_path_factory):
 @pytest.fixture(scope="module")
 def launched_reference(reference, tmp_path_factory):
     """The same uninterrupted run, launched as the killed runs are: a fresh process with their
-    environment. The test process's own math libraries may have started with other thread
-    settings than a child told OMP_NUM_THREADS, and then the last bits of a sum can differ."""
+    environment. The test process's math libraries may run other thread counts than a child, and
+    then the last bits of a sum differ."""
     out = tmp_path_factory.mktemp("launched") / "run"
     finished = launch(reference.file, out)
     assert finished.returncode == 0, finished.stderr[-2000:]
@@ -132,9 +132,10 @@ KILLS = [
 def launch(config_file: Path, out: Path, *arguments: str, kill_at: str | None = None):
     env = {
         **os.environ,
-        "OMP_NUM_THREADS": str(torch.get_num_threads()),  # as this process: the same sums, bit for bit
-        "MKL_NUM_THREADS": str(torch.get_num_threads()),
-        "MKL_DYNAMIC": "FALSE",  # MKL may not pick fewer threads on its own
+        # one thread, so no sum is split across threads: every launch adds in the same order, bit for bit
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "MKL_DYNAMIC": "FALSE",
         "HF_HUB_OFFLINE": "1",
         "ALIGN_PLUGINS": "pattern_reward",
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
