@@ -40,6 +40,7 @@ def rollout(
     generators: Generators = None,
     grad_steps: int = 0,
     checkpoint: bool = False,
+    graph: bool = False,
 ) -> Trajectory:
     """Sample `x_T -> x_0` for a batch and return the Trajectory.
 
@@ -49,6 +50,11 @@ def rollout(
     grad_steps  the last `grad_steps` steps run with autograd on (reward backprop, DRaFT-K);
                 earlier steps run under no_grad. With `checkpoint`, each of those denoiser calls
                 is recomputed in backward, so memory grows with K and not with T.
+    graph       keep every stochastic step's autograd graph from the policy to its log-prob, with
+                x_t detached between steps (policy-gradient credit, not backprop through the chain):
+                `extra` then holds graph_log_probs [B, T], graph_means [B, T, ...] and graph_stds
+                [B, T] with gradients, so that the first update, whose policy is still the one that
+                sampled, needs no forward pass of its own. Needs grad mode on.
     """
     num_steps = len(schedule)
     if not 0 <= grad_steps <= num_steps:
@@ -64,19 +70,34 @@ def rollout(
     x = noise.float()
     latents, log_probs = [x], []
     first_grad_step = num_steps - grad_steps
+    graph = graph and torch.is_grad_enabled()
+    kept: list = []  # with graph: each step's StepOut, its graph to the policy where the step is stochastic
     for i in range(num_steps):
         t = timesteps[i].expand(batch)
         sigma = sigmas[i].expand(batch)
         sigma_next = sigmas[i + 1].expand(batch)
-        with torch.set_grad_enabled(i >= first_grad_step and torch.is_grad_enabled()):
+        tracked = i >= first_grad_step or (graph and float(levels[i]) > 0)
+        with torch.set_grad_enabled(tracked and torch.is_grad_enabled()):
             if checkpoint and i >= first_grad_step:
                 output = activation_checkpoint(denoiser, x, t, cond, use_reentrant=False)
             else:
                 output = denoiser(x, t, cond)
             out = step_fn(output, x, sigma, sigma_next, noise_level=float(levels[i]), generator=generators)
-        x = out.sample
+        if graph:
+            kept.append(out)
+            x = out.sample.detach()
+            log_probs.append(out.log_prob.detach())
+        else:
+            x = out.sample
+            log_probs.append(out.log_prob)
         latents.append(x)
-        log_probs.append(out.log_prob)
+    extra = {}
+    if graph:
+        extra = {
+            "graph_log_probs": torch.stack([out.log_prob for out in kept], dim=1),
+            "graph_means": torch.stack([out.mean for out in kept], dim=1),
+            "graph_stds": torch.stack([out.std.float().expand(batch) for out in kept], dim=1),
+        }
     return Trajectory(
         latents=torch.stack(latents, dim=1),
         timesteps=timesteps.expand(batch, num_steps).clone(),
@@ -85,6 +106,7 @@ def rollout(
         noise_levels=levels,
         cond=cond,
         prompts=list(prompts),
+        extra=extra,
     )
 
 

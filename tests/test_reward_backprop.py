@@ -173,7 +173,7 @@ def test_backprop_constraint_mistakes_are_named(tmp_path):
 
 
 def test_activation_size_from_one_row_bounds_the_batchs_from_above():
-    from align.algorithms.reward_backprop import batch_saved_bytes, saved_bytes
+    from align.algorithms.base import batch_saved_bytes, saved_bytes
     from samplers.types import select_batch
     from tests.conftest import tiny_adapter
 

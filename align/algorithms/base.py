@@ -134,3 +134,27 @@ class Algorithm:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def batch_saved_bytes(function, rows: int, *one_row) -> int:
+    """An upper estimate of saved_bytes of `function` on `rows` rows: its saved bytes on the arguments
+    of one row, times `rows`. The part of the activations that does not grow with the batch is counted
+    once per row, so the estimate errs towards checkpointing, and measuring never holds more than one
+    row's activations."""
+    return rows * saved_bytes(function, *one_row)
+
+
+def saved_bytes(function, *args) -> int:
+    """Bytes of the activations autograd keeps for backward through one call of `function` (tensors
+    counted once per storage; the trainable weights and the inputs themselves left out)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        output = function(*args)
+    del output
+    known = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
+    return sum(size for pointer, size in storages.items() if pointer not in known)

@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.algorithms.base import Algorithm, Rollouts, constraints_for, reference_rewards, register_algorithm
+from align.algorithms.base import (
+    Algorithm,
+    Rollouts,
+    constraints_for,
+    reference_rewards,
+    register_algorithm,
+    saved_bytes,
+)
 from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
 from align.schema import param
 from align.search import predicted_clean
@@ -33,7 +40,7 @@ from align.shaping import (
 )
 from samplers.noise import generators_from_seeds
 from samplers.rollout import rollout
-from samplers.types import Schedule
+from samplers.types import Schedule, StepOut
 
 
 @dataclass
@@ -98,6 +105,10 @@ class PolicyGradientConfig:
     # multiplier each, moved by constraint_lr x the batch's violation after every epoch
     constraints: list[dict] = field(default_factory=list)
     constraint_lr: float = param(0.5, gt=0.0)
+    # train the first pass on the sampling pass's own graph (its policy is still the one that sampled,
+    # so the ratio is 1 and no training forward is needed) where the activations that keeps, estimated
+    # from one row, fit under this many MiB; needs train.steps_per_pass 1 and one process; 0: never
+    rollout_graph_mb: float = param(0.0, min=0.0)
 
     def check(self):
         shaped = self.shaping != "none" or self.unlikeliness > 0 or self.constraints or self.pareto == "rank"
@@ -134,6 +145,7 @@ class FlowGRPOConfig(PolicyGradientConfig):
 class DDPOConfig(PolicyGradientConfig):
     name: str = "ddpo"
     beta: float = param(0.0, min=0.0)
+    rollout_graph_mb: float = param(2048.0, min=0.0)
     advantage: str = param("prompt_tracker", choices=("group", "prompt_tracker", "batch"))
 
 
@@ -262,10 +274,17 @@ class PolicyGradient(Algorithm):
                 generators_from_seeds([first[g] for g in group_ids.tolist()]), len(seeds), num_steps
             )
             generators = generators_from_seeds([seed + 7_777_777 for seed in seeds])
+        graph = self._rollout_graph(prompts, num_steps, levels)
+        guidance = (
+            adapter.detached_unconditional()
+            if graph and settings.cfg_gradient == "conditional"
+            else contextlib.nullcontext()
+        )
         with context.accelerator.autocast():
-            trajectory = adapter.sample(
-                prompts, generators, num_steps=num_steps, noise_levels=levels, noise=noise
-            )
+            with torch.set_grad_enabled(graph), guidance:
+                trajectory = adapter.sample(
+                    prompts, generators, num_steps=num_steps, noise_levels=levels, noise=noise, graph=graph
+                )
             images = adapter.decode(trajectory.final).float()
         sampled = time.perf_counter()
         values = context.rewards.score(images, prompts)
@@ -321,6 +340,7 @@ class PolicyGradient(Algorithm):
                     else advantages.abs().mean()
                 ),
                 "zero_std_fraction": zero_std,
+                "rollout_graph": float(graph),
                 "time/sampling": sampled - start,
                 "time/reward": scored - sampled,
                 "noise_window": [i for i, level in enumerate(levels) if level > 0],
@@ -443,26 +463,74 @@ class PolicyGradient(Algorithm):
 
     # --- training -----------------------------------------------------------------------------
 
+    def _rollout_graph(self, prompts, num_steps: int, levels: list[float]) -> bool:
+        """Sample with the graph kept (rollout_graph_mb)? Only where every unit of the first pass
+        trains before the one optimiser step (steps_per_pass 1, one process: under DDP each forward
+        would expect its own backward) and the stochastic steps' activations, estimated once from
+        one row of one denoiser call, fit under the limit."""
+        context, settings = self.context, self.context.settings
+        if (
+            settings.rollout_graph_mb == 0
+            or context.config.train.steps_per_pass != 1
+            or context.accelerator.num_processes != 1
+        ):
+            return False
+        rows = len(prompts)
+        sizes = self.__dict__.setdefault("_call_bytes", {})
+        if num_steps not in sizes:  # one row's saved activations of one call; the step matters not
+            adapter = context.adapter
+            x = adapter.initial_noise(generators_from_seeds([0]), 1, num_steps)
+            t = adapter.schedule(num_steps).timesteps[:1].to(x.device).float()
+            with context.accelerator.autocast():
+                sizes[num_steps] = saved_bytes(adapter.denoise, x, t, adapter.encode(prompts[:1]))
+        stochastic = sum(1 for level in levels if level > 0)
+        return rows * stochastic * sizes[num_steps] <= settings.rollout_graph_mb * 2**20
+
     def units(self, batch, generator):
-        """Micro-batches of shuffled samples; within each, one unit per trained step (Flow-GRPO order)."""
+        """Micro-batches of shuffled samples; within each, one unit per trained step (Flow-GRPO order).
+        A batch sampled with its graph kept trains its first pass as one unit: every micro-batch's
+        loss on the sampling pass's own log-probs (the same order drawn, the same mean over units)."""
         size = self.context.config.train.micro_batch_size
         order = torch.randperm(batch.steps.shape[0], generator=generator)
-        return [
+        units = [
             (order[i : i + size], k) for i in range(0, len(order), size) for k in range(batch.steps.shape[1])
         ]
+        extra = batch.trajectory.extra
+        if "graph_log_probs" not in extra:
+            return units
+        graph = {name: extra.pop(f"graph_{name}") for name in ("log_probs", "means", "stds")}
+        return [GraphPass(units, graph)]
 
     def loss(self, batch, unit):
+        if isinstance(unit, GraphPass):  # the mean of its units' losses, on the graph the first time only
+            graph, unit.graph = unit.graph, None
+            parts = [self._unit_loss(batch, rows, k, graph) for rows, k in unit.units]
+            loss = torch.stack([part for part, _ in parts]).mean()
+            stats = {key: sum(s[key] for _, s in parts) / len(parts) for key in parts[0][1]}
+            return loss, stats | {"policy_loss": float(loss.detach())}
         rows, k = unit
+        return self._unit_loss(batch, rows, k)
+
+    def _unit_loss(self, batch, rows, k, graph=None):
         context, settings = self.context, self.context.settings
         trajectory = batch.trajectory.select(rows)
         steps = batch.steps[rows, k]
-        guidance = (
-            context.adapter.detached_unconditional()
-            if settings.cfg_gradient == "conditional"
-            else contextlib.nullcontext()
-        )
-        with context.accelerator.autocast(), guidance:
-            out = context.adapter.rescore(trajectory, steps)
+        if graph is None:
+            guidance = (
+                context.adapter.detached_unconditional()
+                if settings.cfg_gradient == "conditional"
+                else contextlib.nullcontext()
+            )
+            with context.accelerator.autocast(), guidance:
+                out = context.adapter.rescore(trajectory, steps)
+        else:
+            at = (rows.to(steps.device), steps)
+            out = StepOut(
+                sample=None,
+                mean=graph["means"][at],
+                std=graph["stds"][at],
+                log_prob=graph["log_probs"][at],
+            )
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
         scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
         advantages = batch.advantages[rows]
@@ -492,6 +560,16 @@ class PolicyGradient(Algorithm):
         self.constraints.load_state_dict(state.get("constraints", {}))
         self.reference_rewards = dict(state.get("reference_rewards", {}))
         self.noise_scales = {int(k): float(v) for k, v in state.get("noise_scales", {}).items()}
+
+
+@dataclass
+class GraphPass:
+    """A first pass trained as one unit on the sampling pass's graph: the micro-batch units it stands
+    for, and the graph (log-probs, means, stds [B, T] with gradients), spent by the first loss taken;
+    a later loss of the same unit rescores its units under the policy of that moment."""
+
+    units: list
+    graph: dict | None
 
 
 def _mean_group_std(values: torch.Tensor, group_ids: torch.Tensor) -> float:

@@ -27,7 +27,14 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
-from align.algorithms.base import Algorithm, Collected, constraints_for, reference_rewards, register_algorithm
+from align.algorithms.base import (
+    Algorithm,
+    Collected,
+    batch_saved_bytes,
+    constraints_for,
+    reference_rewards,
+    register_algorithm,
+)
 from align.schema import param
 from align.shaping import constraint_spec_problems, par_shape
 from samplers.noise import draw_noise, generators_from_seeds
@@ -323,30 +330,6 @@ class ReFL(RewardBackprop):
         start = batch.rng.randint(int(low * (num_steps - 1)), int(high * (num_steps - 1)))
         final = self._one_step(sub.latents[:, start], sub.timesteps[:, start], sub.sigmas[:, start], sub.cond)
         return final, settings.checkpoint, {"start_step": start}
-
-
-def batch_saved_bytes(function, rows: int, *one_row) -> int:
-    """An upper estimate of saved_bytes of `function` on `rows` rows: its saved bytes on the arguments
-    of one row, times `rows`. The part of the activations that does not grow with the batch is counted
-    once per row, so the estimate errs towards checkpointing, and measuring never holds more than one
-    row's activations."""
-    return rows * saved_bytes(function, *one_row)
-
-
-def saved_bytes(function, *args) -> int:
-    """Bytes of the activations autograd keeps for backward through one call of `function` (tensors
-    counted once per storage; the trainable weights and the inputs themselves left out)."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        output = function(*args)
-    del output
-    known = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
-    return sum(size for pointer, size in storages.items() if pointer not in known)
 
 
 def _record_samples(batch: Chains, rows, images, values, reward) -> None:

@@ -201,6 +201,7 @@ class Adapter:
         grad_steps: int = 0,
         checkpoint: bool = False,
         noise: torch.Tensor | None = None,
+        graph: bool = False,
     ) -> Trajectory:
         """Roll out a batch: one generator per prompt; x_T from `noise` if given, else drawn."""
         prompts = list(prompts)
@@ -218,6 +219,7 @@ class Adapter:
             generators=generators,
             grad_steps=grad_steps,
             checkpoint=checkpoint,
+            graph=graph,
         )
 
     def rescore(self, trajectory: Trajectory, step: int | torch.Tensor) -> StepOut:
