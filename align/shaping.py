@@ -86,13 +86,23 @@ def constraint_spec_problems(specs: list[dict]):
 
 
 class Constraints:
-    """Lagrange multipliers for reward thresholds, updated once per batch (lambda >= 0)."""
+    """Lagrange multipliers for reward thresholds, updated once per batch (lambda >= 0).
 
-    def __init__(self, constraints: list[Constraint], lr: float = 0.5):
+    `ceilings` bounds the multipliers of at_most constraints by name. A cap on a reward the run also
+    maximises with weight w is bounded by w: past its threshold the term's net weight w - lambda falls
+    to 0, so optimising it stops; an unbounded multiplier passes w and then pushes the reward down
+    (measured on the toy model: the multiplier reached 1.2 and held-out accuracy fell 0.18)."""
+
+    def __init__(self, constraints: list[Constraint], lr: float = 0.5, ceilings: dict | None = None):
         if lr <= 0:
             raise ValueError(f"constraint multiplier lr must be > 0, got {lr}")
         self.constraints, self.lr = constraints, lr
         self.multipliers = {c.name: 0.0 for c in constraints}
+        self.ceilings = {
+            c.name: float(ceilings[c.name])
+            for c in constraints
+            if c.at_most is not None and c.name in (ceilings or {})
+        }
 
     def shape(
         self, combined: torch.Tensor, values: dict[str, torch.Tensor], multipliers: dict | None = None
@@ -112,7 +122,8 @@ class Constraints:
         """Projected ascent on each multiplier by its constraint's violation; returns the multipliers."""
         for c in self.constraints:
             violation = c.violation(float(values[c.name].float().mean()))
-            self.multipliers[c.name] = max(0.0, self.multipliers[c.name] + self.lr * violation)
+            moved = max(0.0, self.multipliers[c.name] + self.lr * violation)
+            self.multipliers[c.name] = min(moved, self.ceilings.get(c.name, moved))
         return dict(self.multipliers)
 
     def state_dict(self) -> dict:

@@ -57,6 +57,24 @@ def test_multipliers_grow_while_a_constraint_is_broken_and_the_shaped_reward_pay
     assert restored.multipliers == {"proxy": 0.7, "gold": 0.0}
 
 
+def test_a_cap_on_a_maximised_reward_stops_its_push_but_never_reverses_it():
+    constraints = Constraints(
+        [Constraint("proxy", at_most=0.8), Constraint("gold", at_least=0.5)],
+        lr=10.0,
+        ceilings={"proxy": 0.5, "gold": 0.1},  # a floor is never bounded
+    )
+    values = {"proxy": torch.tensor([0.9, 1.0]), "gold": torch.tensor([0.3, 0.4])}
+    assert constraints.update(values) == pytest.approx({"proxy": 0.5, "gold": 1.5})
+    assert constraints.update(values) == pytest.approx({"proxy": 0.5, "gold": 3.0})
+    combined = 0.5 * values["proxy"]  # the proxy maximised with weight 0.5
+    shaped = constraints.shape(combined, {"proxy": values["proxy"], "gold": torch.zeros(2)})
+    # net weight of the proxy 0.5 - 0.5 = 0: the shaped reward no longer moves with it
+    assert shaped[1] - shaped[0] == pytest.approx(0.0)
+    restored = Constraints([Constraint("proxy", at_most=0.8)], ceilings={"proxy": 0.5})
+    restored.load_state_dict(constraints.state_dict())
+    assert restored.multipliers["proxy"] == 0.5
+
+
 def test_constraint_mistakes_are_named():
     with pytest.raises(ValueError, match="exactly one of at_most or at_least"):
         Constraint("proxy")
@@ -266,3 +284,17 @@ def test_pareto_rank_trains_every_sample_on_its_group_rank(tmp_path):
     assert torch.allclose(batch.advantages, expected, atol=1e-5)
     front = float((pareto_rank_signal(values, plan.group_ids) == 0).float().mean())
     assert batch.stats["pareto_front_fraction"] == pytest.approx(front) and front < 1
+
+
+def test_a_run_bounds_the_cap_on_each_maximised_term_by_its_weight_without_normalisation(tmp_path):
+    from pathlib import Path
+
+    from align.config import load_config
+    from align.loop import Run
+
+    recipe = Path(__file__).parents[1] / "configs" / "tiny" / "shaped-grpo.yaml"
+    caps = "algorithm.constraints=[{name: jpeg-compressibility, at_most: 0.5}, {name: jpeg-incompressibility, at_most: -1.0}]"
+    run = Run(load_config(recipe, [caps, "rewards.terms.0.weight=0.7"]), tmp_path / "a")
+    assert run.algorithm.constraints.ceilings == {"jpeg-compressibility": 0.7}  # weight 0: not maximised
+    run = Run(load_config(recipe, [caps, "rewards.normalise=group"]), tmp_path / "b")
+    assert run.algorithm.constraints.ceilings == {}  # normalised, the weight is not the raw reward's scale

@@ -91,7 +91,13 @@ def constraints_for(context: Context):
                 f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
                 "(weight 0 scores it without optimising it)"
             )
-    return Constraints([Constraint(**spec) for spec in settings.constraints], settings.constraint_lr)
+    # a cap on a maximised term bounds its multiplier by the term's weight (align.shaping.Constraints);
+    # the weight is the raw reward's scale in the combined reward only without normalisation
+    rewards = context.config.rewards
+    weights = {t.name: t.weight for t in rewards.terms if t.weight > 0 and rewards.normalise == "none"}
+    return Constraints(
+        [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr, ceilings=weights
+    )
 
 
 @torch.no_grad()
