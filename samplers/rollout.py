@@ -96,7 +96,7 @@ def rollout(
         extra = {
             "graph_log_probs": torch.stack([out.log_prob for out in kept], dim=1),
             "graph_means": torch.stack([out.mean for out in kept], dim=1),
-            "graph_stds": torch.stack([out.std.float().expand(batch) for out in kept], dim=1),
+            "graph_stds": torch.stack([out.std for out in kept], dim=1),
         }
     return Trajectory(
         latents=torch.stack(latents, dim=1),

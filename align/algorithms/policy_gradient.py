@@ -250,6 +250,7 @@ class PolicyGradient(Algorithm):
         self.constraints = constraints_for(context)
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
         self.noise_scales: dict[int, float] = {}  # DenseGRPO calibration: step index -> noise scale
+        self.row_call_bytes: int | None = None  # rollout_graph_mb: one row's activations of one call
 
     # --- collection ---------------------------------------------------------------------------
 
@@ -475,16 +476,14 @@ class PolicyGradient(Algorithm):
             or context.accelerator.num_processes != 1
         ):
             return False
-        rows = len(prompts)
-        sizes = self.__dict__.setdefault("_call_bytes", {})
-        if num_steps not in sizes:  # one row's saved activations of one call; the step matters not
+        if self.row_call_bytes is None:  # measured once: neither the step nor the prompt changes it
             adapter = context.adapter
             x = adapter.initial_noise(generators_from_seeds([0]), 1, num_steps)
             t = adapter.schedule(num_steps).timesteps[:1].to(x.device).float()
             with context.accelerator.autocast():
-                sizes[num_steps] = saved_bytes(adapter.denoise, x, t, adapter.encode(prompts[:1]))
+                self.row_call_bytes = saved_bytes(adapter.denoise, x, t, adapter.encode(prompts[:1]))
         stochastic = sum(1 for level in levels if level > 0)
-        return rows * stochastic * sizes[num_steps] <= settings.rollout_graph_mb * 2**20
+        return len(prompts) * stochastic * self.row_call_bytes <= settings.rollout_graph_mb * 2**20
 
     def units(self, batch, generator):
         """Micro-batches of shuffled samples; within each, one unit per trained step (Flow-GRPO order).
