@@ -92,6 +92,7 @@ def image_config(args, prompts_file: str) -> dict:
                 "name": "alignprop",
                 "truncation_min": args.steps,
                 "checkpoint_blocks": args.checkpoint_blocks,
+                "checkpoint_above_mb": args.checkpoint_above_mb,
             }  # every step with gradients, as the peer's K = 0
             if alignprop
             else {"name": "ddpo", "advantage": "batch", "clip_range": 1e-4, "advantage_clip": 5.0}
@@ -415,12 +416,14 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
         epochs = ["--epochs", str(epochs), "--warmup", "1", "--steps", str(steps)]
         ours = me + ["--child", case, "--model-dir", str(model), "--resolution", str(resolution)] + epochs
         ours += ["--checkpoint-blocks"] if args.checkpoint_blocks else []
+        ours += ["--checkpoint-above-mb", str(args.checkpoint_above_mb)]
         which = "ddpo" if case == "ddpo" else "alignprop"
         peer = [args.trl_python, str(scripts / "trl_ddpo_alignprop.py"), "--which", which]
         peer += ["--model-dir", str(model)] + epochs
         settings = {"resolution": resolution, "batch": 4, "steps": steps, "eta": 1.0, "guidance": 5.0}
         if case.startswith("alignprop"):
             settings["ours: checkpoint_blocks"] = args.checkpoint_blocks
+            settings["ours: checkpoint_above_mb"] = args.checkpoint_above_mb
         settings |= {"lora": "r4 alpha 4 on to_q/k/v/out.0", "reward": "brightness"}
         return ours, peer, settings
     if case.startswith("grpo"):
@@ -596,6 +599,12 @@ def main() -> None:
         "--checkpoint-blocks",
         action="store_true",
         help="ours: AlignProp also checkpoints inside each denoiser and decoder call (less memory, more time)",
+    )
+    parser.add_argument(
+        "--checkpoint-above-mb",
+        type=float,
+        default=512.0,
+        help="ours: AlignProp's algorithm.checkpoint_above_mb (replay fewer rows at a time, then checkpoint)",
     )
     parser.add_argument(
         "--mmap-threshold",

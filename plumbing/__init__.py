@@ -1,1 +1,1 @@
-"""Domain-free plumbing shared by every package: registries and tokenizers. Imports nothing of the project."""
+"""Domain-free plumbing shared by every package: registries, tokenizers, lean frozen convolutions. Imports nothing of the project."""

@@ -191,6 +191,24 @@ def test_activation_size_from_one_row_bounds_the_batchs_from_above():
     assert decoded > 0  # the decoder's activations count once its input carries gradients
 
 
+def test_measuring_the_activations_leaves_none_of_them_alive():
+    import gc
+
+    from align.algorithms.base import saved_bytes
+
+    def graphs() -> int:
+        return sum(isinstance(o, torch.Tensor) and o.grad_fn is not None for o in gc.get_objects())
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.SiLU(), torch.nn.Conv2d(3, 3, 3))
+    model.requires_grad_(False)[0].weight.requires_grad_(True)
+    x = torch.randn(1, 3, 9, 9, requires_grad=True)
+    before = graphs()
+    # the first conv keeps its input (x, left out) and its weight; the SiLU its input
+    # (3 x 7 x 7 floats); the second conv the SiLU's output and its own weight
+    assert saved_bytes(model, x) == (3 * 7 * 7 * 2 + 3 * 3 * 9) * 4 + 3 * 3 * 9 * 4
+    assert graphs() == before  # what the graph kept was freed with it, without a collection
+
+
 @pytest.mark.parametrize(
     "limit_mb, blocks, nested", [(1e-6, True, True), (1e-6, False, False), (1e6, True, False)]
 )
@@ -203,9 +221,51 @@ def test_checkpointing_only_where_memory_needs_it_and_the_gradients_do_not_chang
     batch = collected(plain)
     reference = lora_gradients(plain, batch, torch.arange(4))
     grads = lora_gradients(measured, batch, torch.arange(4))
-    step, decode = measured.algorithm._activation_bytes[4]
+    step, decode = measured.algorithm.row_bytes
     assert step > 0 and decode > 0
     # above the limit: every call checkpointed and, one call alone being above it too, each block inside
     assert measured.adapter.model.is_gradient_checkpointing is nested
     for name in reference:
         torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "algorithm", [{"name": "draft", "grad_steps": 4}, {"name": "alignprop", "truncation_min": 4}]
+)
+def test_a_micro_batch_over_the_limit_is_replayed_in_smaller_units_before_anything_is_checkpointed(
+    tmp_path, algorithm
+):
+    plain = Run(backprop_config({**algorithm, "checkpoint": False}), tmp_path / "plain")
+    batch = collected(plain)
+    plain.algorithm.row_bytes = None
+    step, decode = plain.algorithm._row_bytes(batch)
+    row_mb = (4 * step + decode) / 2**20
+    steps = []
+    for name, limit_mb, rows in (
+        ("two", 2.5 * row_mb, 2),
+        ("one", 1.5 * row_mb, 1),
+        ("four", 4.5 * row_mb, 4),
+    ):
+        run = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / name)
+        units = run.algorithm.units(collected(run), torch.Generator().manual_seed(0))
+        assert [len(u) for u in units] == [rows] * (4 // rows)
+        assert not run.algorithm._checkpointing(batch, rows, 4)  # each unit fits: nothing recomputed
+        steps.append(first_step_gradients(run))
+    reference = first_step_gradients(plain)  # one unit of 4, checkpointing off
+    for gradients in steps:
+        for one, two in zip(reference, gradients, strict=True):
+            torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-7)
+    tight = Run(backprop_config({**algorithm, "checkpoint_above_mb": 0.5 * row_mb}), tmp_path / "tight")
+    units = tight.algorithm.units(collected(tight), torch.Generator().manual_seed(0))
+    assert [len(u) for u in units] == [4]  # one row is over: the micro-batch stays whole, checkpointed
+    assert tight.algorithm._checkpointing(batch, 4, 4)
+
+
+def first_step_gradients(run: Run) -> list[torch.Tensor]:
+    """The gradients the first epoch's optimiser step was taken with."""
+    taken = []
+    run.optimizer.optimizer.register_step_pre_hook(
+        lambda *_: taken.append([p.grad.clone() for p in run.policy.parameters() if p.grad is not None])
+    )
+    run.train_epoch()
+    return taken[0]

@@ -152,15 +152,19 @@ def batch_saved_bytes(function, rows: int, *one_row) -> int:
 
 def saved_bytes(function, *args) -> int:
     """Bytes of the activations autograd keeps for backward through one call of `function` (tensors
-    counted once per storage; the trainable weights and the inputs themselves left out)."""
+    counted once per storage, weights included; the inputs themselves left out). The graph
+    holds a placeholder, not the tensor: a saved output packed as itself would hold its own grad_fn,
+    and that cycle outlives the call (one row's activations, leaked at every measurement)."""
     storages: dict[int, int] = {}
+    kept = []  # alive until the count is done, so that no address is reused by another storage
 
     def pack(tensor):
+        kept.append(tensor)
         storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda _: None):
         output = function(*args)
     del output
+    kept.clear()  # the hook (and with it this list) can outlive the call
     known = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor)}
     return sum(size for pointer, size in storages.items() if pointer not in known)

@@ -14,7 +14,9 @@ the chain is deterministic), decodes and maximises the differentiable reward:
 Every denoiser call with gradients is activation-checkpointed, and so is the VAE decoder, so memory
 grows with K and not with the number of steps; checkpointing recomputes each forward pass in backward,
 so it is switched on only where the activations it would keep exceed `checkpoint_above_mb` (measured
-once per micro-batch size on one denoiser call and one decode). When every loss replays the whole
+once, per row, on one denoiser call and one decode). Before that, DRaFT and AlignProp split a
+micro-batch whose replay would exceed the limit into smaller units (the same gradient, nothing
+recomputed); only where one row alone exceeds it do they checkpoint. When every loss replays the whole
 chain (alignprop with truncation_min >= T, draft with grad_steps >= T), collect() samples nothing: the
 replay from x_T is the epoch's sample, and loss() records its images and rewards in the batch.
 """
@@ -30,16 +32,16 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from align.algorithms.base import (
     Algorithm,
     Collected,
-    batch_saved_bytes,
     constraints_for,
     reference_rewards,
     register_algorithm,
+    saved_bytes,
 )
 from align.schema import param
 from align.shaping import constraint_spec_problems, par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
-from samplers.types import Schedule, Trajectory, select_batch
+from samplers.types import Schedule, Trajectory
 
 
 @dataclass
@@ -50,7 +52,9 @@ class RewardBackpropConfig:
     lv_repeats: int = param(2, min=1)  # draft-lv: re-noised copies of the final latent
     refl_range: list[float] = param(factory=lambda: [0.6, 0.9])  # refl: start step as a fraction of T
     checkpoint: bool = True  # activation checkpointing of each denoiser call and of the decoder
-    # ...only where the activations kept without it would exceed this many MiB (0: always): time vs memory
+    # ...only where the activations kept without it would exceed this many MiB (0: always): time vs
+    # memory; draft and alignprop first replay fewer rows at a time, and checkpoint only where one row
+    # alone exceeds it
     checkpoint_above_mb: float = param(512.0, min=0.0)
     # ...and where one call alone exceeds it, checkpoint inside the call too, block by block (the
     # denoiser's, the decoder's): measured at 256 px against trl, 0.62x its memory at 1.74x its time
@@ -134,6 +138,8 @@ class RewardBackprop(Algorithm):
         self.constraints = constraints_for(context)
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
         self.seen: dict[str, list[torch.Tensor]] = {}  # the constrained terms of the last batch's replays
+        self.row_bytes: tuple[int, int] | None = None  # _row_bytes(): measured on first use
+        self.blocks_decided = False  # checkpoint_blocks: set on the adapter once, by the first replay
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
@@ -161,7 +167,10 @@ class RewardBackprop(Algorithm):
         return False
 
     def units(self, batch, generator):
-        size = self.context.config.train.micro_batch_size
+        return self._units(batch, generator, self.context.config.train.micro_batch_size)
+
+    @staticmethod
+    def _units(batch, generator, size: int) -> list[torch.Tensor]:
         order = torch.randperm(len(batch.seeds), generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]
 
@@ -207,26 +216,37 @@ class RewardBackprop(Algorithm):
         self.reference_rewards = dict(state.get("reference_rewards", {}))
         self.seen = {name: [torch.tensor(t) for t in parts] for name, parts in state.get("seen", {}).items()}
 
-    def _checkpointing(self, x, t, cond, grad_steps: int) -> bool:
-        """Checkpoint the denoiser calls and the decoder? Only where the activations they would keep
-        exceed checkpoint_above_mb. Estimated once per batch size from one row (measuring the whole
-        batch would itself hold what checkpointing saves). With checkpoint_blocks, where one call's own
-        activations exceed the limit too, the model (or the decoder) also checkpoints inside the call,
-        block by block: backward's recompute then holds one block, not one whole call."""
+    def _row_bytes(self, batch: Chains) -> tuple[int, int]:
+        """(bytes one row's denoiser call keeps for backward, bytes one row's decode keeps), measured
+        once on the batch's first prompt and noise: per row, so that measuring never holds more than one
+        row's activations (the part that does not grow with the batch counts once per row: an upper
+        bound). The latent carries a gradient, as every replayed step's but the first does."""
+        if self.row_bytes is None:
+            adapter, steps = self.context.adapter, self.context.config.sampling.num_steps
+            generators = generators_from_seeds(batch.seeds[:1])
+            x = adapter.initial_noise(generators, 1, steps).requires_grad_(True)
+            t = adapter.schedule(steps).timesteps[:1].float()
+            step = saved_bytes(adapter.denoise, x, t, adapter.encode(batch.prompts[:1]))
+            self.row_bytes = step, saved_bytes(adapter.decode, x)
+        return self.row_bytes
+
+    def _checkpointing(self, batch: Chains, rows: int, grad_steps: int) -> bool:
+        """Checkpoint the denoiser calls and the decoder of a replay of `rows` rows through `grad_steps`
+        steps? Only where the activations they would keep exceed checkpoint_above_mb. With
+        checkpoint_blocks, where one call's own activations exceed the limit too, the model (or the
+        decoder) also checkpoints inside the call, block by block: backward's recompute then holds one
+        block, not one whole call."""
         settings = self.context.settings
         if not settings.checkpoint or settings.checkpoint_above_mb == 0:
             return settings.checkpoint
-        sizes = self.__dict__.setdefault("_activation_bytes", {})
-        rows, limit = x.shape[0], settings.checkpoint_above_mb * 2**20
-        if rows not in sizes:
-            adapter, one = self.context.adapter, slice(0, 1)
-            step = batch_saved_bytes(adapter.denoise, rows, x[one], t[one], select_batch(cond, one))
-            decode = batch_saved_bytes(adapter.decode, rows, x[one].detach().clone().requires_grad_(True))
-            sizes[rows] = (step, decode)
-            if settings.checkpoint_blocks:
-                adapter.checkpoint_blocks(denoiser=step > limit, decoder=decode > limit)
-        step, decode = sizes[rows]
-        return grad_steps * step + decode > limit
+        step, decode = self._row_bytes(batch)
+        limit = settings.checkpoint_above_mb * 2**20
+        if settings.checkpoint_blocks and not self.blocks_decided:
+            self.context.adapter.checkpoint_blocks(
+                denoiser=rows * step > limit, decoder=rows * decode > limit
+            )
+            self.blocks_decided = True
+        return rows * (grad_steps * step + decode) > limit
 
     def _decode(self, latents, checkpoint: bool):
         adapter = self.context.adapter
@@ -253,6 +273,24 @@ class DRaFT(RewardBackprop):
     def _replays_whole_chain(self, num_steps: int) -> bool:
         return self.context.settings.grad_steps >= num_steps
 
+    def _most_grad_steps(self, num_steps: int) -> int:
+        return min(self.context.settings.grad_steps, num_steps)
+
+    def units(self, batch, generator):
+        """Micro-batches of micro_batch_size rows, or of its largest divisor whose replay keeps its
+        activations under checkpoint_above_mb: smaller units recompute nothing, so they come before
+        checkpointing, which is left to the micro-batches where one row alone would exceed the limit.
+        Each unit's loss is the mean over its rows, and the units of one step are averaged: the same
+        gradient as one micro-batch."""
+        size = self.context.config.train.micro_batch_size
+        settings = self.context.settings
+        if settings.checkpoint and settings.checkpoint_above_mb > 0:
+            step, decode = self._row_bytes(batch)
+            row = self._most_grad_steps(self.context.config.sampling.num_steps) * step + decode
+            limit = settings.checkpoint_above_mb * 2**20
+            size = next((d for d in range(size, 0, -1) if size % d == 0 and d * row <= limit), size)
+        return self._units(batch, generator, size)
+
     def _final(self, batch, rows):
         num_steps = self.context.config.sampling.num_steps
         k = min(self._grad_steps(batch, num_steps), num_steps)
@@ -276,8 +314,7 @@ class DRaFT(RewardBackprop):
                 adapter.encode(prompts),
                 adapter.schedule(k),
             )
-        first_t = schedule.timesteps[:1].float().expand(x.shape[0])
-        checkpoint = self._checkpointing(x, first_t, cond, k)
+        checkpoint = self._checkpointing(batch, len(rows), k)
         out = rollout(
             adapter.denoise,
             adapter.step,
@@ -299,6 +336,9 @@ class AlignProp(DRaFT):
 
     def _replays_whole_chain(self, num_steps):
         return self.context.settings.truncation_min >= num_steps
+
+    def _most_grad_steps(self, num_steps):
+        return num_steps
 
 
 class DRaFTLV(RewardBackprop):

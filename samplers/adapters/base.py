@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from plumbing.lean import lean_frozen_convs
 from samplers.attention import configure_attention
 from samplers.noise import Generators, draw_noise, generators_from_seeds
 from samplers.rollout import rescore, rollout
@@ -54,6 +55,8 @@ class Adapter:
         for module in self.frozen_modules():
             module.requires_grad_(False)
         self.model.requires_grad_(False)
+        for module in [self.model, *self.frozen_modules()]:  # frozen convs keep no input for backward
+            lean_frozen_convs(module)
         self.attention = configure_attention(self.model, attention)
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
