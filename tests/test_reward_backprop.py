@@ -255,10 +255,14 @@ def test_a_micro_batch_over_the_limit_is_replayed_in_smaller_units_before_anythi
     for gradients in steps:
         for one, two in zip(reference, gradients, strict=True):
             torch.testing.assert_close(two, one, rtol=1e-4, atol=1e-7)
-    tight = Run(backprop_config({**algorithm, "checkpoint_above_mb": 0.5 * row_mb}), tmp_path / "tight")
-    units = tight.algorithm.units(collected(tight), torch.Generator().manual_seed(0))
-    assert [len(u) for u in units] == [4]  # one row is over: the micro-batch stays whole, checkpointed
-    assert tight.algorithm._checkpointing(batch, 4, 4)
+    # one row's replay is over the limit: checkpointed, with as many rows as keep one call under it
+    call_mb = max(step, decode) / 2**20
+    for limit_mb, rows in ((2.5 * call_mb, 2), (1.5 * call_mb, 1), (0.5 * call_mb, 1)):
+        limit_mb = min(limit_mb, 0.99 * row_mb)
+        tight = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / f"{limit_mb}")
+        units = tight.algorithm.units(collected(tight), torch.Generator().manual_seed(0))
+        assert [len(u) for u in units] == [rows] * (4 // rows)
+        assert tight.algorithm._checkpointing(batch, rows, 4)
 
 
 def first_step_gradients(run: Run) -> list[torch.Tensor]:

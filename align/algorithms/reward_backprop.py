@@ -277,18 +277,19 @@ class DRaFT(RewardBackprop):
         return min(self.context.settings.grad_steps, num_steps)
 
     def units(self, batch, generator):
-        """Micro-batches of micro_batch_size rows, or of its largest divisor whose replay keeps its
-        activations under checkpoint_above_mb: smaller units recompute nothing, so they come before
-        checkpointing, which is left to the micro-batches where one row alone would exceed the limit.
-        Each unit's loss is the mean over its rows, and the units of one step are averaged: the same
-        gradient as one micro-batch."""
+        """Micro-batches of micro_batch_size rows, or of its largest divisor that keeps a replay's
+        activations under checkpoint_above_mb: without checkpointing where a row's whole replay fits
+        (smaller units recompute nothing, so they come first), else checkpointed, with as many rows as
+        keep one recomputed call (a denoiser step or the decode) under it. Each unit's loss is the mean
+        over its rows and the units of one step are averaged: the same gradient as one micro-batch."""
         size = self.context.config.train.micro_batch_size
         settings = self.context.settings
         if settings.checkpoint and settings.checkpoint_above_mb > 0:
             step, decode = self._row_bytes(batch)
-            row = self._most_grad_steps(self.context.config.sampling.num_steps) * step + decode
+            replay = self._most_grad_steps(self.context.config.sampling.num_steps) * step + decode
             limit = settings.checkpoint_above_mb * 2**20
-            size = next((d for d in range(size, 0, -1) if size % d == 0 and d * row <= limit), size)
+            row = replay if replay <= limit else max(step, decode)  # under checkpointing: one call at a time
+            size = next((d for d in range(size, 0, -1) if size % d == 0 and d * row <= limit), 1)
         return self._units(batch, generator, size)
 
     def _final(self, batch, rows):
