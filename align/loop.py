@@ -198,7 +198,9 @@ class Run:
         )
         self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
         self.scheduler = lr_scheduler(self.optimizer, config.train)
-        self.adapter.network = self.network
+        # compiled for every forward of the run (sampling, training, evaluation): once per batch shape
+        # and grad mode, minutes on a CPU, then fused kernels; the weights stay the model's own
+        self.adapter.network = torch.compile(self.network) if config.model.compile else self.network
         self.ema = (
             EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
         )

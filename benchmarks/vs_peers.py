@@ -83,7 +83,12 @@ def image_config(args, prompts_file: str) -> dict:
     """The peer's DDPO / AlignProp settings in our config."""
     alignprop = args.child.startswith("alignprop")
     return {
-        "model": {"name": args.model_dir, "guidance_scale": 5.0, "resolution": args.resolution},
+        "model": {
+            "name": args.model_dir,
+            "guidance_scale": 5.0,
+            "resolution": args.resolution,
+            "compile": args.compile,
+        },
         "lora": {"rank": 4, "alpha": 4.0, "target_modules": ["to_q", "to_k", "to_v", "to_out.0"]},
         "sampling": {"num_steps": args.steps, "noise_level": 1.0},
         "rewards": {"terms": [{"name": "brightness"}], "normalise": "none"},
@@ -417,6 +422,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
         ours = me + ["--child", case, "--model-dir", str(model), "--resolution", str(resolution)] + epochs
         ours += ["--checkpoint-blocks"] if args.checkpoint_blocks else []
         ours += ["--checkpoint-above-mb", str(args.checkpoint_above_mb)]
+        ours += ["--compile"] if args.compile else []
         which = "ddpo" if case == "ddpo" else "alignprop"
         peer = [args.trl_python, str(scripts / "trl_ddpo_alignprop.py"), "--which", which]
         peer += ["--model-dir", str(model)] + epochs
@@ -424,6 +430,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
         if case.startswith("alignprop"):
             settings["ours: checkpoint_blocks"] = args.checkpoint_blocks
             settings["ours: checkpoint_above_mb"] = args.checkpoint_above_mb
+        settings["ours: model.compile"] = args.compile
         settings |= {"lora": "r4 alpha 4 on to_q/k/v/out.0", "reward": "brightness"}
         return ours, peer, settings
     if case.startswith("grpo"):
@@ -599,6 +606,11 @@ def main() -> None:
         "--checkpoint-blocks",
         action="store_true",
         help="ours: AlignProp also checkpoints inside each denoiser and decoder call (less memory, more time)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="ours (DDPO, AlignProp): model.compile, torch.compile on the denoiser (compiled in the warm-up epoch)",
     )
     parser.add_argument(
         "--checkpoint-above-mb",

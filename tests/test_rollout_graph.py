@@ -16,6 +16,7 @@ def configured(model: str, name: str, graph_mb: float, **overrides):
     data["algorithm"] = {"name": name, "clip_range": 0.2, "rollout_graph_mb": graph_mb}
     data["algorithm"].update(overrides.pop("algorithm", {}))
     data["train"].update(overrides.pop("train", {}))
+    data["model"].update(overrides.pop("model_settings", {}))
     return config_from_data(data)
 
 
@@ -78,3 +79,15 @@ def test_the_graph_is_kept_only_where_the_first_pass_is_whole_and_fits(tmp_path,
         assert run.algorithm.row_call_bytes * 8 * 3 > graph_mb * 2**20
     else:  # turned away before any measuring
         assert run.algorithm.row_call_bytes is None
+
+
+def test_a_compiled_denoiser_takes_the_eager_step(tmp_path):
+    """model.compile: the run's forwards go through torch.compile (fused kernels, the same weights)."""
+    algorithm = {"advantage": "batch"}
+    eager, _ = first_steps(configured("tiny:sd15", "ddpo", 1e6, algorithm=algorithm), tmp_path / "a")
+    config = configured("tiny:sd15", "ddpo", 1e6, algorithm=algorithm, model_settings={"compile": True})
+    assert isinstance(Run(config, tmp_path / "c").adapter.network, torch._dynamo.eval_frame.OptimizedModule)
+    compiled, record = first_steps(config, tmp_path / "b")
+    assert record["rollout_graph"] == 1.0
+    for one, two in zip(eager[0], compiled[0], strict=True):
+        torch.testing.assert_close(two, one, rtol=1e-3, atol=1e-6)

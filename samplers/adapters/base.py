@@ -72,7 +72,8 @@ class Adapter:
     @property
     def network(self) -> torch.nn.Module:
         """What forward passes go through: the model, or its distributed wrapper while training."""
-        return getattr(self, "_network", None) or self.model
+        network = getattr(self, "_network", None)  # not `or`: a compiled module refuses bool()
+        return self.model if network is None else network
 
     @network.setter
     def network(self, module: torch.nn.Module | None) -> None:
