@@ -122,3 +122,19 @@ def test_guidance_can_hold_the_unconditional_branch_constant():
     guided.sum().backward()
     assert unconditional.grad is None and conditional.grad.tolist() == [4.0] * 3
     assert guided.tolist() == [5.0] * 3  # the same value: 1 + 4 (2 - 1)
+
+
+def test_eager_forwards_bypass_the_wrapper_and_restore_it():
+    adapter = tiny_adapter("tiny:sd15")
+    wrapper = torch.nn.Identity()  # stands for a compiled or distributed wrapper
+    adapter.network = wrapper
+    try:
+        with adapter.eager():
+            assert adapter.network is adapter.model
+        assert adapter.network is wrapper
+        with pytest.raises(RuntimeError), adapter.eager():
+            raise RuntimeError("a failed measurement")
+        assert adapter.network is wrapper
+    finally:
+        adapter.network = None
+    assert adapter.network is adapter.model

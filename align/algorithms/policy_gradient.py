@@ -480,7 +480,7 @@ class PolicyGradient(Algorithm):
             adapter = context.adapter
             x = adapter.initial_noise(generators_from_seeds([0]), 1, num_steps)
             t = adapter.schedule(num_steps).timesteps[:1].to(x.device).float()
-            with context.accelerator.autocast():
+            with context.accelerator.autocast(), adapter.eager():
                 self.row_call_bytes = saved_bytes(adapter.denoise, x, t, adapter.encode(prompts[:1]))
         stochastic = sum(1 for level in levels if level > 0)
         return len(prompts) * stochastic * self.row_call_bytes <= settings.rollout_graph_mb * 2**20

@@ -226,7 +226,8 @@ class RewardBackprop(Algorithm):
             generators = generators_from_seeds(batch.seeds[:1])
             x = adapter.initial_noise(generators, 1, steps).requires_grad_(True)
             t = adapter.schedule(steps).timesteps[:1].float()
-            step = saved_bytes(adapter.denoise, x, t, adapter.encode(batch.prompts[:1]))
+            with adapter.eager():
+                step = saved_bytes(adapter.denoise, x, t, adapter.encode(batch.prompts[:1]))
             self.row_bytes = step, saved_bytes(adapter.decode, x)
         return self.row_bytes
 

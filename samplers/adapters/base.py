@@ -79,6 +79,16 @@ class Adapter:
     def network(self, module: torch.nn.Module | None) -> None:
         self._network = module
 
+    @contextlib.contextmanager
+    def eager(self):
+        """Forward passes through the model itself, not its compiled or distributed wrapper (a
+        one-off measurement should not compile a graph of its own shape)."""
+        network, self._network = getattr(self, "_network", None), None
+        try:
+            yield
+        finally:
+            self._network = network
+
     # --- what a family provides -------------------------------------------------------------
 
     @property
