@@ -173,22 +173,31 @@ def test_backprop_constraint_mistakes_are_named(tmp_path):
 
 
 def test_activation_size_from_one_row_bounds_the_batchs_from_above():
-    from align.algorithms.base import batch_saved_bytes, saved_bytes
+    from align.algorithms.base import saved_bytes
     from samplers.types import select_batch
     from tests.conftest import tiny_adapter
 
-    adapter = tiny_adapter("tiny:sd3")
-    for p in list(adapter.model.parameters())[:4]:
+    adapter = tiny_adapter("tiny:sd3")  # shared by the suite: its weights are frozen again after
+    trained = list(adapter.model.parameters())[:4]
+    for p in trained:
         p.requires_grad_(True)  # a trainable weight, as LoRA's, so that activations are kept
-    prompts = ["a red circle", "two blue squares", "a green triangle", "a cat"]
-    x = adapter.initial_noise(None, 4, 4)
-    t = adapter.schedule(4).timesteps[:1].float().expand(4)
-    cond = adapter.encode(prompts)
-    whole = saved_bytes(adapter.denoise, x, t, cond)
-    estimate = batch_saved_bytes(adapter.denoise, 4, x[:1], t[:1], select_batch(cond, slice(0, 1)))
-    assert whole > 0 and whole <= estimate <= 1.5 * whole, (whole, estimate)  # the fixed part, once per row
-    decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
-    assert decoded > 0  # the decoder's activations count once its input carries gradients
+    try:
+        prompts = ["a red circle", "two blue squares", "a green triangle", "a cat"]
+        x = adapter.initial_noise(None, 4, 4)
+        t = adapter.schedule(4).timesteps[:1].float().expand(4)
+        cond = adapter.encode(prompts)
+        whole = saved_bytes(adapter.denoise, x, t, cond)
+        # reward backprop's estimate of a unit: one row's saved bytes times its rows
+        estimate = 4 * saved_bytes(adapter.denoise, x[:1], t[:1], select_batch(cond, slice(0, 1)))
+        assert whole > 0 and whole <= estimate <= 1.5 * whole, (
+            whole,
+            estimate,
+        )  # the fixed part, once per row
+        decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
+        assert decoded > 0  # the decoder's activations count once its input carries gradients
+    finally:
+        for p in trained:
+            p.requires_grad_(False)
 
 
 def test_measuring_the_activations_leaves_none_of_them_alive():

@@ -142,14 +142,6 @@ class Algorithm:
         pass
 
 
-def batch_saved_bytes(function, rows: int, *one_row) -> int:
-    """An upper estimate of saved_bytes of `function` on `rows` rows: its saved bytes on the arguments
-    of one row, times `rows`. The part of the activations that does not grow with the batch is counted
-    once per row, so the estimate errs towards checkpointing, and measuring never holds more than one
-    row's activations."""
-    return rows * saved_bytes(function, *one_row)
-
-
 def saved_bytes(function, *args) -> int:
     """Bytes of the activations autograd keeps for backward through one call of `function` (tensors
     counted once per storage, weights included; the inputs themselves left out). The graph

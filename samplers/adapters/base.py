@@ -52,11 +52,9 @@ class Adapter:
         self.default_steps = default_steps or type(self).default_steps
         self.resolution = resolution or self.default_resolution()
         self._cache: dict[str, Cond] = {}
-        for module in self.frozen_modules():
+        for module in [self.model, *self.frozen_modules()]:
             module.requires_grad_(False)
-        self.model.requires_grad_(False)
-        for module in [self.model, *self.frozen_modules()]:  # frozen convs keep no input for backward
-            lean_frozen_convs(module)
+            lean_frozen_convs(module)  # frozen convs keep no input for backward
         self.attention = configure_attention(self.model, attention)
         if gradient_checkpointing:
             self.model.enable_gradient_checkpointing()
