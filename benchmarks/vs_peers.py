@@ -666,7 +666,11 @@ def main() -> None:
             result = run_ours(args)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    missing = [f for f in ("peer_scripts", "trl_python", "trl_grpo_python", "work") if not getattr(args, f)]
+    # each peer's python is needed only by the cases that run it
+    needs = ["peer_scripts", "work"]
+    needs += ["trl_python"] if set(args.cases) & {"ddpo", "alignprop-64", "alignprop-256"} else []
+    needs += ["trl_grpo_python"] if set(args.cases) & {"grpo-tiny", "grpo-smollm2"} else []
+    missing = [f for f in needs if not getattr(args, f)]
     if missing:
         parser.error(f"give --{', --'.join(m.replace('_', '-') for m in missing)} (or their env variables)")
     if args.mmap_threshold is not None:  # read by glibc at each child's start: both sides alike
