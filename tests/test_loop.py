@@ -14,7 +14,7 @@ import torch
 
 from align.checkpoint import load_state
 from align.config import config_from_data
-from align.loop import plan_epoch, train
+from align.loop import adamw, plan_epoch, train
 from align.runs import checkpoints
 
 
@@ -422,3 +422,25 @@ def test_ema_moves_the_shadow_by_the_decay_rule_and_leaves_the_weights():
     assert torch.allclose(ema.shadow["w"], torch.full((3,), 1 - 0.9**2))  # 0 -> 1 at rate 1 - 0.9, twice
     assert torch.allclose(ema.shadow["b"], torch.full((2,), 3 - 2 * 0.9**2))
     assert torch.equal(weights["w"].detach(), torch.ones(3))
+
+
+def test_adamw_fuses_where_every_parameter_allows_and_takes_the_same_step():
+    torch.manual_seed(0)
+    weights = [torch.randn(64, 32), torch.randn(32)]
+    grads = [torch.randn_like(w) for w in weights]
+    stepped = []
+    for make in (adamw, lambda ps, lr, wd: torch.optim.AdamW(ps, lr=lr, weight_decay=wd)):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = make(params, 1e-2, 0.1)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        stepped.append((optimizer.defaults["fused"], [p.detach() for p in params]))
+    (fused, ours), (plain, theirs) = stepped
+    assert fused is True and not plain
+    for a, b, w in zip(ours, theirs, weights):
+        assert not torch.equal(a, w)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    double = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))  # outside the fused dtypes
+    assert not adamw([double], 1e-3, 0.0).defaults["fused"]
