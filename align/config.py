@@ -129,7 +129,8 @@ class LoggingConfig:
     image_every: int = param(1, min=0)  # epochs between image grids in TensorBoard; 0 = never
     progress: bool = True
     # per optimiser step, how much the micro-batch gradients agree (grad_agreement: 0 = pure noise,
-    # 1 = all point the same way); costs one copy of the trainable gradients
+    # 1 = all point the same way); costs one copy of the trainable gradients, only in steps of two or
+    # more micro-batches (a step of one has nothing to compare)
     gradient_agreement: bool = True
 
 

@@ -166,7 +166,12 @@ def adamw(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) 
     fused = bool(parameters) and all(
         p.device.type in FUSED_ADAMW_DEVICES and p.dtype in FUSED_ADAMW_DTYPES for p in parameters
     )
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
+    if fused:
+        try:
+            return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+        except RuntimeError:  # torch < 2.4 fuses on CUDA only
+            pass
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
 
 
 class EMA:
@@ -254,7 +259,7 @@ class Run:
                     continue
                 losses = []
                 agreement = None
-                if config.logging.gradient_agreement:
+                if config.logging.gradient_agreement and len(chunk) > 1:  # one unit has nothing to agree with
                     agreement = GradientAgreement(self.policy.parameters())
                 for index, unit in enumerate(chunk):
                     last = index == len(chunk) - 1
@@ -330,7 +335,13 @@ class Run:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         bad_gradient = torch.zeros_like(bad_loss)
         if grads and self.accelerator.scaler is None:  # fp16's grad scaler skips overflows itself
-            bad_gradient = ~torch.stack([g.isfinite().all() for g in grads]).all().to(bad_loss.device)
+            # the total norm is NaN or inf where some element is (or where it overflows, past 3e38: no
+            # step to take either); one fused pass, where per-tensor isfinite().all() made three or four
+            if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+                finite = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).isfinite()
+            else:
+                finite = torch.stack([g.isfinite().all() for g in grads]).all()
+            bad_gradient = ~finite.to(bad_loss.device)
         flags = torch.stack([bad_loss, bad_gradient]).float()
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags, "sum")
