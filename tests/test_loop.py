@@ -444,3 +444,25 @@ def test_adamw_fuses_where_every_parameter_allows_and_takes_the_same_step():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     double = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))  # outside the fused dtypes
     assert not adamw([double], 1e-3, 0.0).defaults["fused"]
+
+
+def test_gradient_agreement_is_left_out_where_a_step_has_one_micro_batch(tmp_path, monkeypatch):
+    """The agreement compares a step's micro-batch gradients: a step of one unit (here the sampling
+    pass's own graph, trained whole) has none to compare, and no copy of the gradients is made."""
+    import align.loop
+
+    made = []
+
+    class Counted(align.loop.GradientAgreement):
+        def __init__(self, parameters):
+            made.append(1)
+            super().__init__(parameters)
+
+    monkeypatch.setattr(align.loop, "GradientAgreement", Counted)
+    config = tiny_config(num_epochs=1)
+    config.algorithm.rollout_graph_mb = 1e6
+    train(config, tmp_path / "run")
+    assert made == []  # the copy of every trainable gradient was never taken
+    (record,) = metrics(tmp_path / "run")
+    assert record["rollout_graph"] == 1.0  # the one unit
+    assert "grad_agreement" not in record and math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0
