@@ -50,7 +50,9 @@ TEXT_PROMPTS = [  # the peer's
     "Explain reinforcement learning",
     "Once upon a time",
 ]
-CASES = ("ddpo", "alignprop-64", "alignprop-256", "grpo-tiny", "grpo-smollm2", "flow-grpo")
+TRL_CASES = ("ddpo", "alignprop-64", "alignprop-256")  # trl 0.23.1's virtualenv runs the peer side
+TRL_GRPO_CASES = ("grpo-tiny", "grpo-smollm2")  # trl 1.16's
+CASES = (*TRL_CASES, *TRL_GRPO_CASES, "flow-grpo")
 
 
 def peak_rss_mib() -> float:
@@ -465,7 +467,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
 def build_peer_models(args) -> None:
     work = Path(args.work)
     cases = set(args.cases)
-    if cases & {"ddpo", "alignprop-64", "alignprop-256"} and not (work / "tiny-sd15").exists():
+    if cases & set(TRL_CASES) and not (work / "tiny-sd15").exists():
         run_process(
             [
                 args.trl_python,
@@ -668,8 +670,8 @@ def main() -> None:
         return
     # each peer's python is needed only by the cases that run it
     needs = ["peer_scripts", "work"]
-    needs += ["trl_python"] if set(args.cases) & {"ddpo", "alignprop-64", "alignprop-256"} else []
-    needs += ["trl_grpo_python"] if set(args.cases) & {"grpo-tiny", "grpo-smollm2"} else []
+    needs += ["trl_python"] if set(args.cases) & set(TRL_CASES) else []
+    needs += ["trl_grpo_python"] if set(args.cases) & set(TRL_GRPO_CASES) else []
     missing = [f for f in needs if not getattr(args, f)]
     if missing:
         parser.error(f"give --{', --'.join(m.replace('_', '-') for m in missing)} (or their env variables)")
