@@ -187,12 +187,10 @@ def test_activation_size_from_one_row_bounds_the_batchs_from_above():
         t = adapter.schedule(4).timesteps[:1].float().expand(4)
         cond = adapter.encode(prompts)
         whole = saved_bytes(adapter.denoise, x, t, cond)
-        # reward backprop's estimate of a unit: one row's saved bytes times its rows
+        # reward backprop's estimate of a unit: one row's saved bytes times its rows; the part that does
+        # not grow with the batch is counted once per row
         estimate = 4 * saved_bytes(adapter.denoise, x[:1], t[:1], select_batch(cond, slice(0, 1)))
-        assert whole > 0 and whole <= estimate <= 1.5 * whole, (
-            whole,
-            estimate,
-        )  # the fixed part, once per row
+        assert whole > 0 and whole <= estimate <= 1.5 * whole, (whole, estimate)
         decoded = saved_bytes(adapter.decode, x[:1].clone().requires_grad_(True))
         assert decoded > 0  # the decoder's activations count once its input carries gradients
     finally:
