@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from align.text.decode import sample_tokens
+from align.text.decode import direct_steps, sample_tokens
 from align.text.models import load_text_policy
 
 PROMPTS = ["what is 3 + 4 ?", "reply with yes", "what is 12 plus 7 ? reply with the number only"]
@@ -59,3 +59,114 @@ def test_draws_match_generate(policy, temperature, top_p):
         policy.stop_ids = saved
     if temperature > 0:
         assert any(ended) and not all(ended)  # the pad-after-stop path and the early stop were exercised
+
+
+def _tiny(family: str, vocab: int, attention: str = "sdpa", **extra):
+    """A seeded random causal LM of `family` (2 layers, hidden 32) on `attention`."""
+    import transformers
+
+    config_class, model_class = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
+    }[family]
+    sizes = (
+        {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 128}
+        if family == "gpt2"
+        else {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "max_position_embeddings": 128,
+        }
+    )
+    config = config_class(vocab_size=vocab, pad_token_id=0, eos_token_id=1, **sizes, **extra)
+    config._attn_implementation = attention
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = model_class(config)
+    with torch.no_grad():  # larger weights than the initialiser's: the draws depend on every logit
+        for param in model.parameters():
+            param.mul_(4.0 if param.dim() > 1 else 1.0)
+    return model.eval()
+
+
+CASES = {  # name: (family, attention, extra config, whether the steps call the decoder directly)
+    "qwen2-sdpa": ("qwen2", "sdpa", {}, True),
+    "llama-eager": ("llama", "eager", {}, True),
+    "mistral-no-window": ("mistral", "sdpa", {"sliding_window": None}, True),
+    "mistral-window-4": ("mistral", "sdpa", {"sliding_window": 4}, False),  # the window must mask
+    "gpt2": ("gpt2", "sdpa", {}, False),  # a family outside STANDARD_MASK_FAMILIES
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("padded", [True, False])
+def test_draws_match_generate_on_other_families_masks_and_attention(policy, case, padded):
+    family, attention, extra, direct = CASES[case]
+    model = _tiny(family, len(policy.tokenizer), attention, **extra)
+    assert direct_steps(model) is direct
+    prompts = [p for p in PROMPTS for _ in range(2)] if padded else [PROMPTS[2]] * 4
+    tokens = policy.encode_prompts(prompts)
+    assert bool(tokens["prompt_mask"].all()) is not padded
+    stop_ids = sorted({*policy.stop_ids, 7})
+    for seed in range(2):
+        torch.manual_seed(seed)
+        config = GenerationConfig(
+            max_new_tokens=10, do_sample=True, top_k=0, pad_token_id=policy.pad_id, eos_token_id=stop_ids
+        )
+        expected = model.generate(
+            input_ids=tokens["prompt_ids"], attention_mask=tokens["prompt_mask"], generation_config=config
+        )[:, tokens["prompt_ids"].shape[1] :]
+        torch.manual_seed(seed)
+        ours = sample_tokens(
+            model,
+            tokens["prompt_ids"],
+            tokens["prompt_mask"],
+            max_new_tokens=10,
+            temperature=1.0,
+            top_p=1.0,
+            stop_ids=stop_ids,
+            pad_id=policy.pad_id,
+        )
+        assert torch.equal(ours, expected), (case, seed, ours, expected)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_one_token_steps_of_a_plain_decoder_take_our_mask(policy, monkeypatch, padded):
+    """Padded prompts on a Llama: transformers builds the mask once (the prompt pass), not per token.
+    Without pads it keeps building it: it then hands SDPA no mask, which picks faster GPU kernels."""
+    from transformers.models.llama import modeling_llama
+
+    built = []
+    original = modeling_llama.create_causal_mask
+
+    def counting(*args, **kwargs):
+        built.append(kwargs["attention_mask"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama, "create_causal_mask", counting)
+    tokens = policy.encode_prompts(PROMPTS if padded else PROMPTS[:1] * 3)
+    torch.manual_seed(0)
+    ours = sample_tokens(
+        policy.model,
+        tokens["prompt_ids"],
+        tokens["prompt_mask"],
+        max_new_tokens=6,
+        temperature=1.0,
+        top_p=1.0,
+        stop_ids=[],
+        pad_id=policy.pad_id,
+    )
+    assert ours.shape == (3, 6) and len(built) == 6
+    assert [mask.dim() for mask in built] == [2] + [4 if padded else 2] * 5  # the prompt pass: 2D
+    width = tokens["prompt_ids"].shape[1]
+    for step, mask in enumerate(built[1:], start=1):
+        expected = torch.cat([tokens["prompt_mask"], torch.ones(3, step, dtype=torch.long)], 1)
+        if padded:
+            assert mask.dtype == torch.bool and mask.shape == (3, 1, 1, width + step)
+            mask = mask[:, 0, 0]
+        assert torch.equal(mask.long(), expected)
