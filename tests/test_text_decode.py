@@ -170,3 +170,18 @@ def test_one_token_steps_of_a_plain_decoder_take_our_mask(policy, monkeypatch, p
             assert mask.dtype == torch.bool and mask.shape == (3, 1, 1, width + step)
             mask = mask[:, 0, 0]
         assert torch.equal(mask.long(), expected)
+
+
+def test_the_decode_benchmark_checks_its_draws_and_prints_the_ratio():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "text_decode.py"
+    command = [sys.executable, str(script), "--repeats", "2", "--tokens", "4", "--batch", "4"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "direct decoder steps: True" in done.stdout
+    ratio = re.search(r"^ours\s+([0-9.]+)\s+([0-9.]+)$", done.stdout, re.M)
+    assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0, done.stdout
