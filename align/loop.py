@@ -274,15 +274,13 @@ class Run:
                         stats.setdefault(key, []).append(value)
                 if agreement is not None and (value := agreement.value()) is not None:
                     stats.setdefault("grad_agreement", []).append(value)
-                source = self._nonfinite(losses)
+                source, norm = self._nonfinite(losses)
                 if source is not None:
                     self.optimizer.zero_grad(set_to_none=True)
                     self._skip(source, skipped)
                     continue
                 if config.train.max_grad_norm is not None:
-                    norm = self.accelerator.clip_grad_norm_(
-                        self.policy.parameters(), config.train.max_grad_norm
-                    )
+                    norm = self._clip(config.train.max_grad_norm, norm)
                     stats.setdefault("grad_norm", []).append(float(norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -329,16 +327,19 @@ class Run:
         values = (batch.values or {}).values()
         return all(bool(torch.isfinite(self.context.gather(v.detach())).all()) for v in values)
 
-    def _nonfinite(self, losses: list[torch.Tensor]) -> str | None:
-        """Why the accumulated step must be skipped ("loss" or "gradient"), or None to take it."""
+    def _nonfinite(self, losses: list[torch.Tensor]) -> tuple[str | None, torch.Tensor | None]:
+        """(why the accumulated step must be skipped, "loss" or "gradient", or None to take it;
+        the gradients' total norm where it was computed, for `_clip`)."""
         bad_loss = ~torch.stack(losses).isfinite().all()
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         bad_gradient = torch.zeros_like(bad_loss)
+        norm = None
         if grads and self.accelerator.scaler is None:  # fp16's grad scaler skips overflows itself
             # the total norm is NaN or inf where some element is (or where it overflows, past 3e38: no
             # step to take either); one fused pass, where per-tensor isfinite().all() made three or four
             if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
-                finite = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False).isfinite()
+                norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+                finite = norm.isfinite()
             else:
                 finite = torch.stack([g.isfinite().all() for g in grads]).all()
             bad_gradient = ~finite.to(bad_loss.device)
@@ -346,7 +347,26 @@ class Run:
         if self.accelerator.num_processes > 1:
             flags = self.accelerator.reduce(flags, "sum")
         bad_loss, bad_gradient = flags.tolist()
-        return "loss" if bad_loss else "gradient" if bad_gradient else None
+        return ("loss" if bad_loss else "gradient" if bad_gradient else None), norm
+
+    def _clip(self, max_norm: float, norm: torch.Tensor | None) -> torch.Tensor:
+        """Clip the gradients to `max_norm`; returns their norm before clipping.
+
+        The NaN check's norm is the clip's own where the gradients are whole, unscaled tensors on
+        every process (one process, or DDP after its all-reduce), so the clip reuses it: one pass over
+        the gradients, not two. Sharded (FSDP), DeepSpeed and XLA steps clip through accelerate.
+        """
+        from accelerate.utils import DistributedType
+
+        whole = self.accelerator.distributed_type not in (
+            DistributedType.FSDP,
+            DistributedType.DEEPSPEED,
+            DistributedType.XLA,
+        )
+        if norm is None or not whole or not hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+            return self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
+        torch.nn.utils.clip_grads_with_norm_(self.policy.parameters(), max_norm, norm)
+        return norm
 
     def _skip(self, source: str, skipped: dict[str, int]) -> None:
         skipped[source] = skipped.get(source, 0) + 1

@@ -14,7 +14,7 @@ import torch
 
 from align.checkpoint import load_state
 from align.config import config_from_data
-from align.loop import adamw, plan_epoch, train
+from align.loop import Run, adamw, plan_epoch, train
 from align.runs import checkpoints
 
 
@@ -466,3 +466,31 @@ def test_gradient_agreement_is_left_out_where_a_step_has_one_micro_batch(tmp_pat
     (record,) = metrics(tmp_path / "run")
     assert record["rollout_graph"] == 1.0  # the one unit
     assert "grad_agreement" not in record and math.isfinite(record["grad_norm"]) and record["grad_norm"] > 0
+
+
+def test_the_nan_checks_gradient_norm_is_the_clips_one_pass_per_step(tmp_path, monkeypatch):
+    """The NaN/inf check and the clip share one total-norm pass over the gradients, and the step is
+    the one accelerate's own clip takes."""
+    import torch.nn.utils.clip_grad as clip_grad
+
+    passes = []
+    original = clip_grad._get_total_norm
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return original(*args, **kwargs)
+
+    config = tiny_config(num_epochs=1, max_grad_norm=1e-3)  # small enough that every step clips
+    with monkeypatch.context() as patch:
+        patch.setattr(clip_grad, "_get_total_norm", counted)
+        patch.setattr(torch.nn.utils, "get_total_norm", counted)
+        shared = Run(config, tmp_path / "shared")
+        record = shared.train_epoch()
+    assert record["step"] >= 1 and len(passes) == record["step"]  # one pass per optimiser step
+    assert record["grad_norm"] > 1e-3  # clipped
+    with monkeypatch.context() as patch:
+        patch.delattr(torch.nn.utils, "clip_grads_with_norm_")  # as on torch < 2.6: accelerate clips
+        separate = Run(config, tmp_path / "separate")
+        separate.train_epoch()
+    for name, value in shared.policy.named_parameters().items():
+        assert torch.equal(value, separate.policy.named_parameters()[name]), name
