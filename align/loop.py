@@ -129,7 +129,13 @@ class GradientAgreement:
         agreement = (|G|^2 - sum |g_u|^2) / ((n - 1) sum |g_u|^2)
 
     the mean pairwise inner product over the mean squared norm: about 0 when the units' gradients are
-    independent noise, 1 when they all agree. A recipe whose advantages carry no signal shows ~0."""
+    independent noise, 1 when they all agree. A recipe whose advantages carry no signal shows ~0.
+
+    Each g_u and its squared norm are computed in float32 (in place for float32 gradients; half
+    precision ones are widened, which keeps their difference exact) and the squares summed in
+    float64: the cancellation in |G|^2 - sum |g_u|^2 happens between these few scalars, so no
+    float64 copy of a gradient is made.
+    """
 
     def __init__(self, parameters):
         self.parameters = [p for p in parameters if p.requires_grad]
@@ -142,8 +148,12 @@ class GradientAgreement:
         for param, previous in zip(self.parameters, self.previous):
             if param.grad is None:
                 continue
-            unit = param.grad.double() - previous.double()
-            self.squares = self.squares.to(unit.device) + unit.pow(2).sum()
+            if param.grad.dtype in (torch.float16, torch.bfloat16):
+                unit = param.grad.float() - previous.float()
+            else:
+                unit = previous.neg_().add_(param.grad)  # g_u, in place of the previous sum
+            norm = torch.linalg.vector_norm(unit).double()
+            self.squares = self.squares.to(norm.device) + norm * norm
             previous.copy_(param.grad)
         self.units += 1
 
@@ -151,7 +161,11 @@ class GradientAgreement:
         squares = float(self.squares)
         if self.units < 2 or squares == 0:
             return None
-        total = sum(float(p.double().pow(2).sum()) for p in self.previous)
+        widest = (torch.promote_types(p.dtype, torch.float32) for p in self.previous)
+        total = sum(
+            float(torch.linalg.vector_norm(p, dtype=dtype).double() ** 2)
+            for p, dtype in zip(self.previous, widest)
+        )
         return (total - squares) / ((self.units - 1) * squares)
 
 

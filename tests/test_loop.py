@@ -344,6 +344,28 @@ def test_gradient_agreement_is_one_for_agreeing_units_and_about_zero_for_noise()
     assert abs(agreement(list(noise))) < 0.01
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gradient_agreement_matches_the_float64_formula_without_float64_gradients(dtype):
+    """Noise plus a small shared direction: the value is small, so |G|^2 - sum |g_u|^2 cancels."""
+    from align.loop import GradientAgreement
+
+    generator = torch.Generator().manual_seed(1)
+    shared = torch.randn(200_000, generator=generator) * 0.1
+    param = torch.nn.Parameter(torch.zeros(200_000, dtype=dtype))
+    meter = GradientAgreement([param])
+    sums = []  # what .grad holds after each unit, in the gradients' dtype
+    for _ in range(4):
+        unit = (shared + torch.randn(200_000, generator=generator)).to(dtype)
+        param.grad = unit.clone() if param.grad is None else param.grad + unit
+        sums.append(param.grad.double())
+        meter.add()
+    units = [sums[0]] + [b - a for a, b in zip(sums, sums[1:])]  # exact in float64
+    squares = sum(float(u.pow(2).sum()) for u in units)
+    expected = (float(sums[-1].pow(2).sum()) - squares) / (3 * squares)
+    assert 0.003 < expected < 0.03
+    assert meter.value() == pytest.approx(expected, rel=1e-4)
+
+
 def test_noise_levels_keep_the_last_flow_step_deterministic_and_windows_inside_the_live_steps():
     import random
 
