@@ -69,6 +69,10 @@ def _tiny(family: str, vocab: int, attention: str = "sdpa", **extra):
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "gemma": (transformers.GemmaConfig, transformers.GemmaForCausalLM),
+        "olmo2": (transformers.Olmo2Config, transformers.Olmo2ForCausalLM),
         "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
     }[family]
     sizes = (
@@ -96,6 +100,10 @@ def _tiny(family: str, vocab: int, attention: str = "sdpa", **extra):
 
 CASES = {  # name: (family, attention, extra config, whether the steps call the decoder directly)
     "qwen2-sdpa": ("qwen2", "sdpa", {}, True),
+    "qwen3": ("qwen3", "sdpa", {"head_dim": 8}, True),
+    "phi3": ("phi3", "sdpa", {}, True),
+    "gemma": ("gemma", "sdpa", {"head_dim": 8}, True),
+    "olmo2": ("olmo2", "sdpa", {}, True),
     "llama-eager": ("llama", "eager", {}, True),
     "mistral-no-window": ("mistral", "sdpa", {"sliding_window": None}, True),
     "mistral-window-4": ("mistral", "sdpa", {"sliding_window": 4}, False),  # the window must mask
@@ -185,3 +193,10 @@ def test_the_decode_benchmark_checks_its_draws_and_prints_the_ratio():
     assert "direct decoder steps: True" in done.stdout
     ratio = re.search(r"^ours\s+([0-9.]+)\s+([0-9.]+)$", done.stdout, re.M)
     assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0, done.stdout
+
+
+def test_every_family_given_direct_steps_is_checked_against_generate():
+    from align.text.decode import STANDARD_MASK_FAMILIES
+
+    checked = {family for family, _, _, direct in CASES.values() if direct}
+    assert checked | {"llama"} >= STANDARD_MASK_FAMILIES  # llama: the policy fixture's own tests too
