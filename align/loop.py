@@ -161,10 +161,11 @@ class GradientAgreement:
         squares = float(self.squares)
         if self.units < 2 or squares == 0:
             return None
-        widest = (torch.promote_types(p.dtype, torch.float32) for p in self.previous)
         total = sum(
-            float(torch.linalg.vector_norm(p, dtype=dtype).double() ** 2)
-            for p, dtype in zip(self.previous, widest)
+            float(
+                torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32)).double() ** 2
+            )
+            for p in self.previous
         )
         return (total - squares) / ((self.units - 1) * squares)
 

@@ -60,25 +60,22 @@ def direct_steps(model) -> bool:
     return getattr(config, "sliding_window", None) is None
 
 
-def step_function(model, prompt_mask: torch.Tensor, max_new_tokens: int, cached: int = 0) -> Callable:
+def step_function(model, prompt_mask: torch.Tensor, max_new_tokens: int) -> Callable:
     """step(input_ids [B, L], position_ids [B, L], cache) -> float32 logits of the last position [B, V].
 
-    Each call appends its L tokens to the attention mask (the prompts' `prompt_mask`, then ones;
-    `cached` tokens are already in the cache); the model sees the same mask, position ids and
-    cache as under `generate`.
+    The attention mask covers what the cache holds plus the L new tokens (the prompts'
+    `prompt_mask`, then ones); the model sees the same mask, position ids and cache as under
+    `generate`.
     """
     batch = prompt_mask.shape[0]
     full = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], 1)
-    seen = cached
 
     if not direct_steps(model):
 
         def step(input_ids, position_ids, cache):
-            nonlocal seen
-            seen += input_ids.shape[1]
             output = model(
                 input_ids=input_ids,
-                attention_mask=full[:, :seen],
+                attention_mask=full[:, : cache.get_seq_length() + input_ids.shape[1]],
                 position_ids=position_ids,
                 past_key_values=cache,
                 use_cache=True,
@@ -100,8 +97,7 @@ def step_function(model, prompt_mask: torch.Tensor, max_new_tokens: int, cached:
     padded = not bool(prompt_mask.all())
 
     def step(input_ids, position_ids, cache):
-        nonlocal seen
-        seen += input_ids.shape[1]
+        seen = cache.get_seq_length() + input_ids.shape[1]
         one_token = input_ids.shape[1] == 1 and padded
         hidden = decoder(
             input_ids=input_ids,
@@ -143,7 +139,7 @@ def sample_tokens(
         cache = DynamicCache(config=model.config)
     else:
         inputs, position_ids = prompt_ids[:, -1:], prompt_positions[:, -1:]
-    step = step_function(model, prompt_mask, max_new_tokens, cached=prompt_ids.shape[1] - inputs.shape[1])
+    step = step_function(model, prompt_mask, max_new_tokens)
     unfinished = torch.ones(prompt_ids.shape[0], dtype=torch.bool, device=prompt_ids.device)
     chosen = []
     for _ in range(max_new_tokens):
