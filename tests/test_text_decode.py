@@ -16,7 +16,8 @@ def policy():
     return load_text_policy("tiny:llama", trainable="full")
 
 
-def _generate(policy, tokens, temperature, top_p, max_new_tokens):
+def _draws(model, tokens, seed, temperature, top_p, max_new_tokens, stop_ids, pad_id):
+    """(our completion ids, generate's) for the same prompts, settings and seed."""
     sampling = temperature > 0
     config = GenerationConfig(
         max_new_tokens=max_new_tokens,
@@ -24,39 +25,35 @@ def _generate(policy, tokens, temperature, top_p, max_new_tokens):
         temperature=temperature if sampling else None,
         top_k=0 if sampling else None,
         top_p=top_p if sampling else None,
-        pad_token_id=policy.pad_id,
-        eos_token_id=policy.stop_ids,
+        pad_token_id=pad_id,
+        eos_token_id=stop_ids,
     )
     ids, mask = tokens["prompt_ids"], tokens["prompt_mask"]
-    output = policy.model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-    return output[:, ids.shape[1] :]
+    torch.manual_seed(seed)
+    expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1] :]
+    torch.manual_seed(seed)
+    ours = sample_tokens(
+        model,
+        ids,
+        mask,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop_ids=stop_ids,
+        pad_id=pad_id,
+    )
+    return ours, expected
 
 
 @pytest.mark.parametrize("temperature, top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
 def test_draws_match_generate(policy, temperature, top_p):
     tokens = policy.encode_prompts([p for p in PROMPTS for _ in range(2)])
-    saved = policy.stop_ids
-    policy.stop_ids = sorted({*saved, 7})  # a frequent token: rows end early, at different steps
+    stop_ids = sorted({*policy.stop_ids, 7})  # a frequent token: rows end early, at different steps
     ended = []
-    try:
-        for seed in range(3):
-            torch.manual_seed(seed)
-            expected = _generate(policy, tokens, temperature, top_p, max_new_tokens=12)
-            torch.manual_seed(seed)
-            ours = sample_tokens(
-                policy.model,
-                tokens["prompt_ids"],
-                tokens["prompt_mask"],
-                max_new_tokens=12,
-                temperature=temperature,
-                top_p=top_p,
-                stop_ids=policy.stop_ids,
-                pad_id=policy.pad_id,
-            )
-            assert torch.equal(ours, expected), (seed, ours, expected)
-            ended += torch.isin(ours, torch.tensor(policy.stop_ids)).any(1).tolist()
-    finally:
-        policy.stop_ids = saved
+    for seed in range(3):
+        ours, expected = _draws(policy.model, tokens, seed, temperature, top_p, 12, stop_ids, policy.pad_id)
+        assert torch.equal(ours, expected), (seed, ours, expected)
+        ended += torch.isin(ours, torch.tensor(stop_ids)).any(1).tolist()
     if temperature > 0:
         assert any(ended) and not all(ended)  # the pad-after-stop path and the early stop were exercised
 
@@ -122,24 +119,7 @@ def test_draws_match_generate_on_other_families_masks_and_attention(policy, case
     assert bool(tokens["prompt_mask"].all()) is not padded
     stop_ids = sorted({*policy.stop_ids, 7})
     for seed in range(2):
-        torch.manual_seed(seed)
-        config = GenerationConfig(
-            max_new_tokens=10, do_sample=True, top_k=0, pad_token_id=policy.pad_id, eos_token_id=stop_ids
-        )
-        expected = model.generate(
-            input_ids=tokens["prompt_ids"], attention_mask=tokens["prompt_mask"], generation_config=config
-        )[:, tokens["prompt_ids"].shape[1] :]
-        torch.manual_seed(seed)
-        ours = sample_tokens(
-            model,
-            tokens["prompt_ids"],
-            tokens["prompt_mask"],
-            max_new_tokens=10,
-            temperature=1.0,
-            top_p=1.0,
-            stop_ids=stop_ids,
-            pad_id=policy.pad_id,
-        )
+        ours, expected = _draws(model, tokens, seed, 1.0, 1.0, 10, stop_ids, policy.pad_id)
         assert torch.equal(ours, expected), (case, seed, ours, expected)
 
 
