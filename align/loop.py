@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -170,6 +171,12 @@ class GradientAgreement:
         return (total - squares) / ((self.units - 1) * squares)
 
 
+# torch >= 2.6 computes the gradients' total norm on its own (get_total_norm) and clips with a given norm
+# (clip_grads_with_norm_), so the NaN check's norm serves the clip; older torch takes separate passes.
+# Tests switch these to take the older path.
+TOTAL_NORM = hasattr(torch.nn.utils, "get_total_norm")
+CLIP_WITH_NORM = hasattr(torch.nn.utils, "clip_grads_with_norm_")
+
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 FUSED_ADAMW_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -218,6 +225,8 @@ class Run:
         self.accelerator = accelerator or make_accelerator(precision)
         device = self.accelerator.device
         torch.manual_seed(config.train.seed)  # same LoRA init on every process
+        random.seed(config.train.seed)  # python's and numpy's global streams too (a reward may draw from them),
+        np.random.seed(config.train.seed)  # so that a run is its seed, and a checkpoint resumes all three
         algorithm = ALGORITHMS.lookup(config.algorithm.name)
         self.pathway = algorithm.pathway(config, device)
         self.adapter, self.policy = self.pathway.adapter, self.pathway.policy
@@ -352,7 +361,7 @@ class Run:
         if grads and self.accelerator.scaler is None:  # fp16's grad scaler skips overflows itself
             # the total norm is NaN or inf where some element is (or where it overflows, past 3e38: no
             # step to take either); one fused pass, where per-tensor isfinite().all() made three or four
-            if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+            if TOTAL_NORM:
                 norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
                 finite = norm.isfinite()
             else:
@@ -378,7 +387,7 @@ class Run:
             DistributedType.DEEPSPEED,
             DistributedType.XLA,
         )
-        if norm is None or not whole or not hasattr(torch.nn.utils, "clip_grads_with_norm_"):
+        if norm is None or not whole or not CLIP_WITH_NORM:
             return self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         torch.nn.utils.clip_grads_with_norm_(self.policy.parameters(), max_norm, norm)
         return norm

@@ -46,6 +46,14 @@ def xformers_problem(device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+def switch_to_xformers(model: torch.nn.Module) -> None:
+    """Ask diffusers to run `model`'s attention through xformers; raises where diffusers refuses."""
+    if _uses_dispatch(model):
+        model.set_attention_backend("xformers")
+    else:
+        model.enable_xformers_memory_efficient_attention()
+
+
 def configure_attention(model: torch.nn.Module, backend: str = "auto") -> str:
     """Select the attention implementation of `model`; returns the backend in use ("sdpa" or "xformers")."""
     if backend not in BACKENDS:
@@ -60,10 +68,7 @@ def configure_attention(model: torch.nn.Module, backend: str = "auto") -> str:
             for m in _attention_modules(model)
         ]
         try:
-            if _uses_dispatch(model):
-                model.set_attention_backend("xformers")
-            else:
-                model.enable_xformers_memory_efficient_attention()
+            switch_to_xformers(model)
             return "xformers"
         except Exception as error:  # diffusers' own checks (version, CUDA) say no: undo any partial switch
             problem = _first_line(error)

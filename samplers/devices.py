@@ -6,10 +6,26 @@ it (float16 on older ones), float32 elsewhere (the CPU, and MPS, where low-preci
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 DEVICES = ("auto", "cuda", "mps", "cpu")  # or cuda:N
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cuda_devices: int  # CUDA GPUs visible to torch
+    mps: bool  # Apple's Metal backend available
+    cuda_bf16: bool = False  # the CUDA GPU computes in bfloat16 (Ampere and later)
+
+
+def hardware() -> Hardware:
+    """What this machine offers; the one place that asks torch (tests stand in another machine here)."""
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    bf16 = cuda > 0 and torch.cuda.is_bf16_supported()
+    return Hardware(cuda_devices=cuda, mps=torch.backends.mps.is_available(), cuda_bf16=bf16)
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -17,16 +33,17 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
 
     Raises ValueError naming what is missing, so a command fails in one line before loading a model.
     """
-    mps = torch.backends.mps.is_available()
+    machine = hardware()
+    mps = machine.mps
     if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps else "cpu")
+        return torch.device("cuda" if machine.cuda_devices else "mps" if mps else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError):
         device = None
     if device is None or device.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unknown device {str(name)!r}; choose one of {', '.join(DEVICES)} or cuda:N")
-    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    count = machine.cuda_devices if device.type == "cuda" else 0
     if device.type == "cuda" and count == 0:
         raise ValueError(f"device {str(name)!r}: no CUDA GPU is visible here; use --device auto or cpu")
     if device.type == "cuda" and device.index is not None and device.index >= count:
@@ -43,7 +60,7 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device) -> torch
     if name is None or name == "auto":
         if device.type != "cuda":
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if hardware().cuda_bf16 else torch.float16
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]

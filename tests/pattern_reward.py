@@ -1,5 +1,8 @@
 """A test reward, importable by subprocesses through ALIGN_PLUGINS=pattern_reward."""
 
+import random
+
+import numpy as np
 import torch
 
 from rewards.base import REWARDS, Reward, register_reward
@@ -21,3 +24,18 @@ class Pattern(Reward):
 
 if "test-pattern" not in REWARDS:
     register_reward("test-pattern", differentiable=True, weights="none", description="test")(Pattern)
+
+
+class DrawingPattern(Pattern):
+    """Pattern plus a small draw from python's and numpy's global streams for each image: a run that
+    resumes those streams wrong scores (and so trains) differently from an uninterrupted one."""
+
+    def score(self, images, prompts):
+        draws = torch.tensor([random.random() + float(np.random.rand()) for _ in prompts])
+        return super().score(images, prompts) + 1e-2 * draws
+
+
+if "test-drawing-pattern" not in REWARDS:
+    register_reward("test-drawing-pattern", differentiable=False, weights="none", description="test")(
+        DrawingPattern
+    )

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from conftest import tiny_adapter
 
 from align.doctor import run_checks
 from samplers.noise import generators_from_seeds
 from samplers.types import Trajectory
-from tests.conftest import tiny_adapter
 
 
 def test_doctor_invariants_hold(tiny):

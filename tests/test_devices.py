@@ -1,6 +1,7 @@
 """Devices, precision and attention: one resolution for every command, and an xformers that cannot take
 a program down (an install built for another torch imports fine and fails on first use)."""
 
+import importlib.machinery
 import subprocess
 import sys
 import types
@@ -10,28 +11,42 @@ from pathlib import Path
 import pytest
 import torch
 
+import samplers.devices
 from align.cli import main
 from samplers.attention import xformers_problem
-from samplers.devices import resolve_device, resolve_dtype
+from samplers.devices import Hardware, resolve_device, resolve_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["tiny:sd15", "tiny:sdxl", "tiny:sd3", "tiny:flux", "toy"]
 
 
+def machine(monkeypatch, **offers):
+    """This machine as one that offers `offers` (Hardware's fields), whatever it has."""
+    monkeypatch.setattr(
+        samplers.devices, "hardware", lambda: Hardware(**{"cuda_devices": 0, "mps": False, **offers})
+    )
+
+
 @pytest.fixture
 def no_gpu(monkeypatch):
-    """This machine as one without CUDA or MPS, whatever it has."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    machine(monkeypatch)
 
 
 def test_auto_picks_cuda_then_mps_then_cpu(no_gpu, monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
-    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    machine(monkeypatch, mps=True)
     assert resolve_device("auto") == torch.device("mps")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    machine(monkeypatch, mps=True, cuda_devices=2)
     assert resolve_device(None) == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"only 2 CUDA GPU\(s\) are visible \(cuda:0..1\)"):
+        resolve_device("cuda:2")
+
+
+def test_the_machine_is_asked_of_torch_once_in_one_place():
+    real = samplers.devices.hardware()
+    assert real.cuda_devices == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    assert real.mps == torch.backends.mps.is_available()
 
 
 def test_unavailable_or_unknown_devices_are_named(no_gpu):
@@ -47,9 +62,9 @@ def test_unavailable_or_unknown_devices_are_named(no_gpu):
 def test_auto_dtype_is_bfloat16_on_cuda_and_float32_elsewhere(monkeypatch):
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("mps")) == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    machine(monkeypatch, cuda_devices=1, cuda_bf16=True)
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    machine(monkeypatch, cuda_devices=1, cuda_bf16=False)
     assert resolve_dtype(None, torch.device("cuda")) == torch.float16
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(ValueError, match="unknown dtype 'float64'"):
@@ -123,35 +138,33 @@ def test_demo_runs_reno_on_the_training_device_and_dtype(monkeypatch, tmp_path):
 
 
 def broken_xformers(monkeypatch, *, ops_work: bool):
-    """An importable xformers whose ops fail as an install built for another torch does (ops_work=False),
-    or whose ops work while diffusers refuses to enable it (ops_work=True). Returns the op's calls."""
-    from diffusers import ModelMixin
+    """An importable xformers (not installed here: a module of our own in sys.modules) whose ops fail as
+    an install built for another torch does (ops_work=False), or whose ops work while diffusers refuses to
+    switch to it (ops_work=True; our seam samplers.attention.switch_to_xformers raises as diffusers would).
+    Returns the shapes of the op's calls (the probe's)."""
+    import samplers.attention
 
     calls = []
 
     def memory_efficient_attention(q, k, v, *args, **kwargs):
-        calls.append(q.shape)
+        calls.append(tuple(q.shape))
         if not ops_work:
             raise NotImplementedError("xformers extensions were built for another torch and do not load")
         attention = torch.nn.functional.scaled_dot_product_attention
         return attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
-    def refuse(self, *args, **kwargs):
+    def refuse(model):
         raise NotImplementedError("diffusers: xformers memory efficient attention is not available")
 
     ops = types.ModuleType("xformers.ops")
     ops.memory_efficient_attention = memory_efficient_attention
     package = types.ModuleType("xformers")
     package.ops = ops
+    for module in (package, ops):  # importable as an installed package is (a spec, no distribution metadata)
+        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
     monkeypatch.setitem(sys.modules, "xformers", package)
     monkeypatch.setitem(sys.modules, "xformers.ops", ops)
-    monkeypatch.setattr(ModelMixin, "enable_xformers_memory_efficient_attention", refuse)
-    original = ModelMixin.set_attention_backend
-    monkeypatch.setattr(
-        ModelMixin,
-        "set_attention_backend",
-        lambda self, backend: refuse(self) if backend == "xformers" else original(self, backend),
-    )
+    monkeypatch.setattr(samplers.attention, "switch_to_xformers", refuse)
     return calls
 
 
@@ -166,6 +179,7 @@ def test_a_broken_xformers_leaves_every_family_on_sdpa(name, ops_work, monkeypat
         default = load_adapter(name, attention="auto")
         assert default.attention == "sdpa" and calls == []  # auto never tries xformers
         asked = load_adapter(name, attention="xformers")
+    assert calls == [(1, 16, 2, 32)]  # the probe ran once, on the denoiser whose attention was asked for
     messages = [str(w.message) for w in caught if "xformers" in str(w.message)]
     assert asked.attention == "sdpa" and asked.describe()["attention"] == "sdpa"
     assert len(messages) == 1 and "NotImplementedError" in messages[0] and "using PyTorch SDPA" in messages[0]
@@ -175,9 +189,10 @@ def test_a_broken_xformers_leaves_every_family_on_sdpa(name, ops_work, monkeypat
 
 
 def test_the_probe_names_the_cause(monkeypatch):
-    broken_xformers(monkeypatch, ops_work=False)
+    calls = broken_xformers(monkeypatch, ops_work=False)
     problem = xformers_problem(torch.device("cpu"), torch.float32)
     assert problem == "NotImplementedError: xformers extensions were built for another torch and do not load"
+    assert calls == [(1, 16, 2, 32)]
     monkeypatch.setitem(sys.modules, "xformers", None)  # not installed
     assert xformers_problem(torch.device("cpu"), torch.float32).startswith("ModuleNotFoundError")
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_adapter
 
 from align.cli import main
 from align.config import config_from_data
 from align.losses import LOG_2
 from align.pairs import read_pairs_file, write_pairs
-from tests.conftest import tiny_adapter
 
 
 def make_pairs(directory: Path, model: str = "tiny:sd15", count: int = 4) -> Path:

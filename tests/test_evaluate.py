@@ -8,7 +8,6 @@ import torch
 
 from align.evaluate import paired_difference, swapped_prompt
 from rewards.scoring import standard_error
-from samplers.toy import PIPELINE_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +33,6 @@ def test_swapped_prompt_flips_only_the_relation():
         swapped_prompt("two red circles")
 
 
-@pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(), reason="toy model not built")
 def test_shipped_model_listens_to_the_relation_word():
     """The swap test on held-out relations: the shipped base must flip the placement when the relation
     word is swapped (the model shipped before this test flipped 1 pair in 96)."""

@@ -11,13 +11,11 @@ import pytest
 
 from align.config import config_from_data
 from align.loop import train
-from samplers.toy import PIPELINE_DIR
 
 PROMPT = "a purple circle left of an orange square"  # base: all met in 3 of 8 samples (10 steps)
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(), reason="toy model not built")
 def test_flow_grpo_raises_the_reward_of_one_relation_prompt(tmp_path):
     prompts = tmp_path / "prompt.txt"
     prompts.write_text(PROMPT + "\n")

@@ -4,11 +4,10 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_adapter
 
 from align.optimize import OptimizeSettings, best_of_n, noise_norm_regulariser, reno
 from rewards.base import Reward
-from samplers.toy import PIPELINE_DIR
-from tests.conftest import tiny_adapter
 
 
 class Brightness(Reward):
@@ -52,7 +51,6 @@ def test_short_reno_raises_every_images_reward_and_beats_best_of_n():
     assert result["images"].shape == (3, 3, 32, 32)
 
 
-@pytest.mark.skipif(not (PIPELINE_DIR / "model_index.json").is_file(), reason="toy assets not built")
 def test_reno_on_the_toy_model_raises_the_toy_clip_score_of_every_image_with_room():
     from rewards.base import build_reward
     from samplers.models import load_adapter

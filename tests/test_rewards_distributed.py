@@ -3,10 +3,12 @@ the batch, average their gradients into those of one process with the whole batc
 same discriminator. This process is rank 0; one spawned process is rank 1."""
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import free_port
 
 from rewards.base import build_reward
 from rewards.tiny import tiny_dino
@@ -20,7 +22,8 @@ def _batch():
 def _train(rank: int, directory: str, port: int) -> list[torch.Tensor]:
     """Two updates on this rank's half of the batch: [first step's gradients..., final parameters...]."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # a rank that dies leaves the other waiting at most a minute, not torch's 30-minute default
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
     try:
         reward = build_reward("discriminator", model=directory, hidden=8, lr=1e-2)
         real, fake = _batch()
@@ -38,10 +41,15 @@ def _worker(rank: int, directory: str, port: int, out: str) -> None:
 
 def test_two_processes_keep_one_discriminator(tmp_path):
     directory = tiny_dino(tmp_path / "dino")
-    port = 29_500 + os.getpid() % 1000
+    port = free_port()
     other = mp.spawn(_worker, args=(directory, port, str(tmp_path / "rank1.pt")), nprocs=1, join=False)
-    mine = _train(0, directory, port)
-    other.join()
+    try:
+        mine = _train(0, directory, port)
+        assert other.join(timeout=120), "rank 1 did not finish within 2 minutes"
+    finally:
+        for process in other.processes:
+            if process.is_alive():
+                process.kill()
     theirs = torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a, b) for a, b in zip(mine, theirs))  # same parameters, same gradients
     single = build_reward("discriminator", model=directory, hidden=8, lr=1e-2)

@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_adapter
+from pattern_reward import Pattern
 
 from align.optimize import OptimizeSettings, best_of_n
 from align.search import (
@@ -14,8 +16,6 @@ from align.search import (
     pruned_search,
     tree_search,
 )
-from tests.conftest import tiny_adapter
-from tests.pattern_reward import Pattern
 
 PROMPTS, SEEDS = ["a red circle", "two blue squares", "a green triangle"], [0, 1, 2]
 

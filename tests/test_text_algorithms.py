@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from align.config import config_from_data
-from align.loop import Run
+from align.loop import Run, plan_epoch
 from align.schema import ConfigError
 from align.text import grpo, preference  # noqa: F401  (registers the text algorithms)
 from align.text.data import load_text_prompts, read_pairs
@@ -123,11 +123,27 @@ def test_offline_preferences_learn_the_chosen_side(tmp_path, name):
 
 
 def test_online_dpo_pairs_the_best_and_worst_samples(tmp_path):
+    """Each pair's completions are its group's highest- and lowest-scored samples (re-scored from the
+    pair's own tokens); only groups whose spread passes the margin give a pair; training moves the LoRA."""
     config = tiny_config({"name": "text-online-dpo", "beta": 0.5}, lr=1e-2)
     run, records, before = run_epochs(config, tmp_path, epochs=4)
     assert all(0 <= r["pairs"] <= 4 for r in records) and records[0]["pairs"] > 0
     assert all(r["pair_gap"] > 0 for r in records if r["pairs"])
     assert any(not torch.equal(before[n], p) for n, p in run.policy.named_parameters().items())
+
+    plan = plan_epoch(run.prompts, config, epoch=4, process=0, processes=1)
+    batch = run.algorithm.collect(4, plan.prompts, plan.group_ids, plan.seeds)
+    (values,) = batch.values.values()  # [B] one reward; normalise none: the signal itself
+    groups = {g: values[plan.group_ids == g] for g in plan.group_ids.unique().tolist()}
+    spread = [g for g, v in groups.items() if float(v.max() - v.min()) > config.algorithm.reward_margin]
+    assert spread and len(batch.prompts) == len(spread)
+    tokens, policy = batch.tokens, run.policy
+    chosen = run.rewards.score(policy.decode(tokens["chosen_ids"], tokens["chosen_mask"]), batch.prompts)
+    rejected = run.rewards.score(policy.decode(tokens["rejected_ids"], tokens["rejected_mask"]), batch.prompts)
+    prompt_group = {plan.prompts[int((plan.group_ids == g).nonzero()[0])]: g for g in spread}
+    for prompt, best, worst in zip(batch.prompts, chosen["text-format"], rejected["text-format"], strict=True):
+        group = groups[prompt_group[prompt]]
+        assert float(best) == float(group.max()) and float(worst) == float(group.min())
 
 
 def test_a_malformed_pairs_file_names_its_line(tmp_path):
