@@ -19,10 +19,11 @@ from rewards.toy_world import parse_prompt
 from samplers.grid import generate_grid
 
 
-def paired_difference(base: dict, aligned: dict) -> tuple[float, float]:
+def paired_difference(base: dict, aligned: dict, key: str = "outcomes") -> tuple[float, float]:
     """(aligned - base accuracy, its standard error) over the same prompts and seeds: the SE of the
-    per-image differences, much tighter than either accuracy's own SE because the seeds are shared."""
-    before, after = base.get("outcomes"), aligned.get("outcomes")
+    per-image (per-prompt, for text) differences, much tighter than either accuracy's own SE because the
+    samples are shared. `key` names the outcomes: "outcomes", or the text pathway's "exact_outcomes"."""
+    before, after = base.get(key), aligned.get(key)
     if not before or not after or len(before) != len(after):
         raise ValueError("paired difference: both evaluations need per-image outcomes of the same grid")
     differences = np.asarray(after, np.float64) - np.asarray(before, np.float64)

@@ -178,10 +178,12 @@ def test_algorithm_settings_are_checked_with_their_paths():
 
 
 def test_arithmetic_task_splits_prompts_and_files(tmp_path):
-    train, heldout = task_problems("arithmetic:train"), task_problems("arithmetic:heldout")
-    assert len(train) == 60 and len(heldout) == 40
-    assert not {p["prompt"] for p in train} & {p["prompt"] for p in heldout}
-    assert all(int(p["answer"]) == sum(map(int, p["prompt"].split("?")[0][8:].split(" + "))) for p in train)
+    splits = {name: task_problems(f"arithmetic:{name}") for name in ("train", "validation", "heldout")}
+    assert {name: len(problems) for name, problems in splits.items()} == {"train": 150, "validation": 50, "heldout": 200}
+    prompts = [{p["prompt"] for p in problems} for problems in splits.values()]
+    assert len(set.union(*prompts)) == 400  # disjoint: every operand pair 1..20 once
+    for problems in splits.values():
+        assert all(int(p["answer"]) == sum(map(int, p["prompt"].split("?")[0][8:].split(" + "))) for p in problems)
     (tmp_path / "prompts.txt").write_text("one\n\ntwo\n")
     assert load_text_prompts(str(tmp_path / "prompts.txt")) == ["one", "two"]
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
@@ -231,8 +233,42 @@ def test_evaluation_counts_exact_and_final_number_answers():
         2 / 3
     )
     assert summary["completion_tokens"] == 3.0 and summary["examples"][1]["completion"] == "3 + 4 = 7"
-    assert "accuracy 0.667  exact 0.333" in format_text_summary(summary)
+    assert summary["outcomes"] == [1, 1, 0] and summary["exact_outcomes"] == [1, 0, 0]  # in prompt order
+    se = math.sqrt(1 / 3 / 3)  # sample std of (1, 1, 0) (and of (1, 0, 0)) over sqrt(3): sqrt(1/3) / sqrt(3)
+    assert summary["accuracy_se"] == pytest.approx(se) and summary["exact_accuracy_se"] == pytest.approx(se)
+    assert "accuracy 0.667 +- 0.333  exact 0.333 +- 0.333" in format_text_summary(summary)
     words = {"Name a colour.": "red"}  # references that are not numbers: accuracy is the exact one
     texts["Name a colour."] = "Red."
     summary = evaluate_text(Replies(), list(words), max_new_tokens=2, references=References(words))
     assert summary["accuracy"] == summary["exact_accuracy"] == 1.0 and math.isnan(summary["score"])
+
+
+def test_the_text_results_table_pairs_each_row_with_the_base():
+    from align.text.evaluate import text_results_table
+
+    def row(final, exact):
+        mean = lambda v: sum(v) / len(v)  # noqa: E731
+        sd = lambda v: math.sqrt(sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1) / len(v))  # noqa: E731
+        return {"num_prompts": len(final), "outcomes": final, "exact_outcomes": exact, "accuracy": mean(final),
+                "accuracy_se": sd(final), "exact_accuracy": mean(exact), "exact_accuracy_se": sd(exact)}  # fmt: skip
+
+    base, aligned = row([1, 0, 1, 0], [0, 0, 0, 0]), row([1, 1, 1, 0], [1, 1, 0, 0])
+    # exact: differences (1, 1, 0, 0): mean 0.5, SE sqrt(1/3) / 2 = 0.289; final: (0, 1, 0, 0): 0.25, SE 0.25
+    assert text_results_table([("base", base), ("GRPO", aligned)]).splitlines() == [
+        "| held-out (4 prompts, greedy) | exact answer | vs base | final number right | vs base |",
+        "| --- | --- | --- | --- | --- |",
+        "| base | 0.000 +- 0.000 |  | 0.500 +- 0.289 |  |",
+        "| GRPO | 0.500 +- 0.289 | +0.500 +- 0.289 | 0.750 +- 0.250 | +0.250 +- 0.250 |",
+    ]
+
+
+def test_the_shipped_pairs_are_the_arithmetic_train_splits():
+    from rewards.text.tasks import arithmetic_pairs
+
+    shipped = [json.loads(line) for line in (CONFIGS / "arithmetic-pairs.jsonl").read_text().splitlines()]
+    assert shipped == arithmetic_pairs("train") and len(shipped) == 300
+    assert {p["prompt"] for p in shipped} == {p["prompt"] for p in task_problems("arithmetic:train")}
+    assert shipped[:2] == [
+        {"prompt": "What is 20 + 14? Reply with only the number.", "chosen": "34", "rejected": "20 + 14 = 34"},
+        {"prompt": "What is 20 + 14? Reply with only the number.", "chosen": "34", "rejected": "33"},
+    ]

