@@ -40,7 +40,7 @@ demo: setup
 
 test: setup-dev
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest
 
 lint: setup-dev
 	$(BIN)/ruff check .
@@ -63,7 +63,7 @@ test-latest:
 	@$(MAKE) --no-print-directory chromium
 	$(LATEST)/bin/python tests/lockfile.py --differences
 	$(LATEST)/bin/ruff check .
-	$(LATEST)/bin/python -m pytest -q
+	$(LATEST)/bin/python -m pytest
 
 # By hand on a machine with a CUDA GPU: doctor in bf16, xformers vs SDPA, the Triton log-prob kernel,
 # rollout ratios and the toy demo's time, in one table (about 8 minutes).
