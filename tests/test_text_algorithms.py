@@ -139,9 +139,13 @@ def test_online_dpo_pairs_the_best_and_worst_samples(tmp_path):
     assert spread and len(batch.prompts) == len(spread)
     tokens, policy = batch.tokens, run.policy
     chosen = run.rewards.score(policy.decode(tokens["chosen_ids"], tokens["chosen_mask"]), batch.prompts)
-    rejected = run.rewards.score(policy.decode(tokens["rejected_ids"], tokens["rejected_mask"]), batch.prompts)
+    rejected = run.rewards.score(
+        policy.decode(tokens["rejected_ids"], tokens["rejected_mask"]), batch.prompts
+    )
     prompt_group = {plan.prompts[int((plan.group_ids == g).nonzero()[0])]: g for g in spread}
-    for prompt, best, worst in zip(batch.prompts, chosen["text-format"], rejected["text-format"], strict=True):
+    for prompt, best, worst in zip(
+        batch.prompts, chosen["text-format"], rejected["text-format"], strict=True
+    ):
         group = groups[prompt_group[prompt]]
         assert float(best) == float(group.max()) and float(worst) == float(group.min())
 
@@ -179,11 +183,17 @@ def test_algorithm_settings_are_checked_with_their_paths():
 
 def test_arithmetic_task_splits_prompts_and_files(tmp_path):
     splits = {name: task_problems(f"arithmetic:{name}") for name in ("train", "validation", "heldout")}
-    assert {name: len(problems) for name, problems in splits.items()} == {"train": 150, "validation": 50, "heldout": 200}
+    assert {name: len(problems) for name, problems in splits.items()} == {
+        "train": 150,
+        "validation": 50,
+        "heldout": 200,
+    }
     prompts = [{p["prompt"] for p in problems} for problems in splits.values()]
     assert len(set.union(*prompts)) == 400  # disjoint: every operand pair 1..20 once
     for problems in splits.values():
-        assert all(int(p["answer"]) == sum(map(int, p["prompt"].split("?")[0][8:].split(" + "))) for p in problems)
+        assert all(
+            int(p["answer"]) == sum(map(int, p["prompt"].split("?")[0][8:].split(" + "))) for p in problems
+        )
     (tmp_path / "prompts.txt").write_text("one\n\ntwo\n")
     assert load_text_prompts(str(tmp_path / "prompts.txt")) == ["one", "two"]
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
@@ -269,6 +279,39 @@ def test_the_shipped_pairs_are_the_arithmetic_train_splits():
     assert shipped == arithmetic_pairs("train") and len(shipped) == 300
     assert {p["prompt"] for p in shipped} == {p["prompt"] for p in task_problems("arithmetic:train")}
     assert shipped[:2] == [
-        {"prompt": "What is 20 + 14? Reply with only the number.", "chosen": "34", "rejected": "20 + 14 = 34"},
+        {
+            "prompt": "What is 20 + 14? Reply with only the number.",
+            "chosen": "34",
+            "rejected": "20 + 14 = 34",
+        },
         {"prompt": "What is 20 + 14? Reply with only the number.", "chosen": "34", "rejected": "33"},
     ]
+
+
+def test_the_text_demo_prints_its_results_table(tmp_path):
+    """`align demo --text` ends on the README's table: the held-out accuracies of the run it trained, with
+    the paired changes (a tiny Llama for one epoch in place of SmolLM2's 160)."""
+    from align.evaluate import paired_difference
+    from align.text.demo import run_text_demo
+
+    lines = []
+    result = run_text_demo(
+        tmp_path / "run", model="tiny:llama", epochs=1, echo=lambda text: lines.extend(str(text).splitlines())
+    )
+    base, aligned = result["base"], result["aligned"]
+    assert base["num_prompts"] == aligned["num_prompts"] == 200  # the whole held-out split
+    table = lines[
+        lines.index(
+            "| held-out (200 prompts, greedy) | exact answer | vs base | final number right | vs base |"
+        ) :
+    ]
+    exact, _ = paired_difference(base, aligned, "exact_outcomes")
+    final, _ = paired_difference(base, aligned, "outcomes")
+    assert table[2].startswith(f"| base tiny:llama | {base['exact_accuracy']:.3f} +- ")
+    assert table[3].startswith(
+        f"| GRPO, 1 epochs | {aligned['exact_accuracy']:.3f} +- {aligned['exact_accuracy_se']:.3f} | {exact:+.3f} +- "
+    )
+    assert f"| {aligned['accuracy']:.3f} +- {aligned['accuracy_se']:.3f} | {final:+.3f} +- " in table[3]
+    assert table[4].startswith("run directory: ") and len(table) == 5
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["aligned"]["outcomes"] == aligned["outcomes"]
