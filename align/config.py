@@ -45,6 +45,9 @@ class SamplingConfig:
     num_steps: int = param(10, min=1)  # denoising steps per rollout: quality vs time per sample
     noise_level: float = param(0.7, min=0.0)  # SDE noise (flow) or DDIM eta (UNet); exploration vs quality
     eval_num_steps: int | None = param(None, min=1)  # None = num_steps
+    # the stochastic step of flow models: Flow-GRPO's SDE, or cps (coefficients-preserving: the sample
+    # exactly as noisy as the schedule, samplers/flow.py); UNets step by DDIM with eta either way
+    sde: str = param("flow-grpo", choices=("flow-grpo", "cps"))
 
 
 @dataclass

@@ -163,3 +163,118 @@ def simpo_loss(chosen_log_probs: torch.Tensor, rejected_log_probs: torch.Tensor,
 
 
 LOG_2 = math.log(2.0)
+
+
+def _per_sample_mean(values: torch.Tensor) -> torch.Tensor:
+    """[B, ...] -> [B]: the mean over every non-batch dimension."""
+    return values.flatten(1).mean(1)
+
+
+def matching_error(prediction: torch.Tensor, target: torch.Tensor, adaptive: bool = False) -> torch.Tensor:
+    """Per-sample flow-matching error [B]: mean((prediction - target)^2); with `adaptive`, divided by
+    the sample's own (detached) mean absolute error, DiffusionNFT's adaptive weight, which makes
+    every sample's loss about its mean absolute error whatever the noise level."""
+    difference = prediction.float() - target.float()
+    error = _per_sample_mean(difference**2)
+    if adaptive:
+        error = error / _per_sample_mean(difference.detach().abs()).clamp(min=1e-5)
+    return error
+
+
+def nft_loss(
+    prediction: torch.Tensor,
+    old_prediction: torch.Tensor,
+    target: torch.Tensor,
+    optimality: torch.Tensor,
+    beta: float,
+    to_clean=None,
+    adaptive: bool = True,
+):
+    """DiffusionNFT (Zheng et al. 2025, eq. 8): flow matching of two implicit policies built around
+    the sampling (old) policy's prediction,
+
+        v+ = (1 - beta) v_old + beta v_theta     (positive: trained towards the sample)
+        v- = (1 + beta) v_old - beta v_theta     (negative: the reflection of v+ about v_old)
+        loss = mean_i [ r_i e(v+_i) + (1 - r_i) e(v-_i) ] / beta
+
+    on a sample's clean latent noised by the forward process; r [B] in [0, 1] is the sample's
+    optimality (1: best of its group, 0: worst). A good sample pulls v_theta towards its target, a bad
+    one pushes it away from it, with v_old the fixed point between. e() is `matching_error` of the
+    target, measured on clean-latent estimates when `to_clean` maps a prediction to one (the paper's
+    x0 space, with its adaptive weight). At beta = 1 and r = 1 this is plain flow matching; as
+    beta -> 0 with v_theta = v_old its gradient is (2r - 1) times flow matching's.
+    prediction, old_prediction, target [B, ...] (old_prediction detached here); optimality [B].
+    Returns (loss, stats)."""
+    old = old_prediction.detach().float()
+    positive = (1 - beta) * old + beta * prediction.float()
+    negative = (1 + beta) * old - beta * prediction.float()
+    if to_clean is not None:
+        positive, negative, target = to_clean(positive), to_clean(negative), to_clean(target)
+    positive_error = matching_error(positive, target, adaptive)
+    negative_error = matching_error(negative, target, adaptive)
+    r = optimality.float().to(positive_error.device)
+    loss = (r * positive_error + (1 - r) * negative_error).mean() / beta
+    stats = {
+        "positive_error": float(positive_error.detach().mean()),
+        "negative_error": float(negative_error.detach().mean()),
+        "old_distance": float(_per_sample_mean((prediction.detach().float() - old) ** 2).mean()),
+    }
+    return loss, stats
+
+
+def awm_loss(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    advantages: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    old_errors: torch.Tensor | None = None,
+    clip_range: float | None = None,
+):
+    """Advantage Weighted Matching (Xue et al. 2025): the pretraining flow-matching error of each of
+    the policy's own samples, weighted by its advantage: mean_i A_i w_i e_i, e_i = mean((v_theta -
+    target)^2) (w: a per-sample time weight, default 1). -e_i stands in for the sample's log-likelihood;
+    given the errors of the policy that sampled (`old_errors`) and a `clip_range`, the ratio
+    exp(e_old - e) is clipped as PPO clips it (the pessimistic of the two terms), which bounds how far
+    later optimiser steps on the same samples move. With every advantage 1 and no clip this is plain
+    (weighted) flow matching. Returns (loss, stats)."""
+    errors = matching_error(prediction, target)
+    advantages = advantages.float().to(errors.device)
+    weights = torch.ones_like(errors) if weights is None else weights.float().to(errors.device)
+    log_likelihood = -weights * errors
+    stats = {"matching_error": float(errors.detach().mean())}
+    if old_errors is None or clip_range is None:
+        return -(advantages * log_likelihood).mean(), stats
+    old = -weights * old_errors.float().to(errors.device)
+    ratio = torch.exp(log_likelihood - old)
+    clipped = ratio.clamp(1 - clip_range, 1 + clip_range)
+    loss = torch.maximum(-advantages * ratio, -advantages * clipped).mean()
+    stats.update(
+        {
+            "ratio_mean": float(ratio.detach().mean()),
+            "clip_fraction": float(((ratio - 1).abs() > clip_range).float().mean()),
+        }
+    )
+    return loss, stats
+
+
+def ratio_norm_shift(log_ratio: torch.Tensor, step_ids: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's ratio normalisation, centring part (Wang et al. 2025): the mean log importance
+    ratio of the samples trained at the same denoising step [B] (detached), to subtract from each
+    log-ratio. A Gaussian step's log-ratio has mean -||mu_theta - mu_old||^2 / (2 std^2) under the
+    sampling policy, below 0 and largest at the low-noise steps, so uncentred ratios sit below 1 and
+    PPO's clip acts on one side only. log_ratio, step_ids [B]."""
+    log_ratio = log_ratio.detach()
+    _, inverse, counts = torch.unique(step_ids, return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.shape[0], dtype=log_ratio.dtype, device=log_ratio.device)
+    sums.index_add_(0, inverse.to(log_ratio.device), log_ratio)
+    return (sums / counts.to(log_ratio.device))[inverse.to(log_ratio.device)]
+
+
+def step_gradient_weights(std: torch.Tensor, coefficient: torch.Tensor, live: torch.Tensor) -> torch.Tensor:
+    """GRPO-Guard's per-step gradient reweighting: a Gaussian step whose mean moves by `coefficient` x
+    the model output and whose noise is `std` has a log-prob gradient in the output of size
+    |coefficient| / std per unit of noise, growing without bound as the noise vanishes, so the late
+    steps dominate the update. Weighting each step's loss by std / |coefficient| evens them out; the
+    weights are scaled to mean 1 over the `live` (stochastic) steps. std, coefficient, live [T]."""
+    raw = torch.where(live, std / coefficient.abs().clamp(min=1e-12), torch.zeros_like(std))
+    return raw / raw[live].mean()

@@ -35,6 +35,10 @@ class ImagePathway:
             attention=model.attention,
             gradient_checkpointing=model.gradient_checkpointing,
         )
+        if self.adapter.family == "flow":
+            self.adapter.sde = config.sampling.sde
+        elif config.sampling.sde != "flow-grpo":
+            raise ValueError(f"sampling.sde={config.sampling.sde} steps flow models; a {self.adapter.family} model samples by DDIM")
         self.policy = ImagePolicy(self.adapter, config.train.trainable, config.lora)
 
     @staticmethod

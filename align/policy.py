@@ -94,6 +94,17 @@ class ImagePolicy:
             for name, param in params.items():
                 param.copy_(state[name])
 
+    @contextlib.contextmanager
+    def swapped(self, state: dict[str, torch.Tensor]):
+        """Inside the block the trainable tensors hold `state` (another policy of the same shape, such
+        as DiffusionNFT's old policy); the current ones come back after it, gradients untouched."""
+        current = self.trainable_state()
+        self.load_trainable_state(state)
+        try:
+            yield
+        finally:
+            self.load_trainable_state(current)
+
     def save_weights(self, directory: Path) -> None:
         """LoRA in diffusers' format (`lora/`), or the full denoiser (`model/`)."""
         if self.trainable == "lora":

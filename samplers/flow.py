@@ -48,3 +48,44 @@ def flow_step(
     mean = x * expand_as_batch(x_coef, x) + v * expand_as_batch(v_coef, x)
     std = (s * torch.sqrt(-dt)).to(torch.float32)
     return finish_step(mean, std, prev, generator)
+
+
+def cps_step(
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    sigma,
+    sigma_next,
+    *,
+    noise_level=0.0,
+    prev: torch.Tensor | None = None,
+    generator: Generators = None,
+) -> StepOut:
+    """Coefficients-preserving sampling (Wang et al. 2025): x_sigma -> x_sigma_next keeping the
+    forward process's coefficients, so that the sample is exactly as noisy as the schedule says.
+
+    From the model's estimates x0^ = x - sigma v and eps^ = x + (1 - sigma) v, with
+    std = sigma_next sin(noise_level pi / 2):
+
+        mean = (1 - sigma_next) x0^ + sqrt(sigma_next^2 - std^2) eps^,     x_next = mean + std z
+
+    The noise coefficients add up as the schedule's, (sigma_next^2 - std^2) + std^2 = sigma_next^2,
+    where the Flow-GRPO SDE step (flow_step) adds its noise on top of a drift that was derived in
+    continuous time and, at coarse steps and large noise levels, leaves x_next noisier than
+    sigma_next. noise_level 0 is the Euler ODE step; 1 replaces all the noise with fresh noise.
+    Shapes and `prev` as flow_step's.
+    """
+    batch = x.shape[0]
+    v = model_output.float()
+    x = x.float()
+    sigma = per_sample(sigma, batch, x.device)
+    sigma_next = per_sample(sigma_next, batch, x.device)
+    level = per_sample(noise_level, batch, x.device)
+    std = sigma_next * torch.sin(level * torch.pi / 2)
+    kept = torch.sqrt((sigma_next**2 - std**2).clamp(min=0))
+    clean = x - expand_as_batch(sigma, x) * v
+    noise = x + expand_as_batch(1 - sigma, x) * v
+    mean = expand_as_batch(1 - sigma_next, x) * clean + expand_as_batch(kept, x) * noise
+    return finish_step(mean, std.to(torch.float32), prev, generator)
+
+
+FLOW_STEPS = {"flow-grpo": flow_step, "cps": cps_step}  # sampling.sde: the stochastic step of flow models

@@ -156,3 +156,49 @@ def test_step_math_is_float32_for_half_inputs():
     x, out = torch.randn(1, 4, dtype=torch.bfloat16), torch.randn(1, 4, dtype=torch.bfloat16)
     step = flow_step(out, x, 0.5, 0.4, noise_level=0.5, generator=generators_from_seeds([0]))
     assert step.sample.dtype == torch.float32 and step.log_prob.dtype == torch.float32
+
+
+def point_mass_state(sigma: float, n: int = 4096, d: int = 8, seed: int = 0):
+    """x_sigma for data that is a point mass at 0, and the exact velocity there (v = eps = x / sigma)."""
+    x = sigma * torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return x, x / sigma
+
+
+@pytest.mark.parametrize("sigma, sigma_next", [(0.9, 0.6), (0.5, 0.4), (0.2, 0.1)])
+def test_cps_step_keeps_the_schedules_noise_where_the_sde_step_overshoots(sigma, sigma_next):
+    from samplers.flow import cps_step
+
+    x, v = point_mass_state(sigma)
+    se = sigma_next / math.sqrt(2 * x.numel())  # the SE of a std estimated from n d normal draws
+    for level in (0.3, 0.7, 1.0):
+        cps = cps_step(v, x, sigma, sigma_next, noise_level=level, generator=torch.Generator().manual_seed(1))
+        assert abs(float(cps.sample.std()) - sigma_next) < 4 * se, level
+
+
+def test_the_sde_step_overshoots_at_high_noise_where_cps_does_not():
+    """Flow-GRPO's step at sigma 0.9 -> 0.6 and noise level 0.7 (the demo's): its drift and noise were
+    derived in continuous time, and over one coarse step they leave x with std 1.16 (by hand: drift
+    -0.15 x, noise 2.1 sqrt(0.3)) where the schedule says 0.6; CPS leaves 0.6."""
+    from samplers.flow import cps_step
+
+    x, v = point_mass_state(0.9)
+    sde = flow_step(v, x, 0.9, 0.6, noise_level=0.7, generator=torch.Generator().manual_seed(1))
+    assert float(sde.sample.std()) == pytest.approx(math.sqrt((0.15 * 0.9) ** 2 + 2.1**2 * 0.3), rel=0.02)
+    cps = cps_step(v, x, 0.9, 0.6, noise_level=0.7, generator=torch.Generator().manual_seed(1))
+    assert float(cps.sample.std()) == pytest.approx(0.6, rel=0.02)
+
+
+def test_cps_step_at_level_zero_is_euler_and_rescores_its_own_draws():
+    from samplers.flow import cps_step
+
+    torch.manual_seed(0)
+    x, v = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    ode = cps_step(v, x, 0.8, 0.6, noise_level=0.0)
+    torch.testing.assert_close(ode.sample, x + (0.6 - 0.8) * v)
+    assert torch.equal(ode.log_prob, torch.zeros(2))
+    out = cps_step(v, x, 0.8, 0.6, noise_level=0.7, generator=generators_from_seeds([0, 1]))
+    std = 0.6 * math.sin(0.7 * math.pi / 2)
+    assert torch.allclose(out.std, torch.full((2,), std))
+    again = cps_step(v, x, 0.8, 0.6, noise_level=0.7, prev=out.sample)
+    assert torch.equal(again.log_prob, out.log_prob)
+    torch.testing.assert_close(out.log_prob.double(), normal_log_prob(out.sample, out.mean, std), rtol=1e-5, atol=1e-3)

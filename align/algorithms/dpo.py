@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.algorithms.base import Algorithm, Collected, register_algorithm
+from align.algorithms.base import Algorithm, Collected, register_algorithm, time_range_problems
 from align.losses import dpo_loss
 from align.schema import param
 from samplers.noise import generators_from_seeds
@@ -50,9 +50,7 @@ class DPOConfig:
     time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
 
     def check(self):
-        lo_hi = self.time_range
-        if len(lo_hi) != 2 or not 0.0 <= lo_hi[0] < lo_hi[1] <= 1.0:
-            yield ["time_range"], "must be [lo, hi] with 0 <= lo < hi <= 1"
+        yield from time_range_problems(self.time_range)
 
 
 @dataclass

@@ -25,7 +25,13 @@ from align.algorithms.base import (
     register_algorithm,
     saved_bytes,
 )
-from align.losses import gaussian_mean_kl, group_advantages, ppo_clip_loss
+from align.losses import (
+    gaussian_mean_kl,
+    group_advantages,
+    ppo_clip_loss,
+    ratio_norm_shift,
+    step_gradient_weights,
+)
 from align.schema import param
 from align.search import predicted_clean
 from align.shaping import (
@@ -109,6 +115,11 @@ class PolicyGradientConfig:
     # so the ratio is 1 and no training forward is needed) where the activations that keeps, estimated
     # from one row, fit under this many MiB; needs train.steps_per_pass 1 and one process; 0: never
     rollout_graph_mb: float = param(0.0, min=0.0)
+    # GRPO-Guard (Wang et al. 2025): ratio_norm centres each log importance ratio on the mean of the
+    # micro-batch's samples at the same step, so the clip acts on both sides; step_reweight weights
+    # each step's loss by std / |mean's coefficient of the model output| (align/losses.py)
+    ratio_norm: bool = False
+    step_reweight: bool = False
 
     def check(self):
         shaped = self.shaping != "none" or self.unlikeliness > 0 or self.constraints or self.pareto == "rank"
@@ -536,7 +547,14 @@ class PolicyGradient(Algorithm):
         if advantages.ndim == 2:  # dense: each trained step its own advantage
             advantages = advantages[torch.arange(len(rows)), steps]
         advantages = advantages.clamp(-settings.advantage_clip, settings.advantage_clip)
-        loss, stats = ppo_clip_loss(out.log_prob * scale, old * scale, advantages, settings.clip_range)
+        if settings.step_reweight:
+            advantages = advantages * self._step_weights(trajectory).to(advantages.device)[steps]
+        log_prob, old = out.log_prob * scale, old * scale
+        raw_ratio = float(torch.exp(log_prob.detach() - old).mean())
+        if settings.ratio_norm:
+            old = old + ratio_norm_shift(log_prob - old, steps)
+        loss, stats = ppo_clip_loss(log_prob, old, advantages, settings.clip_range)
+        stats["raw_ratio_mean"] = raw_ratio
         if settings.beta > 0:
             with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
                 reference = context.adapter.rescore(trajectory, steps)
@@ -545,6 +563,19 @@ class PolicyGradient(Algorithm):
             stats["kl"] = float(kl.detach())
         stats["policy_loss"] = float(loss.detach())
         return loss, stats
+
+    def _step_weights(self, trajectory) -> torch.Tensor:
+        """[T] GRPO-Guard weights of the schedule's steps (align.losses.step_gradient_weights), from the
+        step function itself: the mean's coefficient of the model output is mean(v = 1) - mean(v = 0)."""
+        sigmas, levels = trajectory.sigmas[0].float(), trajectory.noise_levels.float()
+        count = levels.shape[0]
+        zero, one = torch.zeros(count, 1), torch.ones(count, 1)
+        x = torch.zeros(count, 1)
+        step = self.context.adapter.step
+        at_zero = step(zero, x, sigmas[:-1], sigmas[1:], noise_level=levels, prev=x)
+        at_one = step(one, x, sigmas[:-1], sigmas[1:], noise_level=levels, prev=x)
+        coefficient = (at_one.mean - at_zero.mean).flatten()
+        return step_gradient_weights(at_one.std.float(), coefficient, levels > 0)
 
     def state_dict(self):
         return {

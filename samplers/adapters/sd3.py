@@ -9,7 +9,7 @@ from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
 )
 
 from samplers.adapters.base import Adapter
-from samplers.flow import flow_step
+from samplers.flow import FLOW_STEPS
 from samplers.types import Cond, Schedule
 
 
@@ -17,9 +17,10 @@ class FlowMatchMixin:
     """Schedule, step and decode shared by the rectified-flow families (SD3, FLUX)."""
 
     family = "flow"
+    sde = "flow-grpo"  # the stochastic step (sampling.sde): Flow-GRPO's SDE, or cps
 
     def step(self, model_output, x, sigma, sigma_next, **kwargs):
-        return flow_step(model_output, x, sigma, sigma_next, **kwargs)
+        return FLOW_STEPS[self.sde](model_output, x, sigma, sigma_next, **kwargs)
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """x_sigma = (1 - sigma) x0 + sigma noise; sigma [B]."""
