@@ -17,7 +17,8 @@ import yaml
 from align.schema import ConfigError, apply_overrides, from_data, param, to_data
 from plumbing.registry import Registry
 
-ALGORITHM_CONFIGS: Registry = Registry("algorithm")  # name -> config dataclass (with a `name` field)
+# name -> config dataclass (with a `name` field); align/catalogue.py registers the built-in ones
+ALGORITHM_CONFIGS: Registry = Registry("algorithm", catalogue="align.catalogue")
 
 
 @dataclass
@@ -150,8 +151,6 @@ class ExperimentConfig:
 
 
 def _algorithm_from_data(data: Any, errors: list[str]):
-    import align.algorithms  # noqa: F401  (registers every algorithm's config)
-
     if not isinstance(data, dict) or "name" not in data:
         errors.append("algorithm: missing; give `algorithm: {name: ...}`")
         return None

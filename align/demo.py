@@ -3,11 +3,15 @@
 1. Flow-GRPO on the verifiable GenEval-style reward (configs/toy/grpo-demo.yaml); the run evaluates
    the base model and the aligned one on held-out prompts, with the toy CLIP and quality rewards
    reported as gold rewards that are not optimised.
-2. Noise optimisation (ReNO) on held-out prompts with the toy CLIP reward, against best-of-N.
-3. Reward backprop (DRaFT-LV) with the toy CLIP and quality rewards (configs/toy/draft-clip.yaml).
-4. A comparison gallery of the base model and both fine-tuned runs.
+2. DiffusionNFT on the same reward for about a minute of training (configs/toy/diffusion-nft-demo.yaml),
+   the forward-process method that leads Flow-GRPO at equal time up to about two minutes
+   (benchmarks/frontier.py), evaluated the same way (the base's evaluation reused).
+3. Noise optimisation (ReNO) on held-out prompts with the toy CLIP reward, against best-of-N.
+4. Reward backprop (DRaFT-LV) with the toy CLIP and quality rewards (configs/toy/draft-clip.yaml).
+5. A comparison gallery of the base model and the fine-tuned runs.
 Every step runs on one device (`device`, as samplers/devices.py resolves it) in one dtype.
-DIR/summary.json holds {"base": evaluation, "aligned": evaluation, "reno": ..., "draft": ...}.
+DIR/summary.json holds {"base": evaluation, "aligned": Flow-GRPO's evaluation, "nft": {"aligned":
+DiffusionNFT's}, "reno": ..., "draft": ...}.
 """
 
 from __future__ import annotations
@@ -79,30 +83,35 @@ def run_demo(
     def lap(name: str) -> None:
         timings[name] = time.perf_counter() - start - sum(timings.values())
 
-    steps = 4 if extras else 1
+    steps = 5 if extras else 2
     print(f"[1/{steps}] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
     config = load("grpo-demo.yaml", [f"train.num_epochs={epochs}"] if epochs else [])
     grpo = train(config, out / "grpo", accelerator=accelerator(config))
     lap("grpo")
-    summary = {"base": grpo["base"], "aligned": grpo["aligned"]}
+    print(f"[2/{steps}] DiffusionNFT on the same reward, about a minute of training, the same evaluation")
+    nft_config = load("diffusion-nft-demo.yaml")
+    base = grpo["base"] if _same_evaluation(config, nft_config, grpo["base"]) else None
+    nft = train(nft_config, out / "nft", base=base, accelerator=accelerator(nft_config))
+    lap("nft")
+    summary = {"base": grpo["base"], "aligned": grpo["aligned"], "nft": {"aligned": nft["aligned"]}}
     if extras:
-        print(f"[2/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
+        print(f"[3/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
         subset = heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts]
         summary["reno"] = _reno(out / "reno", subset, reno_iterations, chosen, dtype)
         lap("reno")
-        print(f"[3/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
+        print(f"[4/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
         draft_config = load("draft-clip.yaml")
         base = grpo["base"] if _same_evaluation(config, draft_config, grpo["base"]) else None
         draft = train(draft_config, out / "draft", base=base, accelerator=accelerator(draft_config))
         summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
         lap("draft")
-        print(f"[4/{steps}] comparison gallery")
+        print(f"[5/{steps}] comparison gallery")
         _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts], chosen, dtype)
         lap("gallery")
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(results_table(summary))
-    where = f"files: {out}/summary.json, Flow-GRPO run {out}/grpo"
+    where = f"files: {out}/summary.json, Flow-GRPO run {out}/grpo, DiffusionNFT run {out}/nft"
     if extras:
         where += f", DRaFT-LV run {out}/draft, ReNO {out}/reno, gallery {out}/gallery/index.html"
     print(where)
@@ -120,19 +129,18 @@ def _same_evaluation(config, other, base: dict) -> bool:
     return setting(config) == setting(other) and names <= set(base.get("rewards", {}))
 
 
+RUNS = {"flow-grpo": "grpo", "diffusion-nft": "nft", "draft-lv": "draft"}  # gallery name -> run folder
+
+
 def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) -> None:
     from align.runs import load_model, run_record
     from gallery import build_gallery
     from rewards.base import build_reward
 
     rewards = {name: build_reward(name, device=device) for name in ("geneval", "clip-toy", "aesthetic-toy")}
+    sources = {"base": "toy", **{name: str(out / folder) for name, folder in RUNS.items()}}
     models = {
-        name: (lambda model=model: load_model(model, device=device, dtype=dtype))
-        for name, model in (
-            ("base", "toy"),
-            ("flow-grpo", str(out / "grpo")),
-            ("draft-lv", str(out / "draft")),
-        )
+        name: (lambda model=model: load_model(model, device=device, dtype=dtype)) for name, model in sources.items()
     }
     build_gallery(
         models,
@@ -140,7 +148,7 @@ def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) ->
         2,
         rewards,
         out / "gallery",
-        runs={"flow-grpo": run_record(out / "grpo"), "draft-lv": run_record(out / "draft")},
+        runs={name: run_record(out / folder) for name, folder in RUNS.items()},
         title="align demo: toy world, held-out prompts",
     )
 
@@ -153,6 +161,8 @@ def results_table(summary: dict) -> str:
     base, aligned = summary["base"], summary["aligned"]
     names = ["count", "colour", "shape", "position"]
     rows = [("base", base), ("flow-grpo", aligned)]
+    if "nft" in summary:
+        rows.append(("diffusion-nft (1 min)", summary["nft"]["aligned"]))
     if "draft" in summary:
         rows.append(("draft-lv (clip-toy)", summary["draft"]["aligned"]))
     gold = ["clip-toy", "aesthetic-toy"]

@@ -40,6 +40,27 @@ def evaluate(
     return summary, rows, images
 
 
+def score_against(images: dict, prompts, seeds, report: dict, baseline: str) -> dict:
+    """Each method's images [B,3,H,W] scored by `report` on the same prompts and seeds: {method:
+    summary}, every method but the baseline with "vs_baseline": the paired (difference, SE) of accuracy
+    (toy prompts) and of each reward, image by image."""
+    scored = {m: score_images(batch, prompts, report) for m, batch in images.items()}
+    summaries = {m: summarise(prompts, seeds, s)[0] for m, s in scored.items()}
+    for m in images:
+        if m == baseline:
+            continue
+        versus = {}
+        if summaries[m]["outcomes"]:
+            versus["accuracy"] = paired_difference(summaries[baseline], summaries[m])
+        for reward_name, values in scored[m]["rewards"].items():
+            differences = [
+                a - b for a, b in zip(values, scored[baseline]["rewards"][reward_name], strict=True)
+            ]
+            versus[reward_name] = (sum(differences) / len(differences), standard_error(differences))
+        summaries[m]["vs_baseline"] = versus
+    return summaries
+
+
 def format_summary(summary: dict, title: str = "") -> str:
     lines = [title] if title else []
     if not np.isnan(summary.get("accuracy", float("nan"))):

@@ -217,7 +217,6 @@ class Run:
     evaluation come from the algorithm's pathway (align/pathway.py: images; align/text/pathway.py: text)."""
 
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
-        import align.algorithms  # noqa: F401  (registers the algorithms)
         from rewards.combine import RewardSet
 
         self.config, self.out = config, Path(out)

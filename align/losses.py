@@ -278,3 +278,31 @@ def step_gradient_weights(std: torch.Tensor, coefficient: torch.Tensor, live: to
     weights are scaled to mean 1 over the `live` (stochastic) steps. std, coefficient, live [T]."""
     raw = torch.where(live, std / coefficient.abs().clamp(min=1e-12), torch.zeros_like(std))
     return raw / raw[live].mean()
+
+
+def dgpo_loss(
+    errors: torch.Tensor,
+    reference_errors: torch.Tensor,
+    advantages: torch.Tensor,
+    group_ids: torch.Tensor,
+    beta: float,
+):
+    """DGPO (Luo et al. 2025): a group-level DPO on the diffusion ELBO. With the implicit reward of a
+    sample -(e - e_ref) (its flow-matching error against the reference's, as Diffusion-DPO reads it),
+    each group's samples are pulled apart by their advantages,
+
+        z_g  = beta / |g| sum_{i in g} A_i (e_i - e_ref_i)
+        loss = mean_g -log sigmoid(-z_g)
+
+    which with centred advantages is a Bradley-Terry preference of the group's better half over its
+    worse half. At the start (e = e_ref) the loss is log 2 and its gradient beta / (2 |g|) A_i de_i, AWM's
+    direction; it saturates as a group's preference is met, where AWM keeps pushing. errors,
+    reference_errors (detached here), advantages, group_ids [B]. Returns (loss, stats)."""
+    advantages = advantages.float().to(errors.device)
+    terms = advantages * (errors - reference_errors.detach().float())
+    _, inverse, counts = torch.unique(group_ids.to(errors.device), return_inverse=True, return_counts=True)
+    sums = torch.zeros(counts.shape[0], dtype=terms.dtype, device=terms.device).index_add(0, inverse, terms)
+    z = beta * sums / counts
+    loss = -F.logsigmoid(-z).mean()
+    stats = {"group_margin": float(-z.detach().mean()), "group_accuracy": float((z < 0).float().mean())}
+    return loss, stats

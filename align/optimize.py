@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from align.evaluate import score_against
 from samplers.noise import generators_from_seeds
 
 
@@ -185,8 +186,6 @@ def compare_with_best_of_n(
     (default: the optimised rewards). Returns {"images": {method: [B,3,H,W]}, "summaries": {method:
     evaluate summary; the optimised one's "vs_baseline" is its paired difference from best-of-N},
     "optimised": the optimiser's result, "best_of_n": N}."""
-    from align.search import score_against
-
     with torch.no_grad():  # at the steps the optimiser samples with
         base = adapter.generate(prompts, seeds, num_steps=settings.num_steps)
     optimiser = explore if settings.explore > 1 else reno

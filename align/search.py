@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from align.evaluate import score_against
 from align.optimize import weighted_reward
-from samplers.ddim import predict_x0_eps
 from samplers.noise import generators_from_seeds
-from samplers.rollout import rollout
+from samplers.rollout import predicted_clean, rollout
 from samplers.types import Schedule
 
 SEED_STRIDE = 1_000_003  # candidate k of seed s starts from noise s + k * SEED_STRIDE, as best-of-N's
@@ -70,15 +70,6 @@ class Counter:
     def __call__(self, x, t, cond):
         self.used += x.shape[0]
         return self.adapter.denoise(x, t, cond)
-
-
-def predicted_clean(adapter, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """The one-step (Tweedie) estimate of the clean latent from a model output at noise `sigma` [B]."""
-    view = sigma.float().view(-1, *([1] * (x.ndim - 1)))
-    if adapter.family == "flow":  # x = (1 - sigma) x0 + sigma eps, output = eps - x0
-        return x.float() - view * output.float()
-    prediction = adapter.pipeline.scheduler.config.get("prediction_type", "epsilon")
-    return predict_x0_eps(output.float(), x.float(), (1 - view**2).sqrt(), view, prediction)[0]
 
 
 def _schedule_tables(adapter, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -364,30 +355,6 @@ def guided_sample(
 
 
 SEARCHES = {"tree": tree_search, "prune": pruned_search}
-
-
-def score_against(images: dict, prompts, seeds, report: dict, baseline: str) -> dict:
-    """Each method's images [B,3,H,W] scored by `report` on the same prompts and seeds: {method:
-    summary}, every method but the baseline with "vs_baseline": the paired (difference, SE) of accuracy
-    (toy prompts) and of each reward, image by image."""
-    from align.evaluate import paired_difference
-    from rewards.scoring import score_images, standard_error, summarise
-
-    scored = {m: score_images(batch, prompts, report) for m, batch in images.items()}
-    summaries = {m: summarise(prompts, seeds, s)[0] for m, s in scored.items()}
-    for m in images:
-        if m == baseline:
-            continue
-        versus = {}
-        if summaries[m]["outcomes"]:
-            versus["accuracy"] = paired_difference(summaries[baseline], summaries[m])
-        for reward_name, values in scored[m]["rewards"].items():
-            differences = [
-                a - b for a, b in zip(values, scored[baseline]["rewards"][reward_name], strict=True)
-            ]
-            versus[reward_name] = (sum(differences) / len(differences), standard_error(differences))
-        summaries[m]["vs_baseline"] = versus
-    return summaries
 
 
 def compare_with_search(

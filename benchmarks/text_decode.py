@@ -24,7 +24,7 @@ def main() -> None:
     import torch
     from transformers import GenerationConfig
 
-    from align.text.decode import direct_steps, sample_tokens
+    from align.text.decode import sample_tokens
     from align.text.models import load_text_policy
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -80,7 +80,7 @@ def main() -> None:
         f"model {args.model}, batch {args.batch} (left-padded), {args.tokens} tokens, {args.threads} thread(s),"
     )
     print(
-        f"direct decoder steps: {direct_steps(model)}; medians of {args.repeats} alternating calls, same draws"
+        f"medians of {args.repeats} alternating calls, same draws"
     )
     print(f"{'':<12}{'s/call':>10}{'ratio':>8}")
     print(f"{'generate':<12}{theirs_s:>10.4f}{1.0:>8.2f}")

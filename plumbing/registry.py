@@ -1,8 +1,14 @@
-"""A registry is a plain dict that refuses duplicates and names the alternatives on a miss."""
+"""A registry is a plain dict that refuses duplicates and names the alternatives on a miss.
+
+A registry may name its catalogue: the one module that imports every built-in entry's module (and so
+registers them). It is imported on the first miss or listing, by name, so that the modules that
+register entries and the registry itself never import each other in a ring.
+"""
 
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,9 +19,16 @@ def did_you_mean(name: str, options) -> str:
 
 
 class Registry(dict):
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, catalogue: str | None = None):
         super().__init__()
         self.kind = kind
+        self.catalogue = catalogue  # module name, e.g. "rewards.catalogue"
+
+    def load(self) -> Registry:
+        """Register every built-in entry (imports the catalogue; once, as any import)."""
+        if self.catalogue:
+            importlib.import_module(self.catalogue)
+        return self
 
     def __setitem__(self, name: str, value: Any) -> None:
         if name in self:
@@ -32,6 +45,8 @@ class Registry(dict):
         return add
 
     def lookup(self, name: str) -> Any:
+        if name not in self:
+            self.load()
         if name not in self:
             known = ", ".join(sorted(self)) or "none registered"
             raise ValueError(f"unknown {self.kind} {name!r}{did_you_mean(name, self)} (known: {known})")

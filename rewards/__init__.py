@@ -1,22 +1,7 @@
-"""Rewards: the protocol, the registry, and every reward (each in its own module).
+"""Rewards: the protocol and registry (rewards/base.py), and every reward, each in its own module.
 
-Importing this package registers every reward; no reward imports its heavy dependencies
-(open_clip, OCR engines, ...) before it is constructed.
+`rewards.base.build_reward(name)` builds any of them: the registry imports rewards/catalogue.py, which
+imports every reward module, on its first lookup. No reward imports its heavy dependencies
+(open_clip, OCR engines, ...) before it is constructed. This package file imports nothing, so that
+importing a reward module never pulls in every other.
 """
-
-from rewards import (  # noqa: F401
-    aesthetic,
-    clip_score,
-    dino,
-    discriminator,
-    ensemble,
-    geneval,
-    hps,
-    jpeg,
-    ocr,
-    pickscore,
-    text,
-)
-from rewards.base import REWARDS, Reward, build_reward, register_reward
-
-__all__ = ["REWARDS", "Reward", "build_reward", "register_reward"]

@@ -25,7 +25,7 @@ class RewardInfo:
     description: str
 
 
-REWARDS: Registry = Registry("reward")
+REWARDS: Registry = Registry("reward", catalogue="rewards.catalogue")  # every built-in: loaded on a miss
 
 
 class NonFiniteReward(ValueError):
@@ -48,8 +48,6 @@ def register_reward(name: str, *, differentiable: bool, weights: str, descriptio
 
 
 def build_reward(name: str, **kwargs) -> Reward:
-    import rewards  # noqa: F401  (registers every reward)
-
     info = REWARDS.lookup(name)
     reward = info.factory(**kwargs)
     reward.name = name

@@ -159,8 +159,6 @@ def preference_win_rate(
 
 def _check_terms(terms, normalise: str) -> list[tuple[str, float, dict]]:
     """Validate every term before any reward loads its weights."""
-    import rewards  # noqa: F401  (registers every reward)
-
     if normalise not in NORMALISATIONS:
         raise ValueError(f"normalise must be one of {', '.join(NORMALISATIONS)}, got {normalise!r}")
     if not terms:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from samplers.ddim import predict_x0_eps
 from samplers.noise import Generators
 from samplers.types import Cond, Schedule, StepOut, Trajectory
 
@@ -127,3 +128,12 @@ def rescore(denoiser: Denoiser, step_fn: StepFn, trajectory: Trajectory, step: i
     noise_level = trajectory.noise_levels.to(index.device)[index]
     output = denoiser(x, t, trajectory.cond)
     return step_fn(output, x, sigma, sigma_next, noise_level=noise_level, prev=prev)
+
+
+def predicted_clean(adapter, output: torch.Tensor, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The one-step (Tweedie) estimate of the clean latent from a model output at noise `sigma` [B]."""
+    view = sigma.float().view(-1, *([1] * (x.ndim - 1)))
+    if adapter.family == "flow":  # x = (1 - sigma) x0 + sigma eps, output = eps - x0
+        return x.float() - view * output.float()
+    prediction = adapter.pipeline.scheduler.config.get("prediction_type", "epsilon")
+    return predict_x0_eps(output.float(), x.float(), (1 - view**2).sqrt(), view, prediction)[0]

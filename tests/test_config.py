@@ -169,6 +169,26 @@ def test_align_train_runs_a_text_recipe(tmp_path, capsys):
     assert "exact" in capsys.readouterr().out  # the text summary format
 
 
+@pytest.mark.parametrize(
+    "recipe, extra",
+    [
+        ("diffusion-nft-demo.yaml", []),
+        ("awm-demo.yaml", []),
+        ("grpo-demo.yaml", ["sampling.sde=cps", "algorithm.ratio_norm=true", "algorithm.step_reweight=true"]),
+    ],
+)
+def test_align_train_runs_the_frontier_recipes(tmp_path, recipe, extra):
+    """The shipped forward-process recipes, and Flow-GRPO with CPS and GRPO-Guard, train an epoch of the
+    toy model through the CLI (a smaller batch and evaluation than the recipes', the same algorithms)."""
+    overrides = ["train.num_epochs=1", "train.batch_size=16", "train.micro_batch_size=16", "train.group_size=8"]
+    overrides += ["eval.max_prompts=2", "eval.seeds=1", "eval.rewards=[]", *extra]
+    out = tmp_path / "run"
+    assert main(["train", str(SHIPPED / "toy" / recipe), *overrides, "--out", str(out), "--device", "cpu"]) == 0
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["skipped_steps"] == 0 and record["step"] >= 1
+    assert {"base", "aligned"} <= set(json.loads((out / "summary.json").read_text()))
+
+
 @pytest.mark.parametrize("name", ["alignprop", "draft", "draft-lv", "refl"])
 @pytest.mark.parametrize("normalise", ["group", "running"])
 def test_reward_backprop_refuses_a_normalised_reward_with_the_fix(tmp_path, capsys, name, normalise):

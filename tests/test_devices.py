@@ -133,7 +133,7 @@ def test_demo_runs_reno_on_the_training_device_and_dtype(monkeypatch, tmp_path):
     monkeypatch.setattr(samplers.models, "load_adapter", fake_load_adapter)
     with pytest.raises(Loaded) as loaded:
         run_demo(tmp_path / "demo", device="cpu", dtype="bfloat16")
-    assert trained == [(torch.device("cpu"), "bfloat16")]
+    assert trained == [(torch.device("cpu"), "bfloat16")] * 2  # Flow-GRPO, then DiffusionNFT
     assert loaded.value.args[0] == {"device": torch.device("cpu"), "dtype": "bfloat16"}
 
 

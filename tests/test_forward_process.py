@@ -1,6 +1,7 @@
 """DiffusionNFT and AWM: their losses against the formulas on hand-made tensors, the limits where they
 become plain flow matching, and the old policy DiffusionNFT keeps."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,55 @@ def test_flow_grpo_with_grpo_guard_and_cps_trains_an_epoch(tmp_path):
     assert run.adapter.sde == "cps"
     record = run.train_epoch()
     assert record["skipped_steps"] == 0 and "raw_ratio_mean" in record
+
+
+def test_dgpo_loss_by_hand_and_its_start_is_awms_direction():
+    from align.losses import dgpo_loss
+
+    errors = torch.tensor([0.5, 0.7, 0.2, 0.4], requires_grad=True)
+    reference = torch.tensor([0.6, 0.6, 0.3, 0.3])
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
+    groups = torch.tensor([0, 0, 3, 3])
+    loss, stats = dgpo_loss(errors, reference, advantages, groups, beta=10.0)
+    z0 = 10.0 * (1.0 * -0.1 + -1.0 * 0.1) / 2  # -1: the group prefers its better sample already
+    z1 = 10.0 * (0.5 * -0.1 + -0.5 * 0.1) / 2  # -0.5
+    expected = -(torch.nn.functional.logsigmoid(-torch.tensor([z0, z1]))).mean()
+    assert torch.allclose(loss, expected)
+    assert stats["group_accuracy"] == 1.0
+    at_start, _ = dgpo_loss(reference.clone().requires_grad_(True), reference, advantages, groups, 10.0)
+    assert float(at_start) == pytest.approx(math.log(2))
+    start = reference.clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(dgpo_loss(start, reference, advantages, groups, 10.0)[0], start)
+    assert torch.allclose(gradient, 10.0 / (2 * 2) * advantages / 2)  # beta / (2 |g|) A, mean over 2 groups
+
+
+def test_dgpo_units_hold_whole_groups_with_one_shared_noise(tmp_path):
+    run = tiny_run(tmp_path, "dgpo")
+    plan = plan_epoch(run.prompts, run.config, 0, 0, 1)
+    batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
+    units = run.algorithm.units(batch, torch.Generator().manual_seed(0))
+    assert len(units) == 2 * 2  # 2 draws x 2 groups of 4 (micro-batch 4)
+    for rows, draw in units:
+        assert len(batch.group_ids[rows].unique()) == 1 and len(rows) == 4
+        assert torch.equal(batch.noise[rows, draw], batch.noise[rows[:1], draw].expand_as(batch.noise[rows, draw]))
+
+
+def test_the_frontier_benchmark_keeps_a_snapshot_per_budget_and_prints_its_tables(tmp_path, capsys):
+    import importlib.util
+    import json
+
+    path = Path(__file__).parents[1] / "benchmarks" / "frontier.py"
+    spec = importlib.util.spec_from_file_location("frontier", path)
+    frontier = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(frontier)
+    case = f"nft@0.01,0.02={TINY / 'diffusion-nft.yaml'} eval.rewards=[]"
+    argv = ["--out", str(tmp_path), "--case", case, "--prompts", "train", "--max-prompts", "2", "--seeds", "1"]
+    assert frontier.main(argv) == 0
+    saved = json.loads((tmp_path / "frontier.json").read_text())
+    assert [(r["split"], r["budget"]) for r in saved["rows"]] == [
+        ("train", 0.01), ("train", 0.02), ("novel", 0.01), ("novel", 0.02)
+    ]
+    assert all(r["epochs"] >= 1 and r["seconds"] >= r["budget"] for r in saved["rows"])
+    assert frontier.main(["--out", str(tmp_path), "--tables"]) == 0
+    tables = capsys.readouterr().out
+    assert "| nft | train | 0 (" in tables and "| train gain (quality change), novel gain |" in tables

@@ -66,3 +66,85 @@ def test_no_cycle_between_packages():
     cycles = [p for p in edges if reaches(p, p)]
     assert not cycles, {p: edges[p] for p in cycles}
     assert edges["align"] >= {"rewards", "samplers"}  # the walk sees real imports
+
+
+def module_imports() -> dict[str, set[str]]:
+    """{module: project modules it imports}, every import statement counted (inside functions too).
+    Importing a.b.c imports the packages a and a.b first, so those count as arrows too; a name
+    imported from a package (`from a.b import c`) counts as the module a.b.c where one exists."""
+    modules = {}
+    for package in ALLOWED:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    edges = {}
+    for module, path in modules.items():
+        # the packages a module sits in are imported before it: not an arrow of its own, unless named
+        own_packages = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            for name in names:
+                target = known(name)
+                if target is None:
+                    continue
+                pieces = target.split(".")
+                found |= {".".join(pieces[:i]) for i in range(1, len(pieces))} - own_packages
+                found.add(target)  # named: an arrow even to the module's own package (`import rewards`)
+        edges[module] = {m for m in found if m in modules and m != module}
+    return edges
+
+
+def rings(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of two or more modules (Tarjan), each sorted."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in edges[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_another_in_a_ring():
+    """No ring between modules anywhere in the project's packages, function-level imports included:
+    registration goes through the catalogues (rewards/catalogue.py, align/catalogue.py), which no
+    module they register imports."""
+    edges = module_imports()
+    assert "rewards.base" in edges["rewards.combine"] and "align.config" in edges["align.algorithms.base"]
+    assert not rings(edges), rings(edges)
+
+
+def test_the_ring_finder_finds_a_ring():
+    assert rings({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert rings({"a": {"b"}, "b": set()}) == []

@@ -2,6 +2,7 @@
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,7 +69,28 @@ def test_a_reward_returning_nan_is_named_with_the_image():
         ReturnsNaN()(torch.rand(3, 3, 8, 8), ["a"] * 3)
 
 
+def test_the_catalogue_imports_every_reward_module():
+    """rewards/catalogue.py is the one list of reward modules: every module under rewards/ that
+    registers a reward is in it (a module left out would register only if something else imported it)."""
+    import ast
+
+    import rewards.catalogue
+
+    root = Path(rewards.catalogue.__file__).parent
+    registering = {
+        ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        for path in root.rglob("*.py")
+        if "register_reward(" in path.read_text() and path.name != "base.py"
+    }
+    listed = set()
+    for node in ast.walk(ast.parse(Path(rewards.catalogue.__file__).read_text())):
+        if isinstance(node, ast.ImportFrom):
+            listed |= {f"{node.module}.{alias.name}" for alias in node.names}
+    assert registering and registering <= listed, sorted(registering - listed)
+
+
 def test_registry_names_follow_the_families():
+    REWARDS.load()
     families = ("aesthetic", "clip", "pickscore", "hps", "dino", "ocr", "discriminator", "jpeg", "geneval")
     image_rewards = [  # the library's image rewards: not the text ones, not those tests register
         n for n, info in REWARDS.items() if info.factory.__module__.split(".")[0] == "rewards"

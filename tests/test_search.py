@@ -11,11 +11,11 @@ from align.optimize import OptimizeSettings, best_of_n
 from align.search import (
     SearchSettings,
     guided_sample,
-    predicted_clean,
     prune_plan,
     pruned_search,
     tree_search,
 )
+from samplers.rollout import predicted_clean
 
 PROMPTS, SEEDS = ["a red circle", "two blue squares", "a green triangle"], [0, 1, 2]
 
@@ -170,3 +170,20 @@ def test_tree_charges_each_leaf_its_exact_cost_and_stops_only_when_the_next_does
         assert used + costs[-1] > budget >= used  # the last branch chosen did not fit
         assert min(costs) < 6  # deep branches reuse their prefix: cheaper than a fresh sample
     assert all(n > 8 for n in tree["leaves"])  # more images than best-of-8
+
+
+def test_search_samples_with_cps_when_asked_and_refuses_it_for_a_unet(tmp_path, capsys):
+    from align.cli import main
+
+    common = ["optimize", "toy", "--method", "tree", "--reward", "geneval", "--prompt", "a red circle"]
+    common += ["--steps", "4", "--budget", "16", "--window", "2", "--seeds", "2"]
+    assert main([*common, "--out", str(tmp_path / "sde")]) == 0
+    assert main([*common, "--sde", "cps", "--out", str(tmp_path / "cps")]) == 0
+    trees = [sorted((tmp_path / n / "images" / "tree").iterdir()) for n in ("sde", "cps")]
+    base = [sorted((tmp_path / n / "images" / "base").iterdir()) for n in ("sde", "cps")]
+    assert [p.read_bytes() for p in base[0]] == [p.read_bytes() for p in base[1]]  # the ODE: no SDE step
+    assert [p.read_bytes() for p in trees[0]] != [p.read_bytes() for p in trees[1]]  # the window's steps differ
+    unet = ["optimize", "tiny:sd15", "--method", "tree", "--sde", "cps", "--reward", "jpeg-compressibility"]
+    unet += ["--prompt", "a cat"]
+    assert main([*unet, "--out", str(tmp_path / "u")]) == 2
+    assert "--sde cps steps flow models" in capsys.readouterr().err

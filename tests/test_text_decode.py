@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from align.text.decode import direct_steps, sample_tokens
+from align.text.decode import sample_tokens
 from align.text.models import load_text_policy
 
 PROMPTS = ["what is 3 + 4 ?", "reply with yes", "what is 12 plus 7 ? reply with the number only"]
@@ -95,25 +95,24 @@ def _tiny(family: str, vocab: int, attention: str = "sdpa", **extra):
     return model.eval()
 
 
-CASES = {  # name: (family, attention, extra config, whether the steps call the decoder directly)
-    "qwen2-sdpa": ("qwen2", "sdpa", {}, True),
-    "qwen3": ("qwen3", "sdpa", {"head_dim": 8}, True),
-    "phi3": ("phi3", "sdpa", {}, True),
-    "gemma": ("gemma", "sdpa", {"head_dim": 8}, True),
-    "olmo2": ("olmo2", "sdpa", {}, True),
-    "llama-eager": ("llama", "eager", {}, True),
-    "mistral-no-window": ("mistral", "sdpa", {"sliding_window": None}, True),
-    "mistral-window-4": ("mistral", "sdpa", {"sliding_window": 4}, False),  # the window must mask
-    "gpt2": ("gpt2", "sdpa", {}, False),  # a family outside STANDARD_MASK_FAMILIES
+CASES = {  # name: (family, attention, extra config)
+    "qwen2-sdpa": ("qwen2", "sdpa", {}),
+    "qwen3": ("qwen3", "sdpa", {"head_dim": 8}),
+    "phi3": ("phi3", "sdpa", {}),
+    "gemma": ("gemma", "sdpa", {"head_dim": 8}),
+    "olmo2": ("olmo2", "sdpa", {}),
+    "llama-eager": ("llama", "eager", {}),
+    "mistral-no-window": ("mistral", "sdpa", {"sliding_window": None}),
+    "mistral-window-4": ("mistral", "sdpa", {"sliding_window": 4}),  # the window must mask
+    "gpt2": ("gpt2", "sdpa", {}),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("padded", [True, False])
 def test_draws_match_generate_on_other_families_masks_and_attention(policy, case, padded):
-    family, attention, extra, direct = CASES[case]
+    family, attention, extra = CASES[case]
     model = _tiny(family, len(policy.tokenizer), attention, **extra)
-    assert direct_steps(model) is direct
     prompts = [p for p in PROMPTS for _ in range(2)] if padded else [PROMPTS[2]] * 4
     tokens = policy.encode_prompts(prompts)
     assert bool(tokens["prompt_mask"].all()) is not padded
@@ -121,43 +120,6 @@ def test_draws_match_generate_on_other_families_masks_and_attention(policy, case
     for seed in range(2):
         ours, expected = _draws(model, tokens, seed, 1.0, 1.0, 10, stop_ids, policy.pad_id)
         assert torch.equal(ours, expected), (case, seed, ours, expected)
-
-
-@pytest.mark.parametrize("padded", [True, False])
-def test_one_token_steps_of_a_plain_decoder_take_our_mask(policy, monkeypatch, padded):
-    """Padded prompts on a Llama: transformers builds the mask once (the prompt pass), not per token.
-    Without pads it keeps building it: it then hands SDPA no mask, which picks faster GPU kernels."""
-    from transformers.models.llama import modeling_llama
-
-    built = []
-    original = modeling_llama.create_causal_mask
-
-    def counting(*args, **kwargs):
-        built.append(kwargs["attention_mask"])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(modeling_llama, "create_causal_mask", counting)
-    tokens = policy.encode_prompts(PROMPTS if padded else PROMPTS[:1] * 3)
-    torch.manual_seed(0)
-    ours = sample_tokens(
-        policy.model,
-        tokens["prompt_ids"],
-        tokens["prompt_mask"],
-        max_new_tokens=6,
-        temperature=1.0,
-        top_p=1.0,
-        stop_ids=[],
-        pad_id=policy.pad_id,
-    )
-    assert ours.shape == (3, 6) and len(built) == 6
-    assert [mask.dim() for mask in built] == [2] + [4 if padded else 2] * 5  # the prompt pass: 2D
-    width = tokens["prompt_ids"].shape[1]
-    for step, mask in enumerate(built[1:], start=1):
-        expected = torch.cat([tokens["prompt_mask"], torch.ones(3, step, dtype=torch.long)], 1)
-        if padded:
-            assert mask.dtype == torch.bool and mask.shape == (3, 1, 1, width + step)
-            mask = mask[:, 0, 0]
-        assert torch.equal(mask.long(), expected)
 
 
 def test_the_decode_benchmark_checks_its_draws_and_prints_the_ratio():
@@ -170,13 +132,5 @@ def test_the_decode_benchmark_checks_its_draws_and_prints_the_ratio():
     command = [sys.executable, str(script), "--repeats", "2", "--tokens", "4", "--batch", "4"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "direct decoder steps: True" in done.stdout
     ratio = re.search(r"^ours\s+([0-9.]+)\s+([0-9.]+)$", done.stdout, re.M)
     assert ratio and float(ratio.group(1)) > 0 and float(ratio.group(2)) > 0, done.stdout
-
-
-def test_every_family_given_direct_steps_is_checked_against_generate():
-    from align.text.decode import STANDARD_MASK_FAMILIES
-
-    checked = {family for family, _, _, direct in CASES.values() if direct}
-    assert checked | {"llama"} >= STANDARD_MASK_FAMILIES  # llama: the policy fixture's own tests too

@@ -13,8 +13,7 @@ ANSWERS = {"What is 7 + 5?": "12", "Name a colour.": ["red", "blue"]}
 
 
 def test_text_rewards_are_registered_with_descriptions():
-    import rewards  # noqa: F401
-
+    REWARDS.load()
     for name in ["text-exact", "text-numeric", "text-format", "bleu", "chrf", "text-embedding", "sentiment"]:
         assert REWARDS[name].description and not REWARDS[name].differentiable
     assert "text-reward-model" in REWARDS and "text-ensemble" in REWARDS

@@ -1,5 +1,3 @@
-"""Algorithms: each a small module (collect + loss) registered by name on the one loop. Importing this
-package registers every one, the text algorithms (align/text/) included."""
-
-from align.algorithms import dpo, forward_process, policy_gradient, prdp, reward_backprop, trajectory_dpo  # noqa: F401
-from align.text import grpo, preference  # noqa: F401
+"""Algorithms: each a small module (collect + loss) registered by name on the one loop. This package
+file imports nothing; align/catalogue.py imports every algorithm module, the text ones included, and
+the registries load it on their first lookup."""

@@ -21,7 +21,7 @@ from align.config import ALGORITHM_CONFIGS
 from align.pathway import ImagePathway
 from plumbing.registry import Registry
 
-ALGORITHMS: Registry = Registry("algorithm")
+ALGORITHMS: Registry = Registry("algorithm", catalogue="align.catalogue")  # every built-in: loaded on a miss
 
 
 def register_algorithm(name: str, config_class: type):

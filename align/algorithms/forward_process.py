@@ -1,4 +1,4 @@
-"""Forward-process RL: DiffusionNFT and Advantage Weighted Matching (AWM).
+"""Forward-process RL: DiffusionNFT, Advantage Weighted Matching (AWM) and DGPO.
 
 Both train on the policy's own clean samples with the pretraining objective, flow matching at fresh
 forward-process noise, steered by reward; neither needs an SDE, log-probabilities of the sampling
@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 import torch
 
 from align.algorithms.base import Algorithm, Collected, register_algorithm, time_range_problems
-from align.losses import awm_loss, group_advantages, nft_loss
+from align.losses import awm_loss, dgpo_loss, group_advantages, nft_loss
 from align.schema import param
-from align.search import predicted_clean
 from samplers.noise import generators_from_seeds
+from samplers.rollout import predicted_clean
 
 
 @dataclass
@@ -73,6 +73,15 @@ class AWMConfig(ForwardProcessConfig):
 
 
 @dataclass
+class DGPOConfig(ForwardProcessConfig):
+    name: str = "dgpo"
+    beta: float = param(100.0, gt=0.0)  # DPO's beta on per-dimension matching errors (DGPO's default)
+    # one noise and one time per group and draw, so that the error differences inside a group are the
+    # samples', not the noises' (DGPO's shared noise)
+    shared_noise: bool = True
+
+
+@dataclass
 class NoisedSamples(Collected):
     """The epoch's clean samples, each noised `draws` times, with their advantages."""
 
@@ -82,6 +91,7 @@ class NoisedSamples(Collected):
     t: torch.Tensor | None = None  # [B, D] model timesteps
     sigma: torch.Tensor | None = None  # [B, D]
     advantages: torch.Tensor | None = None  # [B]
+    group_ids: torch.Tensor | None = None  # [B]
     old: torch.Tensor | None = None  # [B, D, ...] NFT: the old policy's predictions; AWM: [B, D] errors
 
 
@@ -127,6 +137,7 @@ class ForwardProcess(Algorithm):
             t=t.view(batch, settings.draws),
             sigma=sigma.view(batch, settings.draws),
             advantages=advantages,
+            group_ids=group_ids.cpu(),
             values=values,
             images=images,
         )
@@ -267,5 +278,53 @@ class AWM(ForwardProcess):
         return loss, stats
 
 
+class DGPO(ForwardProcess):
+    """Group preference on the forward process (align.losses.dgpo_loss): whole groups per unit."""
+
+    def __init__(self, context):
+        super().__init__(context)
+        if context.config.train.trainable != "lora":
+            raise ValueError("dgpo compares against the reference, the LoRA disabled: set train.trainable=lora")
+
+    @torch.no_grad()
+    def collect(self, epoch, prompts, group_ids, seeds):
+        samples = super().collect(epoch, prompts, group_ids, seeds)
+        if self.context.settings.shared_noise:  # every member takes its group's first member's noise and time
+            first = {}
+            for row, group in enumerate(samples.group_ids.tolist()):
+                first.setdefault(group, row)
+            source = torch.tensor([first[g] for g in samples.group_ids.tolist()])
+            samples.noise, samples.t, samples.sigma = (
+                samples.noise[source.to(samples.noise.device)],
+                samples.t[source.to(samples.t.device)],
+                samples.sigma[source.to(samples.sigma.device)],
+            )
+        return samples
+
+    def units(self, batch, generator):
+        """Micro-batches of whole groups (shuffled), for every draw."""
+        groups = batch.group_ids
+        distinct = groups.unique()
+        order = distinct[torch.randperm(len(distinct), generator=generator)]
+        per_unit = max(1, self.context.config.train.micro_batch_size // int((groups == distinct[0]).sum()))
+        chunks = [order[i : i + per_unit] for i in range(0, len(order), per_unit)]
+        rows = [torch.cat([(groups == g).nonzero().flatten() for g in chunk]) for chunk in chunks]
+        return [(r, d) for d in range(batch.noise.shape[1]) for r in rows]
+
+    def loss(self, batch, unit):
+        rows, draw = unit
+        settings = self.context.settings
+        output, target, _, _ = self.predict(batch, rows, draw)
+        errors = ((output - target) ** 2).flatten(1).mean(1)
+        with torch.no_grad(), self.context.policy.reference():
+            reference, _, _, _ = self.predict(batch, rows, draw)
+        reference_errors = ((reference - target) ** 2).flatten(1).mean(1)
+        loss, stats = dgpo_loss(errors, reference_errors, batch.advantages[rows], batch.group_ids[rows], settings.beta)
+        loss = loss + self.reference_term(batch, rows, draw, output, stats)
+        stats["policy_loss"] = float(loss.detach())
+        return loss, stats
+
+
 register_algorithm("diffusion-nft", DiffusionNFTConfig)(DiffusionNFT)
+register_algorithm("dgpo", DGPOConfig)(DGPO)
 register_algorithm("awm", AWMConfig)(AWM)

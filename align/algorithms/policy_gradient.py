@@ -33,7 +33,6 @@ from align.losses import (
     step_gradient_weights,
 )
 from align.schema import param
-from align.search import predicted_clean
 from align.shaping import (
     calibrate_noise,
     constraint_spec_problems,
@@ -45,7 +44,7 @@ from align.shaping import (
     unlikeliness_bonus,
 )
 from samplers.noise import generators_from_seeds
-from samplers.rollout import rollout
+from samplers.rollout import predicted_clean, rollout
 from samplers.types import Schedule, StepOut
 
 

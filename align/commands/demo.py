@@ -35,7 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--out", default=None, help="a new or empty directory (default runs/demo)")
     parser.add_argument("--epochs", type=int, default=None, help="Flow-GRPO epochs (default: the recipe's)")
     parser.add_argument(
-        "--grpo-only", action="store_true", help="skip ReNO, DRaFT-LV and the gallery (about half the time)"
+        "--grpo-only", action="store_true", help="the two alignment runs only (Flow-GRPO, DiffusionNFT): skip ReNO, DRaFT-LV and the gallery"
     )
     parser.add_argument("--text", action="store_true", help="the text demo: GRPO on SmolLM2-135M-Instruct")
     parser.add_argument(

@@ -38,6 +38,7 @@ RECIPE_KEYS = {
     "seeds",
     "budget",
     "noise_level",
+    "sde",
     "window",
     "selection",
     "prune_at",
@@ -55,6 +56,7 @@ DEFAULTS = {
     "method": "reno",
     "seeds": 1,
     "noise_level": 0.7,
+    "sde": "flow-grpo",
     "window": 4,
     "selection": "greedy",
     "prune_at": [4],
@@ -143,6 +145,10 @@ def run(args) -> int:
     report = {name: build_reward(name, device=device) for name in args.eval_reward if name not in rewards}
     report.update(rewards)
     adapter = load_model(args.model, device=device, dtype=args.dtype, default_steps=args.steps)
+    if args.sde != "flow-grpo":
+        if adapter.family != "flow":
+            raise ValueError(f"--sde {args.sde} steps flow models; {args.model} samples by DDIM (drop --sde)")
+        adapter.sde = args.sde
     settings = OptimizeSettings(
         iterations=args.iterations,
         seconds=args.seconds,
@@ -329,6 +335,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--noise-level", type=float, default=None, help="SDE noise of the stochastic steps (0.7)"
+    )
+    parser.add_argument(
+        "--sde",
+        choices=("flow-grpo", "cps"),
+        default=None,
+        help="the stochastic step of flow models: Flow-GRPO's SDE, or cps (coefficients-preserving)",
     )
     parser.add_argument(
         "--window", type=int, default=None, help="tree/guidance: the first N steps are stochastic (4)"

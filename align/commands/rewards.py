@@ -29,10 +29,9 @@ def _scalar(value: str, yaml):
 
 
 def list_rewards(args) -> int:
-    import rewards  # noqa: F401  (registers every reward)
     from rewards.base import REWARDS
 
-    rows = [(i.name, "yes" if i.differentiable else "no", i.weights, i.description) for i in REWARDS.values()]
+    rows = [(i.name, "yes" if i.differentiable else "no", i.weights, i.description) for i in REWARDS.load().values()]
     rows.sort()
     width = max(len(name) for name, *_ in rows)
     print(f"{'reward':<{width}}  differentiable  weights")

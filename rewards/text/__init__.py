@@ -1,6 +1,2 @@
-"""Text rewards (`reward(texts, prompts) -> [B]`), registered in the shared reward registry."""
-
-from rewards.text import embedding, ensemble, overlap, reward_model, sentiment, verifiable  # noqa: F401
-from rewards.text.base import References, TextReward
-
-__all__ = ["References", "TextReward"]
+"""Text rewards (`reward(texts, prompts) -> [B]`), registered in the shared reward registry
+(rewards/catalogue.py imports each module; the base classes are in rewards/text/base.py)."""

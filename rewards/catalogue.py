@@ -1,0 +1,20 @@
+"""Every built-in reward module, in one place: importing this registers every reward.
+
+rewards.base.REWARDS imports it on its first miss or listing (`REWARDS.load()`); nothing else in
+rewards/ imports it, so no reward module and the registry import each other in a ring. A reward
+module added to the project is added here (tests/test_rewards_core.py checks none is missing).
+"""
+
+from rewards import (  # noqa: F401
+    aesthetic,
+    clip_score,
+    dino,
+    discriminator,
+    ensemble,
+    geneval,
+    hps,
+    jpeg,
+    ocr,
+    pickscore,
+)
+from rewards.text import embedding, overlap, reward_model, sentiment, verifiable  # noqa: F401
