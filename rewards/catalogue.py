@@ -17,4 +17,11 @@ from rewards import (  # noqa: F401
     ocr,
     pickscore,
 )
-from rewards.text import embedding, overlap, reward_model, sentiment, verifiable  # noqa: F401
+from rewards.text import (  # noqa: F401
+    embedding,
+    overlap,
+    reward_model,
+    sentiment,
+    verifiable,
+)
+from rewards.text import ensemble as text_ensemble  # noqa: F401
