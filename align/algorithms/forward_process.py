@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from align.algorithms.base import Algorithm, Collected, register_algorithm, time_range_problems
-from align.losses import awm_loss, dgpo_loss, group_advantages, nft_loss
+from align.losses import awm_loss, dgpo_loss, group_advantages, matching_error, nft_loss
 from align.schema import param
 from samplers.noise import generators_from_seeds
 from samplers.rollout import predicted_clean
@@ -181,7 +181,7 @@ class ForwardProcess(Algorithm):
             return 0.0
         with torch.no_grad(), self.context.policy.reference():
             reference = self.predict(batch, rows, draw)[0]
-        distance = ((output - reference) ** 2).flatten(1).mean(1).mean()
+        distance = matching_error(output, reference).mean()
         stats["reference_distance"] = float(distance.detach())
         return settings.kl_coef * distance
 
@@ -261,10 +261,7 @@ class AWM(ForwardProcess):
         if self.context.settings.clip_range is None:
             return None
 
-        def errors(output, target, *_):
-            return ((output - target) ** 2).flatten(1).mean(1)
-
-        return self._outputs_by_draw(samples, errors)
+        return self._outputs_by_draw(samples, lambda output, target, *_: matching_error(output, target))
 
     def loss(self, batch, unit):
         rows, draw = unit
@@ -315,10 +312,10 @@ class DGPO(ForwardProcess):
         rows, draw = unit
         settings = self.context.settings
         output, target, _, _ = self.predict(batch, rows, draw)
-        errors = ((output - target) ** 2).flatten(1).mean(1)
+        errors = matching_error(output, target)
         with torch.no_grad(), self.context.policy.reference():
             reference, _, _, _ = self.predict(batch, rows, draw)
-        reference_errors = ((reference - target) ** 2).flatten(1).mean(1)
+        reference_errors = matching_error(reference, target)
         loss, stats = dgpo_loss(errors, reference_errors, batch.advantages[rows], batch.group_ids[rows], settings.beta)
         loss = loss + self.reference_term(batch, rows, draw, output, stats)
         stats["policy_loss"] = float(loss.detach())
