@@ -60,6 +60,8 @@ def run_demo(
     device: str = "auto",
     dtype: str = "float32",
 ) -> dict:
+    """Flow-GRPO, then DiffusionNFT, on the toy model's verifiable reward (and with `extras` ReNO,
+    DRaFT-LV and the gallery) into OUT; returns and writes the summary, prints the README's table."""
     from align.config import load_config
     from align.loop import make_accelerator, train
     from align.recipes import load_prompts, recipe
@@ -69,52 +71,42 @@ def run_demo(
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty; choose a new --out for the demo")
     chosen = resolve_device(device)
-
-    def load(name: str, overrides: list[str] | tuple[str, ...] = ()):
-        return load_config(recipe(f"toy/{name}"), [f"model.dtype={dtype}", *overrides])
-
-    def accelerator(config):
-        return make_accelerator(config.train.mixed_precision, device=device)
-
     heldout = load_prompts("heldout")
     start = time.perf_counter()
     timings: dict[str, float] = {}
+    first: list = []  # the Flow-GRPO run's config and summary, whose base evaluation the others reuse
 
-    def lap(name: str) -> None:
-        timings[name] = time.perf_counter() - start - sum(timings.values())
+    def trained(name: str, folder: str, overrides=()) -> dict:
+        """Train a toy recipe into OUT/folder, reusing the first run's base evaluation where it is the same."""
+        config = load_config(recipe(f"toy/{name}"), [f"model.dtype={dtype}", *overrides])
+        base = first[1]["base"] if first and _same_evaluation(first[0], config, first[1]["base"]) else None
+        summary = train(config, out / folder, base=base, accelerator=make_accelerator(config.train.mixed_precision, device=device))
+        first.extend([] if first else [config, summary])
+        timings[folder] = time.perf_counter() - start - sum(timings.values())
+        return summary
 
     steps = 5 if extras else 2
     print(f"[1/{steps}] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
-    config = load("grpo-demo.yaml", [f"train.num_epochs={epochs}"] if epochs else [])
-    grpo = train(config, out / "grpo", accelerator=accelerator(config))
-    lap("grpo")
+    grpo = trained("grpo-demo.yaml", "grpo", [f"train.num_epochs={epochs}"] if epochs else [])
     print(f"[2/{steps}] DiffusionNFT on the same reward, about a minute of training, the same evaluation")
-    nft_config = load("diffusion-nft-demo.yaml")
-    base = grpo["base"] if _same_evaluation(config, nft_config, grpo["base"]) else None
-    nft = train(nft_config, out / "nft", base=base, accelerator=accelerator(nft_config))
-    lap("nft")
+    nft = trained("diffusion-nft-demo.yaml", "nft")
     summary = {"base": grpo["base"], "aligned": grpo["aligned"], "nft": {"aligned": nft["aligned"]}}
     if extras:
         print(f"[3/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
         subset = heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts]
         summary["reno"] = _reno(out / "reno", subset, reno_iterations, chosen, dtype)
-        lap("reno")
+        timings["reno"] = time.perf_counter() - start - sum(timings.values())
         print(f"[4/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
-        draft_config = load("draft-clip.yaml")
-        base = grpo["base"] if _same_evaluation(config, draft_config, grpo["base"]) else None
-        draft = train(draft_config, out / "draft", base=base, accelerator=accelerator(draft_config))
+        draft = trained("draft-clip.yaml", "draft")
         summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
-        lap("draft")
         print(f"[5/{steps}] comparison gallery")
         _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts], chosen, dtype)
-        lap("gallery")
+        timings["gallery"] = time.perf_counter() - start - sum(timings.values())
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(results_table(summary))
-    where = f"files: {out}/summary.json, Flow-GRPO run {out}/grpo, DiffusionNFT run {out}/nft"
-    if extras:
-        where += f", DRaFT-LV run {out}/draft, ReNO {out}/reno, gallery {out}/gallery/index.html"
-    print(where)
+    more = f", DRaFT-LV run {out}/draft, ReNO {out}/reno, gallery {out}/gallery/index.html" if extras else ""
+    print(f"files: {out}/summary.json, Flow-GRPO run {out}/grpo, DiffusionNFT run {out}/nft{more}")
     return summary
 
 

@@ -8,35 +8,28 @@ owns whole prompt groups, and advantages are computed over the gathered groups.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from align.algorithms.base import ALGORITHMS, Collected, Context
-from align.checkpoint import (
-    atomic_directory,
-    atomic_write_text,
-    load_state,
-    nonfinite_values,
-    remove_staging,
-    rng_state,
-    save_state,
-    set_rng_state,
-    tensor_bytes,
-    verify_checkpoint,
-    write_manifest,
-)
-from align.config import ExperimentConfig, config_to_data
+from align.config import ExperimentConfig
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
-from align.runs import checkpoint_name, checkpoints, is_run
+from align.optimisation import EMA, GradientAgreement, adamw, lr_scheduler, make_accelerator
+from align.run_checkpoint import load_run_checkpoint, run_checkpoint_bytes, save_run_checkpoint
+from align.run_files import (
+    append_metrics,
+    log_epoch,
+    prepare_directory,
+    resolve_resume,
+    trackers,
+    write_summary,
+)
 
 
 @dataclass
@@ -44,28 +37,6 @@ class EpochPlan:
     prompts: list[str]  # this process's prompts, group_size copies each
     group_ids: torch.Tensor  # global group index of each sample
     seeds: list[int]  # one sampling seed per sample (global sample index based)
-
-
-def lr_scheduler(optimizer, settings, epochs_done: int = 0):
-    """train.lr_schedule as one of transformers' schedules, stepped once per epoch. Epoch e (0-based)
-    trains at step e + 1 of a schedule with warmup_epochs + 1 warmup steps over num_epochs steps: the
-    warmup rises as lr (e + 1) / (warmup_epochs + 1), the cosine falls from lr at the first epoch after
-    the warmup to lr_final_fraction x lr at the last. The lr is a function of the epoch alone, so a
-    resumed run builds the schedule at its epoch (`epochs_done`) with nothing of it in the checkpoint."""
-    from transformers import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
-
-    for group in optimizer.param_groups:
-        group["initial_lr"] = settings.lr  # what the schedule scales, whatever lr a checkpoint restored
-    warmup = settings.warmup_epochs + 1
-    if settings.lr_schedule == "constant":
-        return get_constant_schedule_with_warmup(optimizer, warmup, last_epoch=epochs_done)
-    return get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer,
-        warmup,
-        settings.num_epochs,
-        last_epoch=epochs_done,
-        min_lr_rate=settings.lr_final_fraction,
-    )
 
 
 def plan_epoch(
@@ -94,27 +65,6 @@ def plan_epoch(
     return EpochPlan(local, torch.tensor(group_ids), seeds)
 
 
-def make_accelerator(mixed_precision: str, device: str = "auto"):
-    """accelerate's Accelerator; a multi-process launch (`accelerate launch --multi_gpu` or torchrun)
-    on a machine without CUDA runs its processes on the CPU over gloo. (`accelerate launch --cpu`
-    starts a single process unless it is given an MPI hostfile.) `device` (auto, cpu, cuda, mps) is
-    checked as every command checks it; cpu keeps the run on the CPU beside a GPU."""
-    import os
-
-    from accelerate import Accelerator
-
-    from samplers.devices import resolve_device
-
-    chosen = resolve_device(device)
-    if chosen.index is not None:
-        raise ValueError(
-            f"device {device!r}: accelerate places training; pick the GPU with CUDA_VISIBLE_DEVICES"
-        )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cpu = (world > 1 and not torch.cuda.is_available()) or chosen.type == "cpu"
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
 def _chunks(units: list, count: int) -> list[list]:
     """`units` cut into `count` contiguous, nearly equal chunks (fewer if there are fewer units)."""
     count = max(1, min(count, len(units)))
@@ -123,98 +73,15 @@ def _chunks(units: list, count: int) -> list[list]:
     return [units[bounds[i] : bounds[i + 1]] for i in range(count)]
 
 
-class GradientAgreement:
-    """Do the micro-batch gradients of one optimiser step point the same way? With g_u the gradient of
-    unit u (read off the accumulating .grad) and G = sum g_u over n units:
-
-        agreement = (|G|^2 - sum |g_u|^2) / ((n - 1) sum |g_u|^2)
-
-    the mean pairwise inner product over the mean squared norm: about 0 when the units' gradients are
-    independent noise, 1 when they all agree. A recipe whose advantages carry no signal shows ~0.
-
-    Each g_u and its squared norm are computed in float32 (in place for float32 gradients; half
-    precision ones are widened, which keeps their difference exact) and the squares summed in
-    float64: the cancellation in |G|^2 - sum |g_u|^2 happens between these few scalars, so no
-    float64 copy of a gradient is made.
-    """
-
-    def __init__(self, parameters):
-        self.parameters = [p for p in parameters if p.requires_grad]
-        self.previous = [torch.zeros_like(p) for p in self.parameters]
-        self.squares = torch.zeros((), dtype=torch.float64)  # sum of |g_u|^2, kept on the device until read
-        self.units = 0
-
-    @torch.no_grad()
-    def add(self) -> None:
-        for param, previous in zip(self.parameters, self.previous):
-            if param.grad is None:
-                continue
-            if param.grad.dtype in (torch.float16, torch.bfloat16):
-                unit = param.grad.float() - previous.float()
-            else:
-                unit = previous.neg_().add_(param.grad)  # g_u, in place of the previous sum
-            norm = torch.linalg.vector_norm(unit).double()
-            self.squares = self.squares.to(norm.device) + norm * norm
-            previous.copy_(param.grad)
-        self.units += 1
-
-    def value(self) -> float | None:
-        squares = float(self.squares)
-        if self.units < 2 or squares == 0:
-            return None
-        total = sum(
-            float(
-                torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32)).double() ** 2
-            )
-            for p in self.previous
-        )
-        return (total - squares) / ((self.units - 1) * squares)
-
-
 # torch >= 2.6 computes the gradients' total norm on its own (get_total_norm) and clips with a given norm
 # (clip_grads_with_norm_), so the NaN check's norm serves the clip; older torch takes separate passes.
 # Tests switch these to take the older path.
 TOTAL_NORM = hasattr(torch.nn.utils, "get_total_norm")
 CLIP_WITH_NORM = hasattr(torch.nn.utils, "clip_grads_with_norm_")
 
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
-FUSED_ADAMW_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def adamw(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW, with torch's fused kernel where every parameter allows it (one pass over each tensor
-    instead of a chain of element-wise ops: 0.18 s against 0.68 s a step for SmolLM2-135M's 148 M
-    parameters on one CPU thread); the same update up to float rounding."""
-    fused = bool(parameters) and all(
-        p.device.type in FUSED_ADAMW_DEVICES and p.dtype in FUSED_ADAMW_DTYPES for p in parameters
-    )
-    if fused:
-        try:
-            return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
-        except RuntimeError:  # torch < 2.4 fuses on CUDA only
-            pass
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters (swapped in for evaluation), updated by
-    torch's own EMA rule (torch.optim.swa_utils: one fused lerp over every tensor)."""
-
-    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in parameters.items()}
-        self._average = get_ema_multi_avg_fn(decay)
-
-    @torch.no_grad()
-    def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
-        self._average([self.shadow[n] for n in parameters], [p.detach() for p in parameters.values()], None)
-
-
 class Run:
     """Everything one training run holds; `train()` below drives it. What it trains, its prompts and its
-    evaluation come from the algorithm's pathway (align/pathway.py: images; align/text/pathway.py: text)."""
+    evaluation come from the algorithm's modality (align/modality.py: images; align/text/modality.py: text)."""
 
     def __init__(self, config: ExperimentConfig, out: Path, accelerator=None):
         from rewards.combine import RewardSet
@@ -227,8 +94,8 @@ class Run:
         random.seed(config.train.seed)  # python's and numpy's global streams too (a reward may draw from them),
         np.random.seed(config.train.seed)  # so that a run is its seed, and a checkpoint resumes all three
         algorithm = ALGORITHMS.lookup(config.algorithm.name)
-        self.pathway = algorithm.pathway(config, device)
-        self.adapter, self.policy = self.pathway.adapter, self.pathway.policy
+        self.modality = algorithm.modality(config, device)
+        self.adapter, self.policy = self.modality.adapter, self.modality.policy
         terms = [(t.name, t.weight, t.args) for t in config.rewards.terms]
         if not terms:
             raise ValueError("rewards.terms is empty: give at least one reward to optimise")
@@ -244,7 +111,7 @@ class Run:
         self.ema = (
             EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
         )
-        self.prompts = self.pathway.prompts(config.train.prompts)
+        self.prompts = self.modality.prompts(config.train.prompts)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         self.summary: dict = {}
@@ -275,41 +142,11 @@ class Run:
         stats: dict[str, list[float]] = {}
         skipped: dict[str, int] = {}  # optimiser steps skipped for a NaN or inf, by source
         for _ in range(config.train.inner_epochs):
-            units = self.algorithm.units(batch, generator)
-            for chunk in _chunks(units, config.train.steps_per_pass):
-                if not finite_rewards:
+            for chunk in _chunks(self.algorithm.micro_batches(batch, generator), config.train.steps_per_pass):
+                if finite_rewards:
+                    self._optimiser_step(batch, chunk, stats, skipped)
+                else:
                     self._skip("reward", skipped)
-                    continue
-                losses = []
-                agreement = None
-                if config.logging.gradient_agreement and len(chunk) > 1:  # one unit has nothing to agree with
-                    agreement = GradientAgreement(self.policy.parameters())
-                for index, unit in enumerate(chunk):
-                    last = index == len(chunk) - 1
-                    sync = self.accelerator.no_sync(self.network) if not last else _nothing()
-                    with sync:
-                        loss, unit_stats = self.algorithm.loss(batch, unit)
-                        losses.append(loss.detach())
-                        self.accelerator.backward(loss / len(chunk))
-                    if agreement is not None:
-                        agreement.add()
-                    for key, value in unit_stats.items():
-                        stats.setdefault(key, []).append(value)
-                if agreement is not None and (value := agreement.value()) is not None:
-                    stats.setdefault("grad_agreement", []).append(value)
-                source, norm = self._nonfinite(losses)
-                if source is not None:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self._skip(source, skipped)
-                    continue
-                if config.train.max_grad_norm is not None:
-                    norm = self._clip(config.train.max_grad_norm, norm)
-                    stats.setdefault("grad_norm", []).append(float(norm))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.nonfinite_in_a_row = 0
-                kill_point("step")
         if self.ema is not None:
             self.ema.update(self.policy.named_parameters())
         trained = time.perf_counter()
@@ -339,6 +176,41 @@ class Run:
         record["time/epoch"] = trained - start
         record["samples_per_second"] = samples / (trained - start)
         return record | {"_images": images, "_prompts": plan.prompts}
+
+    def _optimiser_step(self, batch, chunk: list, stats: dict, skipped: dict) -> None:
+        """One optimiser step on the units of `chunk`: their losses' gradients accumulated (synchronised
+        across processes on the last), then checked for NaN or inf, clipped and applied."""
+        config = self.config
+        losses = []
+        agreement = None
+        if config.logging.gradient_agreement and len(chunk) > 1:  # one unit has nothing to agree with
+            agreement = GradientAgreement(self.policy.parameters())
+        for index, unit in enumerate(chunk):
+            last = index == len(chunk) - 1
+            sync = self.accelerator.no_sync(self.network) if not last else _nothing()
+            with sync:
+                loss, unit_stats = self.algorithm.loss(batch, unit)
+                losses.append(loss.detach())
+                self.accelerator.backward(loss / len(chunk))
+            if agreement is not None:
+                agreement.add()
+            for key, value in unit_stats.items():
+                stats.setdefault(key, []).append(value)
+        if agreement is not None and (value := agreement.value()) is not None:
+            stats.setdefault("grad_agreement", []).append(value)
+        source, norm = self._nonfinite(losses)
+        if source is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._skip(source, skipped)
+            return
+        if config.train.max_grad_norm is not None:
+            norm = self._clip(config.train.max_grad_norm, norm)
+            stats.setdefault("grad_norm", []).append(float(norm))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.nonfinite_in_a_row = 0
+        kill_point("step")
 
     # --- NaN and inf ------------------------------------------------------------------------------
     # A step with a NaN or inf in a reward, the loss or the gradients is skipped, not taken: one
@@ -411,7 +283,7 @@ class Run:
             saved = self.policy.trainable_state()
             self.policy.load_trainable_state(self.ema.shadow)
         try:
-            summary = self.pathway.evaluate(self)
+            summary = self.modality.evaluate(self)
         finally:
             if saved is not None:
                 self.policy.load_trainable_state(saved)
@@ -421,66 +293,13 @@ class Run:
     # --- checkpoints --------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        directory = self.out / "checkpoints" / checkpoint_name(self.epoch)
-        if self.main:
-            state = {
-                "epoch": self.epoch,
-                "step": self.step,
-                "trainable": self.policy.trainable_state(),
-                "optimizer": self.optimizer.state_dict(),
-                "ema": self.ema.shadow if self.ema is not None else None,
-                "rewards": self.rewards.state_dict(),
-                "algorithm": self.algorithm.state_dict(),
-                "rng": rng_state(),
-                "summary": self.summary,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row,
-            }
-            # not the summary: it reports evaluations (NaN accuracy for prompts the toy world cannot judge)
-            bad = nonfinite_values({k: v for k, v in state.items() if k != "summary"})
-            if bad:
-                raise RunFault(
-                    f"refusing to save {directory}: {bad[0]} holds NaN or inf ({len(bad)} values in all); "
-                    "the earlier checkpoints are as they were"
-                )
-            with atomic_directory(directory) as staging:
-                self.policy.save_weights(staging)
-                kill_point("checkpoint")
-                save_state(staging, state)
-                info = {
-                    "base_model": self.config.model.name,
-                    "epoch": self.epoch,
-                    "trainable": self.config.train.trainable,
-                    "adapter": self.pathway.checkpoint_settings(self.config),
-                }
-                (staging / "checkpoint.json").write_text(json.dumps(info, indent=2))
-                write_manifest(staging)
-            kill_point("saved")
-            for old in checkpoints(self.out)[: -self.config.train.keep_checkpoints]:
-                shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
-        return directory
+        return save_run_checkpoint(self)
 
     def load_checkpoint(self, directory: Path) -> None:
-        state = load_state(directory)
-        self.policy.load_trainable_state(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.ema is not None:
-            if state["ema"] is None:
-                raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")
-            self.ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
-        self.rewards.load_state_dict(state["rewards"])
-        self.algorithm.load_state_dict(state["algorithm"])
-        set_rng_state(state["rng"])
-        self.epoch, self.step, self.summary = state["epoch"], state["step"], state["summary"]
-        self.scheduler = lr_scheduler(self.optimizer, self.config.train, self.epoch)
-        self.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+        load_run_checkpoint(self, directory)
 
     def checkpoint_bytes(self) -> int:
-        """About what a checkpoint takes on disk: the weights twice (to load, to resume), the optimiser
-        state and the EMA."""
-        ema = self.ema.shadow if self.ema is not None else {}
-        weights = tensor_bytes(self.policy.named_parameters())
-        return 2 * weights + tensor_bytes(self.optimizer.state_dict()["state"]) + tensor_bytes(ema)
+        return run_checkpoint_bytes(self)
 
 
 class _nothing:
@@ -495,24 +314,6 @@ def _monitors(images: torch.Tensor) -> dict:
     from rewards.monitors import hacking_monitors
 
     return hacking_monitors(images)
-
-
-def resolve_resume(path: Path, out: Path) -> Path | None:
-    """The checkpoint to continue from, checked against its manifest: `path` itself, or a run
-    directory's latest. None when `path` is `out` and that run stopped before its first checkpoint:
-    it starts over. Anything else is an error."""
-    path = Path(path)
-    started = (path / "config.yaml").is_file()
-    if started and not checkpoints(path) and path.resolve() == Path(out).resolve():
-        return None
-    if is_run(path):
-        found = checkpoints(path)
-        if not found:
-            raise ValueError(f"--resume {path}: the run has no complete checkpoint to resume from")
-        return verify_checkpoint(found[-1])
-    if (path / "checkpoint.json").is_file():
-        return verify_checkpoint(path)
-    raise ValueError(f"--resume {path}: neither a run directory with checkpoints nor a checkpoint")
 
 
 def train(
@@ -555,12 +356,12 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
     if checkpoint is not None:
         run.load_checkpoint(checkpoint)
     if run.main:
-        _prepare_directory(run, fresh=checkpoint is None)
-    trackers = _trackers(config, out, run.main, first_epoch=run.epoch + 1)
+        prepare_directory(run, fresh=checkpoint is None)
+    logs = trackers(config, out, run.main, first_epoch=run.epoch + 1)
     if "base" not in run.summary and run.main:
         run.summary["base"] = base if base is not None else run.evaluate()
         kill_point("evaluated")
-        _write_summary(out, run.summary)
+        write_summary(out, run.summary)
     show = config.logging.progress if progress is None else progress
     from tqdm import tqdm
 
@@ -578,10 +379,10 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
             run.summary["aligned"] = run.evaluate()
             kill_point("evaluated")
             record["eval"] = {k: run.summary["aligned"][k] for k in ("accuracy", "score", "rewards")}
-            _write_summary(out, run.summary)
+            write_summary(out, run.summary)
         if run.main:
-            _append_metrics(out / "metrics.jsonl", record)
-            _log(trackers, record, images, prompts, config)
+            append_metrics(out / "metrics.jsonl", record)
+            log_epoch(logs, record, images, prompts, config)
             kill_point("logged")
         bar.update(1)
         if "reward" in record:
@@ -591,105 +392,8 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         if last or stopping or (every_ckpt and run.epoch % every_ckpt == 0):
             run.save_checkpoint()  # the trackers flushed what they logged: a resume hides only what follows
     bar.close()
-    for tracker in trackers:
+    for tracker in logs:
         tracker.finish()
     return run.summary
 
 
-def _prepare_directory(run: Run, fresh: bool) -> None:
-    """Make the run directory agree with the state the run starts from. A fresh run (or one killed
-    before its first checkpoint) writes its config; a resumed one drops the metrics and evaluations
-    written after its checkpoint, which it will redo. Either removes a killed checkpoint write."""
-    out = run.out
-    if fresh:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_data(run.config), sort_keys=False))
-        atomic_write_text(out / "metrics.jsonl", "")
-        (out / "summary.json").unlink(missing_ok=True)
-    remove_staging(out / "checkpoints")
-    _truncate_metrics(out / "metrics.jsonl", run.epoch)
-    if run.summary:
-        _write_summary(out, run.summary)
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """A resumed run rewrites the epochs after its checkpoint, so keep only the lines before (a line a
-    kill cut short is after the checkpoint too: the line is written before the checkpoint)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] <= epoch:
-                kept.append(line)
-        except ValueError:
-            continue
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())  # on the disk before the checkpoint that covers it
-
-
-def _write_summary(out: Path, summary: dict) -> None:
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-
-
-def _trackers(config, out: Path, main: bool, first_epoch: int) -> list:
-    """accelerate's experiment trackers: TensorBoard events in OUT/tensorboard, those an earlier, killed
-    process logged from `first_epoch` on hidden (purge_step), since this run logs those epochs again;
-    wandb in OUT/wandb (WANDB_MODE=offline runs without an account; `wandb sync` uploads later)."""
-    if not main:
-        return []
-    from accelerate.tracking import TensorBoardTracker, WandBTracker
-
-    trackers = []
-    if config.logging.tensorboard:
-        trackers.append(TensorBoardTracker("", str(out / "tensorboard"), purge_step=first_epoch))
-    if config.logging.wandb:
-        try:
-            import wandb  # noqa: F401
-        except ImportError as error:
-            raise ImportError(
-                "logging.wandb needs wandb: pip install 'diffusion-align[wandb]' (or set logging.wandb: false)"
-            ) from error
-        trackers.append(
-            WandBTracker("diffusion-align", name=out.name, dir=str(out), config=config_to_data(config))
-        )
-    for tracker in trackers:
-        tracker.start()
-    return trackers
-
-
-def _log(trackers: list, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:
-    """An epoch's numbers to every tracker, and every image_every epochs a grid of its first 16 samples."""
-    epoch = record["epoch"]
-    scalars = {
-        key: value
-        for key, value in _flatten(record).items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    every = config.logging.image_every
-    show = images is not None and every and epoch % every == 0
-    if show:
-        from torchvision.utils import make_grid
-
-        grid = make_grid(images[:16].cpu(), nrow=4)
-    for tracker in trackers:
-        tracker.log(scalars, step=epoch)
-        if show:
-            tracker.log_images({"samples": grid[None]}, step=epoch)
-            tracker.log({"samples/prompts": " | ".join(prompts[:16])}, step=epoch)
-
-
-def _flatten(record: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in record.items():
-        name = f"{prefix}/{key}" if prefix else key
-        if isinstance(value, dict):
-            flat.update(_flatten(value, name))
-        else:
-            flat[name] = value
-    return flat

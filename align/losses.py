@@ -1,4 +1,4 @@
-"""Losses and advantages: pure tensor functions, shared by the image and text pathways.
+"""Losses and advantages: pure tensor functions, shared by the image and text modalities.
 
 Shapes: B samples, T steps (denoising steps for images, tokens for text). A `mask [B, T]` marks the
 steps that count (text padding, or SDE steps only); None means all count.

@@ -18,12 +18,12 @@ spends the budget on several starting noises and keeps the best.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from align.evaluate import score_against
+from align.noise_settings import OptimizeSettings
 from samplers.noise import generators_from_seeds
 
 
@@ -40,20 +40,6 @@ def clip_per_sample_(grad: torch.Tensor, max_norm: float) -> None:
     image's step by about sqrt(B) and tie each image's step to the others' gradients."""
     norms = grad.flatten(1).norm(dim=1)
     grad.mul_((max_norm / (norms + 1e-12)).clamp(max=1.0).view(-1, *([1] * (grad.ndim - 1))))
-
-
-@dataclass
-class OptimizeSettings:
-    iterations: int = 50  # gradient steps per image (the budget, with `seconds`)
-    seconds: float | None = None  # wall-clock budget; stops early when reached
-    lr: float = 5.0  # ReNO's step size on the noise
-    regularisation: float = 0.01  # lambda on the norm regulariser
-    grad_clip: float = 0.1  # ReNO clips the noise gradient norm
-    momentum: float = 0.9  # ReNO's optimiser: SGD with Nesterov momentum 0.9 (0: plain gradient steps)
-    num_steps: int | None = None  # sampling steps (default: the model's)
-    explore: int = 1  # >1: this many starting noises share the budget; the best is kept
-    keep_every: int = 10  # save images every this many iterations
-    weights: dict[str, float] = field(default_factory=dict)
 
 
 def _images(adapter, noise, prompts, num_steps, grad: bool):

@@ -2,14 +2,18 @@
 
 A field's metadata carries its bounds and choices (`param(...)`); a dataclass may define
 `check(self) -> list[tuple[list[str], str]]` for cross-field rules, each naming the fields it reads
-(a rule is skipped when one of them already failed on its own).
+(a rule is skipped when one of them already failed on its own), and a classmethod
+`upgrade(data, prefix) -> data` that rewrites the keys of an earlier release (`moved_keys`) before
+the data is read.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+import warnings
 from typing import Any, Literal
 
 import yaml
@@ -139,6 +143,8 @@ def from_data(cls, data, path: str = "", converter: _Converter | None = None):
     if not isinstance(data, dict):
         converter.fail(path or "<root>", f"expected a mapping, got {type(data).__name__}")
         data = {}
+    if hasattr(cls, "upgrade"):
+        data = cls.upgrade(copy.deepcopy(data), prefix)
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -165,6 +171,31 @@ def from_data(cls, data, path: str = "", converter: _Converter | None = None):
     if top and converter.errors:
         raise ConfigError(converter.errors)
     return instance
+
+
+def deprecated(message: str) -> None:
+    """The one-line warning of a key that an earlier release spelt otherwise (shown once per key)."""
+    warnings.warn(
+        f"config: {message}; the old spelling is read until the next release", FutureWarning, stacklevel=2
+    )
+
+
+def moved_keys(data: dict, moves: dict[str, str], prefix: str = "") -> dict:
+    """Each `old` key of `data` moves to its dotted `new` path (a value given there already wins),
+    with a deprecation warning naming both. Returns `data`, changed in place."""
+    for old, new in moves.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        *parents, leaf = new.split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node.setdefault(leaf, value)
+        deprecated(f"{prefix}{old} is now {prefix}{new}")
+    return data
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

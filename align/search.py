@@ -26,11 +26,11 @@ guidance  Reward-gradient guidance inside the SDE (Euphonium's process-reward gu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
 import torch
 
 from align.evaluate import score_against
+from align.noise_settings import SearchSettings
 from align.optimize import weighted_reward
 from samplers.noise import generators_from_seeds
 from samplers.rollout import predicted_clean, rollout
@@ -39,29 +39,7 @@ from samplers.types import Schedule
 SEED_STRIDE = 1_000_003  # candidate k of seed s starts from noise s + k * SEED_STRIDE, as best-of-N's
 
 
-@dataclass
-class SearchSettings:
-    budget: int | None = None  # denoiser evaluations per image (default: 21 samples' worth)
-    num_steps: int | None = None  # sampling steps (default: the model's)
-    noise_level: float = 0.7  # SDE noise of the stochastic (branching / guided) steps
-    window: int = 4  # the first `window` steps are stochastic (tree branching, guidance)
-    temperature: float = 10.0  # tree: lambda of the soft value backup and of sampled selection
-    selection: str = "greedy"  # tree: greedy (DTS*, best soft value + UCB) | sample (DTS)
-    exploration: float = 0.1  # tree: UCB constant
-    widening: float = 1.0  # tree: a node may have at most ceil(widening * sqrt(visits + 1)) children
-    prune_at: tuple[int, ...] = (4,)  # prune: score the candidates after these steps
-    keep: float = 0.25  # prune: the fraction kept at each pruning
-    guidance: float = 0.5  # guidance: the step along the reward gradient, in noise stds
-    weights: dict[str, float] = field(default_factory=dict)
-
-    def steps(self, adapter) -> int:
-        return self.num_steps or adapter.default_steps
-
-    def total(self, adapter) -> int:
-        return self.budget or 21 * self.steps(adapter)
-
-
-class Counter:
+class EvaluationCounter:
     """Wraps an adapter's denoiser and counts evaluations (latents passed through it)."""
 
     def __init__(self, adapter):
@@ -99,7 +77,7 @@ def _soft_value(values: list[float], temperature: float) -> float:
 class _Tree:
     """One prompt's tree. Steps 0 .. window-1 are stochastic and branch; the rest run the ODE."""
 
-    def __init__(self, adapter, prompt: str, seed: int, settings: SearchSettings, counter: Counter):
+    def __init__(self, adapter, prompt: str, seed: int, settings: SearchSettings, counter: EvaluationCounter):
         self.adapter, self.settings, self.counter = adapter, settings, counter
         self.num_steps = settings.steps(adapter)
         self.window = min(settings.window, self.num_steps)
@@ -219,7 +197,7 @@ def tree_search(
     budget = settings.total(adapter)
     trees = []
     for prompt, seed in zip(prompts, seeds, strict=True):
-        trees.append(_Tree(adapter, prompt, seed, settings, Counter(adapter)))
+        trees.append(_Tree(adapter, prompt, seed, settings, EvaluationCounter(adapter)))
     done = [False] * len(trees)
     while True:
         # each tree's next leaf is charged its exact cost: a deep branch reuses its prefix's evaluations,
@@ -285,7 +263,7 @@ def pruned_search(
     timesteps, sigmas = _schedule_tables(adapter, steps)
     images, best, used = [], [], []
     for prompt, seed in zip(prompts, seeds, strict=True):
-        counter = Counter(adapter)
+        counter = EvaluationCounter(adapter)
         x = adapter.initial_noise(generators_from_seeds([seed + SEED_STRIDE * k for k in range(plan[0])]))
         cond = adapter.encode([prompt] * plan[0])
         stage = 0

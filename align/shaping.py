@@ -18,6 +18,9 @@ pareto_rank_signal   and every sample's non-dominated-sorting rank in its group,
 dense_step_advantages, calibrate_noise
                      DenseGRPO (dense step-wise reward gains as advantages, and the per-step SDE noise
                      scaled until each step's gains are balanced).
+batch_advantages, tracked_advantages
+                     the advantage rules beside GRPO's group one (align.losses.group_advantages): one
+                     mean and std over the batch, and DDPO's per-prompt running statistics.
 """
 
 from __future__ import annotations
@@ -75,14 +78,6 @@ class Constraint:
     def slack(self, values: torch.Tensor) -> torch.Tensor:
         """Per sample, how far it is on the wrong side (signed; the multiplier's term)."""
         return values - self.at_most if self.at_most is not None else self.at_least - values
-
-
-def constraint_spec_problems(specs: list[dict]):
-    """Config check of `algorithm.constraints`: yields (path, problem) for each malformed entry."""
-    for i, spec in enumerate(specs):
-        unknown = set(spec) - {"name", "at_most", "at_least"}
-        if "name" not in spec or unknown or (("at_most" in spec) == ("at_least" in spec)):
-            yield ["constraints", str(i)], "needs name and exactly one of at_most / at_least"
 
 
 class Constraints:
@@ -248,3 +243,32 @@ def calibrate_noise(
             factor = 1.0
         updated[step] = min(bounds[1], max(bounds[0], scales.get(step, 1.0) * factor))
     return updated, shares
+
+
+def batch_advantages(rewards: torch.Tensor) -> torch.Tensor:
+    """[B] rewards -> (r - mean) / (std + 1e-6) over the whole batch (no groups)."""
+    rewards = rewards.float()
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-6)
+
+
+def tracked_advantages(
+    history: dict[str, list[float]], prompts: list[str], rewards: torch.Tensor, buffer: int, min_count: int
+) -> tuple[torch.Tensor, dict[str, list[float]]]:
+    """DDPO's per-prompt statistics (Black et al. 2023, sec. 4.3): each reward joins its prompt's last
+    `buffer` rewards, and is normalised by their mean and std, or by the batch's while the prompt has
+    fewer than `min_count`. Returns the advantages [B] and the new history (the old one is not changed)."""
+    history = {prompt: list(values) for prompt, values in history.items()}
+    for prompt, value in zip(prompts, rewards.tolist()):
+        history[prompt] = (history.get(prompt, []) + [value])[-buffer:]
+    out = torch.empty_like(rewards)
+    for i, prompt in enumerate(prompts):
+        seen = history[prompt]
+        pool = torch.tensor(seen) if len(seen) >= min_count else rewards
+        out[i] = (rewards[i] - pool.mean()) / (pool.std() + 1e-6)
+    return out, history
+
+
+def mean_group_std(values: torch.Tensor, group_ids: torch.Tensor) -> float:
+    """Mean over groups of the within-group std of `values`: the spread GRPO can learn from."""
+    stds = [values[group_ids == g].std() for g in group_ids.unique() if int((group_ids == g).sum()) > 1]
+    return float(torch.stack(stds).mean()) if stds else 0.0

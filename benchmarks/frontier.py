@@ -1,7 +1,7 @@
 """Held-out gain at equal training time: Flow-GRPO against the forward-process methods on the toy model.
 
     python benchmarks/frontier.py --out DIR [--budgets 60 150 300] [--prompts heldout --seeds 8]
-        [--case NAME[@BUDGET,...]=CONFIG [OVERRIDE ...]] ...     (no --case: the README's seven cases)
+        [--case NAME[@BUDGET,...]=CONFIG [OVERRIDE ...]] ...     (no --case: the README's eight cases)
     python benchmarks/frontier.py --out DIR --tables               (the tables of a finished run)
 
 Each case trains its recipe (`align train`'s Run, one run at a time), adding up the wall-clock time of
@@ -29,13 +29,14 @@ sys.path.insert(0, str(ROOT))
 
 GRPO = "configs/toy/grpo-demo.yaml"
 DRIFT = "train.steps_per_pass=4 train.inner_epochs=2 train.lr=3e-2"  # where plain Flow-GRPO's ratio drifts
-GUARD = "algorithm.ratio_norm=true algorithm.step_reweight=true"
+GUARD = "algorithm.guard.ratio_norm=true algorithm.guard.step_reweight=true"
 DEFAULT_CASES = [  # the README's frontier table, in this order, one run at a time
     f"flow-grpo={GRPO}",
-    f"flow-grpo+cps={GRPO} sampling.sde=cps",
+    f"flow-grpo+cps={GRPO} sampling.sde=cps sampling.noise_level=0.5",  # CPS's level, tuned (docs/tuning.md)
     f"flow-grpo+guard={GRPO} {GUARD}",
     "diffusion-nft@24,60,150,300=configs/toy/diffusion-nft-demo.yaml",
     "awm=configs/toy/awm-demo.yaml",
+    "dgpo@30,60,150=configs/toy/dgpo-demo.yaml",
     f"drift@150={GRPO} {DRIFT}",
     f"drift+guard@150={GRPO} {DRIFT} {GUARD}",
 ]

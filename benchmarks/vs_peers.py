@@ -102,7 +102,7 @@ def image_config(args, prompts_file: str) -> dict:
                 "checkpoint_above_mb": args.checkpoint_above_mb,
             }  # every step with gradients, as the peer's K = 0
             if alignprop
-            else {"name": "ddpo", "advantage": "batch", "clip_range": 1e-4, "advantage_clip": 5.0}
+            else {"name": "ddpo", "advantage": {"rule": "batch", "clip": 5.0}, "clip_range": 1e-4}
         ),
         "train": {
             "batch_size": 4,

@@ -92,13 +92,7 @@ def rollout(
             x = out.sample
             log_probs.append(out.log_prob)
         latents.append(x)
-    extra = {}
-    if graph:
-        extra = {
-            "graph_log_probs": torch.stack([out.log_prob for out in kept], dim=1),
-            "graph_means": torch.stack([out.mean for out in kept], dim=1),
-            "graph_stds": torch.stack([out.std for out in kept], dim=1),
-        }
+    extra = _graph_extra(kept) if graph else {}
     return Trajectory(
         latents=torch.stack(latents, dim=1),
         timesteps=timesteps.expand(batch, num_steps).clone(),
@@ -109,6 +103,15 @@ def rollout(
         prompts=list(prompts),
         extra=extra,
     )
+
+
+def _graph_extra(kept: list) -> dict:
+    """The kept steps' log-probs, means and stds [B, T, ...], with their graphs to the policy."""
+    return {
+        "graph_log_probs": torch.stack([out.log_prob for out in kept], dim=1),
+        "graph_means": torch.stack([out.mean for out in kept], dim=1),
+        "graph_stds": torch.stack([out.std for out in kept], dim=1),
+    }
 
 
 def rescore(denoiser: Denoiser, step_fn: StepFn, trajectory: Trajectory, step: int | torch.Tensor) -> StepOut:

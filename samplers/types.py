@@ -53,7 +53,8 @@ class Trajectory:
     timesteps   [B, T]        per-sample model timesteps (per-sample so steps can be shuffled)
     sigmas      [B, T+1]      per-sample noise coordinates
     log_probs   [B, T]        log-prob of each transition under the sampling policy (float32)
-    noise_levels [T]          noise level used at each step (0 = deterministic ODE step)
+    noise_levels [T]          noise level used at each step (0 = deterministic ODE step; 0 for text, whose
+                              sampling temperature is extra["temperature"])
     cond        dict          conditioning, batched on dim 0
     prompts     list[str]     B prompts
     extra       dict          anything an algorithm keeps alongside (masks, token ids, ...)

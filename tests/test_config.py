@@ -174,7 +174,8 @@ def test_align_train_runs_a_text_recipe(tmp_path, capsys):
     [
         ("diffusion-nft-demo.yaml", []),
         ("awm-demo.yaml", []),
-        ("grpo-demo.yaml", ["sampling.sde=cps", "algorithm.ratio_norm=true", "algorithm.step_reweight=true"]),
+        ("dgpo-demo.yaml", []),
+        ("grpo-demo.yaml", ["sampling.sde=cps", "sampling.noise_level=0.5", "algorithm.guard.ratio_norm=true", "algorithm.guard.step_reweight=true"]),
     ],
 )
 def test_align_train_runs_the_frontier_recipes(tmp_path, recipe, extra):
@@ -208,3 +209,53 @@ def test_reward_backprop_refuses_a_normalised_reward_with_the_fix(tmp_path, caps
     assert line.startswith("error: rewards.normalise:") and line.endswith("set rewards.normalise: none")
     assert not (tmp_path / "run").exists()  # refused before anything is written
     assert main(["config", str(path), "rewards.normalise=none"]) == 0
+
+
+def test_the_policy_gradient_core_is_small_and_each_section_holds_its_own_knobs():
+    import dataclasses
+
+    from align.algorithms.policy_gradient_config import FlowGRPOConfig, PRDPConfig, TrajectoryDPOConfig
+
+    assert len(dataclasses.fields(FlowGRPOConfig)) <= 15
+    for own in (TrajectoryDPOConfig, PRDPConfig):  # D3PO and PRDP hold none of Flow-GRPO's reward knobs
+        assert not {"advantage", "shaping", "dense", "guard"} & {f.name for f in dataclasses.fields(own)}
+
+
+FLAT = {  # the previous release's spelling of configs/toy/dense-grpo-geneval.yaml's algorithm, and more
+    "name": "flow-grpo",
+    "sde_window": 3,
+    "sde_window_range": [0, 1],
+    "sliding_window_every": 2,
+    "dense": True,
+    "dense_mix": 0.5,
+    "advantage_clip": 3.0,
+    "advantage_std": "batch",
+    "ratio_norm": True,
+}
+NESTED = {
+    "name": "flow-grpo",
+    "window": {"size": 3, "starts": [0, 1], "slide_every": 2},
+    "dense": {"mix": 0.5},
+    "advantage": {"clip": 3.0, "std": "batch"},
+    "guard": {"ratio_norm": True},
+}
+
+
+@pytest.mark.parametrize(
+    "flat, nested",
+    [
+        (FLAT, NESTED),
+        (
+            {"name": "flow-grpo", "shaping": "par", "par_temperature": 0.2, "pareto": "group", "advantage": "batch"},
+            {"name": "flow-grpo", "shaping": {"par": 0.2, "pareto": "group"}, "advantage": {"rule": "batch"}},
+        ),
+        ({"name": "ddpo", "tracker_min_count": 2}, {"name": "ddpo", "advantage": {"tracker_min_count": 2}}),
+        ({"name": "d3po", "sde_window": 2}, {"name": "d3po", "window": {"size": 2}}),
+    ],
+)
+def test_the_previous_releases_flat_keys_read_as_the_nested_ones_with_a_warning(flat, nested):
+    data = {**GOOD, "algorithm": flat}
+    with pytest.warns(FutureWarning, match="the old spelling is read until the next release"):
+        old = config_from_data(data)
+    assert old.algorithm == config_from_data({**GOOD, "algorithm": nested}).algorithm
+    assert old.algorithm != config_from_data({**GOOD, "algorithm": {"name": flat["name"]}}).algorithm

@@ -29,7 +29,7 @@ def test_pairs_are_each_groups_best_and_worst_and_the_loss_starts_at_log2(tmp_pa
     for c, r in zip(batch.chosen.tolist(), batch.rejected.tolist(), strict=True):
         members = batch.reward[groups == groups[c]]
         assert batch.reward[c] == members.max() and batch.reward[r] == members.min()
-    unit = run.algorithm.units(batch, torch.Generator().manual_seed(0))[0]
+    unit = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))[0]
     loss, stats = run.algorithm.loss(batch, unit)
     assert loss.item() == pytest.approx(LOG_2, abs=1e-6)  # the policy is the reference
     loss.backward()
@@ -44,7 +44,7 @@ def test_loss_is_dpo_on_the_transition_log_ratios_of_one_step(tmp_path):
     with torch.no_grad():
         for parameter in run.policy.named_parameters().values():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    pairs, k = run.algorithm.units(batch, torch.Generator().manual_seed(0))[0]
+    pairs, k = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))[0]
     loss, _ = run.algorithm.loss(batch, (pairs, k))
     adapter, settings = run.context.adapter, run.context.settings
     chosen, rejected = batch.chosen[pairs], batch.rejected[pairs]
@@ -69,10 +69,11 @@ def test_all_pairing_uses_every_pair_above_the_margin(tmp_path):
     assert (every.reward[every.chosen] >= every.reward[every.rejected]).all()
 
 
-def test_shaping_options_are_refused(tmp_path, capsys):
-    code = main(["train", str(RECIPE), "algorithm.shaping=par", "--out", str(tmp_path / "run")])
+def test_shaping_options_cannot_be_written(tmp_path, capsys):
+    """D3PO's config holds only its own knobs: Flow-GRPO's shaping is an unknown key, not a refusal."""
+    code = main(["train", str(RECIPE), "algorithm.shaping.par=0.1", "--out", str(tmp_path / "run")])
     assert code == 2
-    assert "d3po pairs samples by their combined reward" in capsys.readouterr().err
+    assert "algorithm.shaping: unknown key" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -49,7 +49,7 @@ def test_one_epoch_lowers_the_algorithms_loss_on_its_batch(path, tmp_path):
     plan = plan_epoch(run.prompts, config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)  # what epoch 0 collects
     run.algorithm.load_state_dict(kept)  # epoch 0 collects it again, from the same state
-    unit = run.algorithm.units(batch, torch.Generator().manual_seed(config.train.seed * 104_729))[0]
+    unit = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(config.train.seed * 104_729))[0]
     before = first_loss(run, batch, unit)
     trainable = {n: p.detach().clone() for n, p in run.policy.named_parameters().items()}
     record = run.train_epoch()

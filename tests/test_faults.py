@@ -204,7 +204,7 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resume_finishes_ex
     tmp_path, reference, monkeypatch, capsys, fault
 ):
     run = tmp_path / "run"
-    monkeypatch.setattr("align.loop.save_state", failing_save(fault, at=2))
+    monkeypatch.setattr("align.run_checkpoint.save_state", failing_save(fault, at=2))
     if fault == "crash":
         with pytest.raises(RuntimeError, match="the writer crashed"):
             train(reference.config, run)
@@ -313,7 +313,7 @@ def test_a_nan_reward_skips_the_step_and_leaves_no_trace(tmp_path):
     failing = sorted(plans[1])[0]
     assert all(failing not in plan for i, plan in enumerate(plans) if i != 1)
     data = config_to_data(config)
-    data["algorithm"] = {"name": "ddpo", "clip_range": 0.2, "tracker_min_count": 2}
+    data["algorithm"] = {"name": "ddpo", "clip_range": 0.2, "advantage": {"tracker_min_count": 2}}
     data["rewards"] = {
         "terms": [{"name": "test-nan-pattern", "args": {"nan_prompts": [failing]}}],
         "normalise": "running",

@@ -174,7 +174,7 @@ def test_step_weights_even_out_the_log_prob_gradient_across_flow_steps():
 
 def test_flow_grpo_with_grpo_guard_and_cps_trains_an_epoch(tmp_path):
     run = tiny_run(
-        tmp_path, "flow-grpo", "algorithm.ratio_norm=true", "algorithm.step_reweight=true",
+        tmp_path, "flow-grpo", "algorithm.guard.ratio_norm=true", "algorithm.guard.step_reweight=true",
         "sampling.sde=cps", "train.steps_per_pass=2", "train.micro_batch_size=2",
     )
     assert run.adapter.sde == "cps"
@@ -206,7 +206,7 @@ def test_dgpo_units_hold_whole_groups_with_one_shared_noise(tmp_path):
     run = tiny_run(tmp_path, "dgpo")
     plan = plan_epoch(run.prompts, run.config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
-    units = run.algorithm.units(batch, torch.Generator().manual_seed(0))
+    units = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))
     assert len(units) == 2 * 2  # 2 draws x 2 groups of 4 (micro-batch 4)
     for rows, draw in units:
         assert len(batch.group_ids[rows].unique()) == 1 and len(rows) == 4

@@ -148,3 +148,22 @@ def test_no_module_imports_another_in_a_ring():
 def test_the_ring_finder_finds_a_ring():
     assert rings({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert rings({"a": {"b"}, "b": set()}) == []
+
+
+def test_modules_and_functions_stay_small_enough_to_read():
+    """No library module over 400 lines; no function over 60 lines of code (its docstring not counted:
+    samplers/rollout.py's rollout documents every argument of the one step loop in 28 lines)."""
+    long_modules, long_functions = [], []
+    for package in ALLOWED:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            text = path.read_text()
+            if text.count("\n") > 400:
+                long_modules.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    first = node.body[0]
+                    docstring = isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant)
+                    start = first.end_lineno + 1 if docstring and len(node.body) > 1 else node.lineno
+                    if node.end_lineno - start + 1 > 60:
+                        long_functions.append(f"{path.relative_to(ROOT)}:{node.name}")
+    assert not long_modules and not long_functions, long_modules + long_functions

@@ -1,4 +1,4 @@
-"""Frozen convolutions keep no input for backward (plumbing/lean.py), with the same numbers."""
+"""Frozen convolutions keep no input for backward (samplers/lean.py), with the same numbers."""
 
 import copy
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_adapter
 
-from plumbing.lean import LeanConv2d, lean_frozen_convs
+from samplers.lean import LeanConv2d, lean_frozen_convs
 
 
 def saved_bytes(fn) -> tuple[torch.Tensor, int]:

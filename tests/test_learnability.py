@@ -29,8 +29,7 @@ def test_flow_grpo_raises_the_reward_of_one_relation_prompt(tmp_path):
                 "name": "flow-grpo",
                 "clip_range": 2e-3,
                 "beta": 0.0,
-                "sde_window": 3,
-                "sde_window_range": [0, 1],
+                "window": {"size": 3, "starts": [0, 1]},
             },
             "train": {
                 "lr": 2e-3,

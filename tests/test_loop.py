@@ -118,7 +118,7 @@ def test_policy_gradient_updates_raise_the_log_probs_of_advantaged_samples(tmp_p
     before = log_probs()
     generator = torch.Generator().manual_seed(0)
     for _ in range(5):
-        units = run.algorithm.units(batch, generator)
+        units = run.algorithm.micro_batches(batch, generator)
         for unit in units:
             (run.algorithm.loss(batch, unit)[0] / len(units)).backward()
         run.optimizer.step()
@@ -391,11 +391,11 @@ def test_gradient_agreement_matches_the_float64_formula_without_float64_gradient
 def test_noise_levels_keep_the_last_flow_step_deterministic_and_windows_inside_the_live_steps():
     import random
 
-    from align.algorithms.policy_gradient import FlowGRPOConfig, noise_levels
+    from align.algorithms.stochastic import SDEWindow, noise_levels
 
     sigmas = [1.0, 0.889, 0.778, 0.667, 0.556, 0.445, 0.334, 0.223, 0.112, 0.001, 0.0]  # the toy's 10 steps
-    assert noise_levels(FlowGRPOConfig(), 0.7, sigmas, 0, random.Random(0)) == [0.7] * 9 + [0.0]
-    window = FlowGRPOConfig(sde_window=3)
+    assert noise_levels(SDEWindow(), 0.7, sigmas, 0, random.Random(0)) == [0.7] * 9 + [0.0]
+    window = SDEWindow(size=3)
     starts = set()
     for seed in range(50):
         levels = noise_levels(window, 0.7, sigmas, 0, random.Random(seed))

@@ -59,7 +59,7 @@ def test_gradients_reach_every_lora_matrix_and_are_finite(tmp_path, algorithm):
     run = Run(backprop_config(algorithm), tmp_path)
     batch = collected(run)
     # one step so that LoRA's zero-initialised B is non-zero and A receives gradient too
-    for unit in run.algorithm.units(batch, torch.Generator().manual_seed(0)):
+    for unit in run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0)):
         run.algorithm.loss(batch, unit)[0].backward()
     run.optimizer.step()
     grads = lora_gradients(run, batch, torch.arange(4))
@@ -146,7 +146,7 @@ def test_constraint_multiplier_moves_by_the_last_batchs_violation_and_prices_the
     batch = collected(run)
     assert batch.stats["lambda/test-pattern"] == 0.0
     seen = []
-    for unit in run.algorithm.units(batch, torch.Generator().manual_seed(0)):
+    for unit in run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0)):
         loss, stats = run.algorithm.loss(batch, unit)
         seen.append(stats["backprop_reward"])
     mean = sum(seen) / len(seen)  # the reward is the one term: the violation is its batch mean + 1
@@ -284,7 +284,7 @@ def test_a_micro_batch_over_the_limit_is_replayed_in_smaller_units_before_anythi
         ("four", 4.5 * row_mb, 4),
     ):
         run = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / name)
-        units = run.algorithm.units(collected(run), torch.Generator().manual_seed(0))
+        units = run.algorithm.micro_batches(collected(run), torch.Generator().manual_seed(0))
         assert [len(u) for u in units] == [rows] * (4 // rows)
         assert not run.algorithm._checkpointing(batch, rows, 4)  # each unit fits: nothing recomputed
         steps.append(first_step_gradients(run))
@@ -297,7 +297,7 @@ def test_a_micro_batch_over_the_limit_is_replayed_in_smaller_units_before_anythi
     for limit_mb, rows in ((2.5 * call_mb, 2), (1.5 * call_mb, 1), (0.5 * call_mb, 1)):
         limit_mb = min(limit_mb, 0.99 * row_mb)
         tight = Run(backprop_config({**algorithm, "checkpoint_above_mb": limit_mb}), tmp_path / f"{limit_mb}")
-        units = tight.algorithm.units(collected(tight), torch.Generator().manual_seed(0))
+        units = tight.algorithm.micro_batches(collected(tight), torch.Generator().manual_seed(0))
         assert [len(u) for u in units] == [rows] * (4 // rows)
         assert tight.algorithm._checkpointing(batch, rows, 4)
 

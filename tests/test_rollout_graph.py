@@ -40,7 +40,7 @@ def steps_of(run: Run, epochs: int = 1) -> tuple[list[list[torch.Tensor]], dict]
     [
         ("tiny:sd3", "flow-grpo", {"beta": 0.04}),  # the SDE step, with the KL term on the graph's means
         ("tiny:sd3", "flow-grpo", {"beta": 0.0, "cfg_gradient": "conditional"}),
-        ("tiny:sd15", "ddpo", {"advantage": "batch"}),  # DDIM with eta, CFG on a UNet
+        ("tiny:sd15", "ddpo", {"advantage": {"rule": "batch"}}),  # DDIM with eta, CFG on a UNet
     ],
 )
 def test_the_graph_pass_takes_the_rescored_pass_step(tmp_path, model, name, algorithm):
@@ -88,7 +88,7 @@ def test_the_graph_is_kept_only_where_the_first_pass_is_whole_and_fits(tmp_path,
 
 def test_a_compiled_denoiser_takes_the_eager_step(tmp_path):
     """model.compile: the run's forwards go through torch.compile (fused kernels, the same weights)."""
-    algorithm = {"advantage": "batch"}
+    algorithm = {"advantage": {"rule": "batch"}}
     eager, _ = first_steps(configured("tiny:sd15", "ddpo", 1e6, algorithm=algorithm), tmp_path / "a")
     config = configured("tiny:sd15", "ddpo", 1e6, algorithm=algorithm, model_settings={"compile": True})
     run = Run(config, tmp_path / "b")

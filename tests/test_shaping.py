@@ -163,11 +163,12 @@ def test_dense_grpo_gives_each_window_step_its_own_zero_mean_advantage(tmp_path)
 
 
 def test_dense_mix_blends_the_trajectory_advantage_into_every_window_step(tmp_path):
-    from align.algorithms.policy_gradient import group_advantages
+    from align.algorithms.dense import step_rewards
+    from align.losses import group_advantages
 
-    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.dense_mix=0.25"])
+    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.dense.mix=0.25"])
     window = batch.stats["noise_window"]
-    dense = run.algorithm._step_rewards(batch.trajectory, batch.values, window)
+    dense = step_rewards(run.context, batch.trajectory, batch.values, window)
     per_step = dense_step_advantages(dense, plan.group_ids)
     combined = run.context.rewards.combine(batch.values)
     trajectory, _ = group_advantages(combined, plan.group_ids)
@@ -191,16 +192,19 @@ def test_shaping_fills_par_references_moves_the_multiplier_and_keeps_them_in_sta
 
 def test_a_constraint_on_an_unscored_reward_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not a reward term"):
-        _collected("shaped-grpo.yaml", tmp_path, ["algorithm.constraints=[{name: aesthetic, at_most: 1.0}]"])
+        _collected(
+            "shaped-grpo.yaml", tmp_path, ["algorithm.shaping.constraints=[{name: aesthetic, at_most: 1.0}]"]
+        )
 
 
 def test_dense_ode_estimate_from_the_initial_noise_is_the_plain_ode_samples_reward(tmp_path):
+    from align.algorithms.dense import step_rewards
     from samplers.noise import generators_from_seeds
 
-    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.sde_window_range=[0, 1]"])
+    run, plan, batch = _collected("dense-grpo.yaml", tmp_path, ["algorithm.window.starts=[0, 1]"])
     window = batch.stats["noise_window"]
     assert window[0] == 0
-    rewards = run.algorithm._step_rewards(batch.trajectory, batch.values, window)
+    rewards = step_rewards(run.context, batch.trajectory, batch.values, window)
     adapter, rewards_set = run.context.adapter, run.context.rewards
     with torch.no_grad():
         ode = adapter.sample(plan.prompts, generators_from_seeds(plan.seeds), num_steps=4)
@@ -213,7 +217,7 @@ def test_dense_with_reward_shaping_is_refused_by_name(tmp_path):
     from align.schema import ConfigError
 
     with pytest.raises((ValueError, ConfigError), match="dense advantages come from per-step reward gains"):
-        _collected("dense-grpo.yaml", tmp_path, ["algorithm.shaping=par"])
+        _collected("dense-grpo.yaml", tmp_path, ["algorithm.shaping.par=0.1"])
 
 
 def test_noise_calibration_shrinks_a_spoiling_step_grows_a_silent_one_and_keeps_a_balanced_one():
@@ -240,7 +244,7 @@ def test_noise_calibration_shrinks_a_spoiling_step_grows_a_silent_one_and_keeps_
 
 def test_dense_calibration_scales_the_next_epochs_window_noise_and_survives_state(tmp_path):
     run, plan, batch = _collected(
-        "dense-grpo.yaml", tmp_path, ["algorithm.dense_calibration=0.25", "algorithm.sde_window_range=[1, 2]"]
+        "dense-grpo.yaml", tmp_path, ["algorithm.dense.calibration=0.25", "algorithm.window.starts=[1, 2]"]
     )
     algorithm, window = run.algorithm, batch.stats["noise_window"]
     assert window == [1, 2] and batch.stats["noise_scales"] == [1.0, 1.0]
@@ -256,10 +260,14 @@ def test_dense_calibration_scales_the_next_epochs_window_noise_and_survives_stat
     assert levels[0] == 0.0 and levels[3] == 0.0
 
 
-def test_dense_calibration_without_dense_is_refused_by_name(tmp_path):
+def test_dense_settings_cannot_be_written_without_dense(tmp_path):
+    """Dense's knobs live under `dense`, so writing one turns it on (and on a shaped recipe that is
+    refused by name); the flat key of the earlier release, without dense on, is an unknown key."""
     from align.schema import ConfigError
 
-    with pytest.raises((ValueError, ConfigError), match="calibrates the noise from dense reward gains"):
+    with pytest.raises(ConfigError, match="dense advantages come from per-step reward gains"):
+        _collected("shaped-grpo.yaml", tmp_path, ["algorithm.dense.calibration=0.1"])
+    with pytest.raises(ConfigError, match="algorithm.dense_calibration: unknown key"):
         _collected("shaped-grpo.yaml", tmp_path, ["algorithm.dense_calibration=0.1"])
 
 
@@ -276,7 +284,7 @@ def test_pareto_rank_trains_every_sample_on_its_group_rank(tmp_path):
     from align.losses import group_advantages
 
     terms = "rewards.terms=[{name: jpeg-compressibility}, {name: test-pattern}]"
-    run, plan, batch = _collected("flow-grpo.yaml", tmp_path, ["algorithm.pareto=rank", terms])
+    run, plan, batch = _collected("flow-grpo.yaml", tmp_path, ["algorithm.shaping.pareto=rank", terms])
     values = torch.stack([batch.values["jpeg-compressibility"], batch.values["test-pattern"]], dim=1)
     ranks = torch.cat([pareto_ranks(values[plan.group_ids == g]) for g in plan.group_ids.unique()])
     assert ranks.max() >= 1  # the two rewards disagree only in part: some samples are dominated
@@ -293,8 +301,38 @@ def test_a_run_bounds_the_cap_on_each_maximised_term_by_its_weight_without_norma
     from align.loop import Run
 
     recipe = Path(__file__).parents[1] / "configs" / "tiny" / "shaped-grpo.yaml"
-    caps = "algorithm.constraints=[{name: jpeg-compressibility, at_most: 0.5}, {name: jpeg-incompressibility, at_most: -1.0}]"
+    caps = "algorithm.shaping.constraints=[{name: jpeg-compressibility, at_most: 0.5}, {name: jpeg-incompressibility, at_most: -1.0}]"
     run = Run(load_config(recipe, [caps, "rewards.terms.0.weight=0.7"]), tmp_path / "a")
     assert run.algorithm.constraints.ceilings == {"jpeg-compressibility": 0.7}  # weight 0: not maximised
     run = Run(load_config(recipe, [caps, "rewards.normalise=group"]), tmp_path / "b")
     assert run.algorithm.constraints.ceilings == {}  # normalised, the weight is not the raw reward's scale
+
+
+def test_batch_advantages_by_hand():
+    from align.shaping import batch_advantages
+
+    rewards = torch.tensor([1.0, 2.0, 3.0, 6.0])  # mean 3, unbiased std sqrt(14 / 3)
+    expected = torch.tensor([-2.0, -1.0, 0.0, 3.0]) / (math.sqrt(14 / 3) + 1e-6)
+    assert torch.allclose(batch_advantages(rewards), expected)
+
+
+def test_tracked_advantages_use_the_prompts_history_once_it_is_long_enough():
+    from align.shaping import tracked_advantages
+
+    history = {"a": [0.0, 2.0]}  # with this batch's 4.0: [0, 2, 4], mean 2, std 2
+    rewards = torch.tensor([4.0, 1.0, 3.0])
+    advantages, updated = tracked_advantages(history, ["a", "b", "b"], rewards, buffer=3, min_count=3)
+    assert advantages[0] == pytest.approx((4.0 - 2.0) / (2.0 + 1e-6))
+    # "b" has 2 rewards, under min_count: the batch's mean 8/3 and std sqrt(7/3)
+    batch_std = math.sqrt(((4 - 8 / 3) ** 2 + (1 - 8 / 3) ** 2 + (3 - 8 / 3) ** 2) / 2)
+    assert advantages[1] == pytest.approx((1.0 - 8 / 3) / (batch_std + 1e-6), rel=1e-5)
+    assert updated == {"a": [0.0, 2.0, 4.0], "b": [1.0, 3.0]} and history == {"a": [0.0, 2.0]}  # pure
+    _, again = tracked_advantages(updated, ["a"], torch.tensor([5.0]), buffer=3, min_count=3)
+    assert again["a"] == [2.0, 4.0, 5.0]  # only the last `buffer` rewards are remembered
+
+
+def test_mean_group_std_by_hand():
+    from align.shaping import mean_group_std
+
+    values = torch.tensor([0.0, 2.0, 1.0, 1.0, 5.0])  # groups: {0, 2} std sqrt 2, {1, 1} 0, {5} alone
+    assert mean_group_std(values, torch.tensor([0, 0, 1, 1, 2])) == pytest.approx(math.sqrt(2) / 2)

@@ -85,7 +85,7 @@ def test_grpo_first_loss_has_zero_kl_and_unit_ratio_when_rescored(tmp_path):
     run = Run(config, tmp_path)
     plan = plan_epoch(run.prompts, config, 0, 0, 1)
     batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
-    unit = run.algorithm.units(batch, torch.Generator().manual_seed(0))[0]
+    unit = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))[0]
     loss, stats = run.algorithm.loss(batch, unit)
     assert stats["kl"] == 0.0  # a fresh LoRA (B = 0) is the reference
     # old log-probs came from the whole batch, these from a micro-batch: equal up to float rounding

@@ -71,7 +71,8 @@ def test_sampled_log_probs_equal_rescored_ones_ratio_exactly_one(policy):
     rescored = policy.token_log_probs(trajectory.extra, temperature=1.0)
     assert torch.equal(rescored, trajectory.log_probs)
     assert trajectory.log_probs.shape == (6, 6) and trajectory.log_probs.dtype == torch.float32
-    assert trajectory.noise_levels.tolist() == [1.0] * 6  # the sampling temperature per token
+    assert trajectory.extra["temperature"].tolist() == [1.0] * trajectory.batch_size  # per row, not in noise_levels
+    assert trajectory.noise_levels.tolist() == [0.0] * 6
     _, stats = ppo_clip_loss(
         rescored, trajectory.log_probs, torch.ones(6), 0.2, trajectory.extra["completion_mask"]
     )

@@ -1,8 +1,11 @@
 """The algorithm contract: a small module the one loop drives, with no per-algorithm flags in the loop.
 
 collect(epoch, prompts, group_ids, seeds) -> Collected   sample, score, advantages (no grad)
-units(batch, generator) -> list                          work items of one pass over the batch
-loss(batch, unit) -> (loss, stats)                       one micro-batch's loss, with gradients
+micro_batches(batch, generator) -> list                  one pass over the batch: the micro-batches (rows,
+                                                         and for chain methods the step) that each
+                                                         give one loss; steps_per_pass of them share
+                                                         an optimiser step
+loss(batch, micro_batch) -> (loss, stats)                one micro-batch's loss, with gradients
 state_dict() / load_state_dict()                         whatever must survive a resume
 
 One registered name is one small class; variants share helpers through a base class, never through
@@ -12,13 +15,14 @@ adv-grpo) register one class. Objectives are pure functions in align/losses.py.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from align.config import ALGORITHM_CONFIGS
-from align.pathway import ImagePathway
+from align.modality import ImageModality
 from plumbing.registry import Registry
 
 ALGORITHMS: Registry = Registry("algorithm", catalogue="align.catalogue")  # every built-in: loaded on a miss
@@ -53,6 +57,14 @@ class Context:
         """Concatenate a per-process tensor over processes (process order)."""
         return self.accelerator.gather(tensor.contiguous())
 
+    def gather_strings(self, strings: list[str]) -> list[str]:
+        """Strings of every process in process order (through accelerate's object gather)."""
+        if self.accelerator.num_processes == 1:
+            return list(strings)
+        from accelerate.utils import gather_object
+
+        return list(gather_object(list(strings)))
+
     def local_slice(self, gathered: torch.Tensor) -> torch.Tensor:
         size = gathered.shape[0] // self.accelerator.num_processes
         start = self.accelerator.process_index * size
@@ -85,25 +97,22 @@ def time_range_problems(time_range: list[float]):
         yield ["time_range"], "must be [lo, hi] with 0 <= lo < hi <= 1"
 
 
-def constraints_for(context: Context):
-    """The run's Lagrange constraints (algorithm.constraints, constraint_lr), each on a reward term."""
+def constraints_for(context: Context, specs: list[dict], lr: float):
+    """The run's Lagrange constraints (the algorithm's constraints and constraint_lr), each on a reward term."""
     from align.shaping import Constraint, Constraints
 
-    settings = context.settings
     names = {term.name for term in context.config.rewards.terms}
-    for spec in settings.constraints:
+    for spec in specs:
         if spec["name"] not in names:
             raise ValueError(
-                f"algorithm.constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
+                f"constraints: {spec['name']!r} is not a reward term; add it to rewards.terms "
                 "(weight 0 scores it without optimising it)"
             )
     # a cap on a maximised term bounds its multiplier by the term's weight (align.shaping.Constraints);
     # the weight is the raw reward's scale in the combined reward only without normalisation
     rewards = context.config.rewards
     weights = {t.name: t.weight for t in rewards.terms if t.weight > 0 and rewards.normalise == "none"}
-    return Constraints(
-        [Constraint(**spec) for spec in settings.constraints], settings.constraint_lr, ceilings=weights
-    )
+    return Constraints([Constraint(**spec) for spec in specs], lr, ceilings=weights)
 
 
 @torch.no_grad()
@@ -126,8 +135,27 @@ def reference_rewards(context: Context, cache: dict[str, float], prompts: list[s
     return torch.tensor([cache[p] for p in prompts])
 
 
+def reference_batch(source: str, prompts: list[str], epoch: int) -> torch.Tensor:
+    """Real images for the discriminator: toy-world renders of the prompts, or files from a folder."""
+    if source == "toy":
+        from align.toy.pretrain import render_batch
+
+        return render_batch(prompts, [10**6 + epoch * 10_000 + i for i in range(len(prompts))])
+    from pathlib import Path
+
+    from rewards.base import load_image_files
+
+    files = sorted(
+        p for p in Path(source).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp")
+    )
+    if not files:
+        raise ValueError(f"reference_images {source!r}: no image files found")
+    rng = random.Random(epoch)
+    return load_image_files([str(rng.choice(files)) for _ in prompts])
+
+
 class Algorithm:
-    pathway = ImagePathway  # what the run trains, prompts and evaluates (align/pathway.py)
+    modality = ImageModality  # what the run trains, prompts and evaluates (align/modality.py)
 
     def __init__(self, context: Context):
         self.context = context
@@ -135,7 +163,7 @@ class Algorithm:
     def collect(self, epoch: int, prompts: list[str], group_ids: torch.Tensor, seeds: list[int]) -> Collected:
         raise NotImplementedError
 
-    def units(self, batch: Collected, generator: torch.Generator) -> list:
+    def micro_batches(self, batch: Collected, generator: torch.Generator) -> list:
         raise NotImplementedError
 
     def loss(self, batch: Collected, unit) -> tuple[torch.Tensor, dict]:

@@ -135,7 +135,7 @@ class DPO(Algorithm):
             sigma=sigma,
         )
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         size = max(1, self.context.config.train.micro_batch_size // 2)
         order = torch.randperm(len(batch.prompts), generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]

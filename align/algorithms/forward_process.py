@@ -156,7 +156,7 @@ class ForwardProcess(Algorithm):
         """What the losses compare against, under the sampling policy; None when nothing."""
         return None
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         size = self.context.config.train.micro_batch_size
         order = torch.randperm(len(batch.prompts), generator=generator)
         draws = batch.noise.shape[1]
@@ -298,7 +298,7 @@ class DGPO(ForwardProcess):
             )
         return samples
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         """Micro-batches of whole groups (shuffled), for every draw."""
         groups = batch.group_ids
         distinct = groups.unique()

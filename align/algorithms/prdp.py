@@ -13,24 +13,14 @@ and DPO's objectives destabilise.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from align.algorithms.base import register_algorithm
-from align.algorithms.policy_gradient import PolicyGradient, PolicyGradientConfig
-from align.schema import param
+from align.algorithms.base import Rollouts, register_algorithm
+from align.algorithms.policy_gradient_config import PRDPConfig
+from align.algorithms.stochastic import StochasticRollouts
 
 
-@dataclass
-class PRDPConfig(PolicyGradientConfig):
-    name: str = "prdp"
-    beta: float = param(0.0, min=0.0)  # PRDP has no KL term; the clipped ratio is the proximity
-    prdp_beta: float = param(10.0, gt=0.0)  # scale from log-ratios (per-dimension mean) to rewards
-    clip_range: float = param(1e-2, gt=0.0)
-
-
-class PRDP(PolicyGradient):
+class PRDP(StochasticRollouts):
     def __init__(self, context):
         super().__init__(context)
         if context.config.train.group_size != 2:
@@ -38,12 +28,14 @@ class PRDP(PolicyGradient):
         if context.config.train.micro_batch_size % 2:
             raise ValueError("prdp trains on whole pairs: make train.micro_batch_size even")
 
+    @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
-        batch = super().collect(epoch, prompts, group_ids, seeds)
-        batch.reward = self.context.rewards.combine(batch.values).detach()
-        return batch
+        sampled = self.sample(epoch, prompts, group_ids, seeds)
+        rewards = self.context.rewards
+        signal = rewards.combine(sampled.values, group_ids)
+        return sampled.batch(Rollouts, sampled.stats(signal, group_ids), reward=rewards.combine(sampled.values).detach())
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         """Shuffled pairs (samples 2p and 2p + 1 share a prompt), one unit per trained step."""
         pairs = batch.steps.shape[0] // 2
         order = torch.randperm(pairs, generator=generator)
@@ -56,14 +48,13 @@ class PRDP(PolicyGradient):
 
     def loss(self, batch, unit):
         rows, k = unit
-        context, settings = self.context, self.context.settings
+        settings = self.context.settings
         trajectory = batch.trajectory.select(rows)
         # both samples of a pair train the step of the pair's first sample, so their ratios compare
         steps = batch.steps[rows[0::2], k].repeat_interleave(2)
-        with context.accelerator.autocast():
-            out = context.adapter.rescore(trajectory, steps)
+        out = self.rescore(trajectory, steps)
         old = trajectory.log_probs[torch.arange(len(rows)), steps]
-        scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
+        scale = self.log_prob_scale(trajectory)
         log_ratio = ((out.log_prob - old) * scale).clamp(-settings.clip_range, settings.clip_range)
         predicted = settings.prdp_beta * trajectory.num_steps * (log_ratio[0::2] - log_ratio[1::2])
         reward = batch.reward[rows]

@@ -37,8 +37,9 @@ from align.algorithms.base import (
     register_algorithm,
     saved_bytes,
 )
+from align.algorithms.policy_gradient_config import constraint_spec_problems
 from align.schema import param
-from align.shaping import constraint_spec_problems, par_shape
+from align.shaping import par_shape
 from samplers.noise import draw_noise, generators_from_seeds
 from samplers.rollout import rollout
 from samplers.types import Schedule, Trajectory
@@ -135,7 +136,9 @@ class RewardBackprop(Algorithm):
                 f"{context.settings.name} backpropagates through the reward, but {', '.join(stuck)} is not "
                 "differentiable; use flow-grpo (or ddpo) for black-box rewards"
             )
-        self.constraints = constraints_for(context)
+        self.constraints = constraints_for(
+            context, context.settings.constraints, context.settings.constraint_lr
+        )
         self.reference_rewards: dict[str, float] = {}  # PAR: the reference model's reward per prompt
         self.seen: dict[str, list[torch.Tensor]] = {}  # the constrained terms of the last batch's replays
         self.row_bytes: tuple[int, int] | None = None  # _row_bytes(): measured on first use
@@ -166,7 +169,7 @@ class RewardBackprop(Algorithm):
         """Does every loss replay all `num_steps` steps from x_T (so collect() need not sample)?"""
         return False
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         return self._units(batch, generator, self.context.config.train.micro_batch_size)
 
     @staticmethod
@@ -277,7 +280,7 @@ class DRaFT(RewardBackprop):
     def _most_grad_steps(self, num_steps: int) -> int:
         return min(self.context.settings.grad_steps, num_steps)
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         """Micro-batches of micro_batch_size rows, or of its largest divisor that keeps a replay's
         activations under checkpoint_above_mb: without checkpointing where a row's whole replay fits
         (smaller units recompute nothing, so they come first), else checkpointed, with as many rows as

@@ -10,8 +10,8 @@ the LoRA off for the reference),
     loss = -log sigmoid(beta * (rho(w) - rho(l)))
 
 on the transitions the sampler actually took. The sampling, its SDE window (Flow-GRPO-Fast style),
-the re-scoring of a transition and the per-step bookkeeping are Flow-GRPO's (PolicyGradient.collect);
-only the pairing and the loss differ. As in D3PO, a prompt's samples share their initial noise by
+the re-scoring of a transition and the per-step bookkeeping are Flow-GRPO's (align/algorithms/
+stochastic.py); only the pairing and the loss differ. As in D3PO, a prompt's samples share their initial noise by
 default (`shared_initial_noise`): the reward gap of a pair is then the policy's doing, not x_T's
 luck. The sigmoid is a soft trust region: once a pair's log-ratio margin exceeds a few / beta it
 stops pulling (beta 1000: a few 1e-3 per dimension, where Flow-GRPO's clip acts).
@@ -19,39 +19,15 @@ stops pulling (beta 1000: a few 1e-3 per dimension, where Flow-GRPO's clip acts)
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import torch
 
 from align.algorithms.base import Rollouts, register_algorithm
 from align.algorithms.dpo import draw_pairs
-from align.algorithms.policy_gradient import PolicyGradient, PolicyGradientConfig
+from align.algorithms.policy_gradient_config import TrajectoryDPOConfig
+from align.algorithms.stochastic import StochasticRollouts
 from align.losses import dpo_loss
-from align.schema import param
-
-
-@dataclass
-class TrajectoryDPOConfig(PolicyGradientConfig):
-    name: str = "d3po"
-    beta: float = param(1000.0, gt=0.0)  # DPO's beta on per-dimension transition log-ratios
-    label_smoothing: float = param(0.0, min=0.0, max=0.5)
-    reward_margin: float = param(0.0, min=0.0)  # skip pairs whose rewards differ less
-    pairing: str = param("best-worst", choices=("best-worst", "all"))  # as online-dpo's
-    # D3PO's setting: a prompt's samples start from one x_T, so a pair differs only by the transitions
-    # the policy drew and the label is about them (toy, 25 epochs: +0.052 and +0.030 on two seeds;
-    # independent x_T +0.030 on one)
-    shared_initial_noise: bool = True
-
-    def check(self):
-        yield from super().check()
-        shaped = self.shaping != "none" or self.pareto != "none" or self.unlikeliness or self.constraints
-        if self.dense or shaped:
-            yield (
-                ["dense"] if self.dense else ["shaping"],
-                "d3po pairs samples by their combined reward: dense, shaping, pareto, unlikeliness and "
-                "constraints do not reach its loss; remove them",
-            )
 
 
 @dataclass
@@ -62,7 +38,7 @@ class PairedRollouts(Rollouts):
     rejected: torch.Tensor | None = None  # [P]
 
 
-class TrajectoryDPO(PolicyGradient):
+class TrajectoryDPO(StochasticRollouts):
     def __init__(self, context):
         if context.config.train.group_size < 2:
             raise ValueError("d3po pairs samples of one prompt: set train.group_size to 2 or more")
@@ -72,23 +48,15 @@ class TrajectoryDPO(PolicyGradient):
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
-        rollouts = super().collect(epoch, prompts, group_ids, seeds)
+        sampled = self.sample(epoch, prompts, group_ids, seeds)
         settings = self.context.settings
-        reward = self.context.rewards.combine(rollouts.values)
+        reward = self.context.rewards.combine(sampled.values)
         chosen, rejected, pair_stats = draw_pairs(reward, group_ids, settings.pairing, settings.reward_margin)
-        stats = {**rollouts.stats, "reward": float(reward.mean()), "pairs": len(chosen), **pair_stats}
-        return PairedRollouts(
-            stats=stats,
-            values=rollouts.values,
-            images=rollouts.images,
-            trajectory=rollouts.trajectory,
-            steps=rollouts.steps,
-            reward=reward,
-            chosen=chosen.cpu(),
-            rejected=rejected.cpu(),
-        )
+        grouped = self.context.rewards.combine(sampled.values, group_ids)  # the spread GRPO would see
+        stats = sampled.stats(grouped, group_ids) | {"reward": float(reward.mean()), "pairs": len(chosen), **pair_stats}
+        return sampled.batch(PairedRollouts, stats, reward=reward, chosen=chosen.cpu(), rejected=rejected.cpu())
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         """Micro-batches of shuffled pairs (two samples each); within each, one unit per trained step."""
         size = max(1, self.context.config.train.micro_batch_size // 2)
         order = torch.randperm(len(batch.chosen), generator=generator)
@@ -104,16 +72,10 @@ class TrajectoryDPO(PolicyGradient):
         trajectory = batch.trajectory.select(rows)
         step = batch.steps[chosen, k]  # both samples of a pair at the same step of the schedule
         steps = torch.cat([step, step])
-        guidance = (
-            context.adapter.detached_unconditional()
-            if settings.cfg_gradient == "conditional"
-            else contextlib.nullcontext()
-        )
-        with context.accelerator.autocast(), guidance:
-            policy = context.adapter.rescore(trajectory, steps).log_prob
+        policy = self.rescore(trajectory, steps).log_prob
         with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
             reference = context.adapter.rescore(trajectory, steps).log_prob
-        scale = 1.0 / trajectory.latents[0, 0].numel() if settings.log_prob_reduction == "mean" else 1.0
+        scale = self.log_prob_scale(trajectory)
         chosen_ratio, rejected_ratio = ((policy - reference) * scale).chunk(2)
         loss, stats = dpo_loss(chosen_ratio, rejected_ratio, settings.beta, settings.label_smoothing)
         stats["dpo_loss"] = float(loss.detach())

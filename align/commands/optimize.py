@@ -46,23 +46,22 @@ RECIPE_KEYS = {
     "guidance",
     "eval_rewards",
 }
-DEFAULTS = {
-    "iterations": 50,
-    "lr": 5.0,
-    "regularisation": 0.01,
-    "grad_clip": 0.1,
-    "momentum": 0.9,
-    "explore": 1,
-    "method": "reno",
-    "seeds": 1,
-    "noise_level": 0.7,
-    "sde": "flow-grpo",
-    "window": 4,
-    "selection": "greedy",
-    "prune_at": [4],
-    "keep": 0.25,
-    "guidance": 0.5,
-}
+def _defaults() -> dict:
+    """Every default of `align optimize`, read off the settings classes (align/noise_settings.py)."""
+    from align.noise_settings import OptimizeSettings, SearchSettings
+
+    reno, search = OptimizeSettings(), SearchSettings()
+    return {
+        **{k: getattr(reno, k) for k in ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore")},
+        **{k: getattr(search, k) for k in ("noise_level", "window", "selection", "keep", "guidance")},
+        "prune_at": list(search.prune_at),
+        "method": "reno",
+        "seeds": 1,
+        "sde": "flow-grpo",
+    }
+
+
+DEFAULTS = _defaults()
 
 
 def is_recipe(data) -> bool:
@@ -124,10 +123,10 @@ def apply_recipe(args) -> None:
 
 
 def run(args) -> int:
-    from align.optimize import OptimizeSettings, compare_with_best_of_n
+    from align.optimize import OptimizeSettings
     from align.recipes import load_prompts
     from align.runs import load_model
-    from rewards.base import build_reward, to_pil
+    from rewards.base import build_reward
     from samplers.devices import resolve_device
 
     apply_recipe(args)
@@ -168,6 +167,13 @@ def run(args) -> int:
     prompts = [prompt for prompt in prompts for _ in range(args.seeds)]
     if args.method != "reno":
         return _run_search(args, adapter, prompts, seeds, rewards, report, weights, out)
+    return _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out)
+
+
+def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Path) -> int:
+    """ReNO against best-of-N at equal evaluations: images, summary, curves and the table."""
+    from align.optimize import compare_with_best_of_n
+    from rewards.base import to_pil
 
     def keep(iteration, images, values):
         if iteration % settings.keep_every == 0 or iteration == settings.iterations:
@@ -189,7 +195,7 @@ def run(args) -> int:
         "iterations": optimised["iterations"],
         "best_of_n": n,
         "model": args.model,
-        "weights": weights,
+        "weights": settings.weights,
         "num_prompts": len(prompts),
     }
     (out / "summary.json").write_text(json.dumps(results, indent=2))
@@ -303,22 +309,35 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--eval-reward", action="append", default=[], help="also report this reward (repeatable)"
     )
-    parser.add_argument("--iterations", type=int, default=None, help="gradient steps (default 50)")
+    _noise_arguments(parser)
+    _search_arguments(parser)
+    parser.add_argument("--out", required=True)
+    add_device_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _noise_arguments(parser) -> None:
+    """ReNO's: the gradient steps on the initial noise."""
+    parser.add_argument("--iterations", type=int, default=None, help=f"gradient steps (default {DEFAULTS['iterations']})")
     parser.add_argument("--seconds", type=float, default=None, help="wall-clock budget")
-    parser.add_argument("--lr", type=float, default=None, help="step size on the noise (default 5)")
-    parser.add_argument("--regularisation", type=float, default=None, help="norm regulariser weight (0.01)")
-    parser.add_argument("--grad-clip", type=float, default=None, help="noise-gradient norm clip (0.1)")
+    parser.add_argument("--lr", type=float, default=None, help=f"step size on the noise (default {DEFAULTS['lr']})")
+    parser.add_argument("--regularisation", type=float, default=None, help=f"norm regulariser weight ({DEFAULTS['regularisation']})")
+    parser.add_argument("--grad-clip", type=float, default=None, help=f"noise-gradient norm clip ({DEFAULTS['grad_clip']})")
     parser.add_argument(
         "--momentum",
         type=float,
         default=None,
-        help="Nesterov momentum of the noise SGD (0.9; 0: plain steps)",
+        help=f"Nesterov momentum of the noise SGD ({DEFAULTS['momentum']}; 0: plain steps)",
     )
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument(
         "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
     )
     parser.add_argument("--keep-every", type=int, default=10)
+
+
+def _search_arguments(parser) -> None:
+    """The method, and the search methods' (tree, prune, guidance) own settings."""
     parser.add_argument(
         "--method",
         choices=METHODS,
@@ -334,7 +353,7 @@ def register(subparsers) -> None:
         "--budget", type=int, default=None, help="tree/prune: denoiser evaluations per image (21 x steps)"
     )
     parser.add_argument(
-        "--noise-level", type=float, default=None, help="SDE noise of the stochastic steps (0.7)"
+        "--noise-level", type=float, default=None, help=f"SDE noise of the stochastic steps ({DEFAULTS['noise_level']})"
     )
     parser.add_argument(
         "--sde",
@@ -343,16 +362,16 @@ def register(subparsers) -> None:
         help="the stochastic step of flow models: Flow-GRPO's SDE, or cps (coefficients-preserving)",
     )
     parser.add_argument(
-        "--window", type=int, default=None, help="tree/guidance: the first N steps are stochastic (4)"
+        "--window", type=int, default=None, help=f"tree/guidance: the first N steps are stochastic ({DEFAULTS['window']})"
     )
     parser.add_argument(
         "--selection", choices=("greedy", "sample"), default=None, help="tree: DTS* (greedy) | DTS (sample)"
     )
     parser.add_argument(
-        "--prune-at", type=int, nargs="+", default=None, help="prune: rank candidates after these steps (4)"
+        "--prune-at", type=int, nargs="+", default=None, help=f"prune: rank candidates after these steps ({DEFAULTS['prune_at']})"
     )
     parser.add_argument(
-        "--keep", type=float, default=None, help="prune: fraction kept at each pruning (0.25)"
+        "--keep", type=float, default=None, help=f"prune: fraction kept at each pruning ({DEFAULTS['keep']})"
     )
     parser.add_argument(
         "--prune-reward", action="append", default=[], help="prune: rank noisy predictions by this reward"
@@ -361,8 +380,5 @@ def register(subparsers) -> None:
         "--guidance",
         type=float,
         default=None,
-        help="guidance: step along the reward gradient (0.5 noise stds)",
+        help=f"guidance: step along the reward gradient ({DEFAULTS['guidance']} noise stds)",
     )
-    parser.add_argument("--out", required=True)
-    add_device_arguments(parser)
-    parser.set_defaults(run=run)

@@ -15,7 +15,7 @@ def run(args) -> int:
     accelerator = make_accelerator(config.train.mixed_precision, device=args.device)
     resume = args.out if args.resume == "latest" else args.resume
     summary = train(config, args.out, resume=resume, stop_after=args.stop_after, accelerator=accelerator)
-    format_summary = ALGORITHMS.lookup(config.algorithm.name).pathway.format_summary
+    format_summary = ALGORITHMS.lookup(config.algorithm.name).modality.format_summary
     for key in ("base", "aligned"):
         if key in summary:
             print(format_summary(summary[key], f"{key} (epoch {summary[key].get('epoch', 0)})"))

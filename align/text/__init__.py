@@ -4,6 +4,6 @@ policy.py       TextPolicy: templates, padding, sampling, per-token log-probs, L
 models.py       where models come from (embedded SmolLM2, tiny:llama, hub ids, directories), LoRA
 logprob.py      chunked token log-probs (logprob_triton.py: the CUDA kernel)
 grpo.py         text-grpo; preference.py: text-dpo, text-simpo, text-online-dpo
-pathway.py      TextPathway: what the loop's Run trains and evaluates for text; demo.py: `align demo --text`
+modality.py     TextModality: what the loop's Run trains and evaluates for text; demo.py: `align demo --text`
 data.py         prompt and preference-pair files (the built-in tasks are rewards/text/tasks.py)
 """

@@ -20,7 +20,7 @@ import torch
 from align.algorithms.base import Algorithm, Rollouts, register_algorithm
 from align.losses import group_advantages, k3_kl, masked_mean, ppo_clip_loss
 from align.schema import param
-from align.text.pathway import TextPathway
+from align.text.modality import TextModality
 from align.text.settings import TextSettings
 
 
@@ -78,7 +78,7 @@ def sample_and_score(context, prompts, group_ids, seeds, score: bool):
 
 
 class TextGRPO(Algorithm):
-    pathway = TextPathway
+    modality = TextModality
 
     def __init__(self, context):
         super().__init__(context)
@@ -106,7 +106,7 @@ class TextGRPO(Algorithm):
                 )
         return Rollouts(stats=stats, values=values, trajectory=trajectory, advantages=advantages)
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         size = self.context.config.train.micro_batch_size
         order = torch.randperm(batch.trajectory.batch_size, generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]

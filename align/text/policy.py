@@ -33,7 +33,8 @@ def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tenso
     """A Trajectory whose steps are completion tokens; token ids and masks go in `extra`.
 
     tokens: prompt_ids [B, P], prompt_mask [B, P], completion_ids [B, T], completion_mask [B, T]
-    (plus anything else batched, e.g. `texts`). noise_levels [T] holds the sampling temperature.
+    (plus anything else batched, e.g. `texts`), and each row's sampling temperature as
+    extra["temperature"] [B]; noise_levels [T] are 0 (tokens are not denoising steps).
     """
     batch, steps = log_probs.shape
     empty = torch.zeros(batch, 0)
@@ -42,10 +43,10 @@ def text_trajectory(prompts: Sequence[str], tokens: dict, log_probs: torch.Tenso
         timesteps=empty,
         sigmas=empty,
         log_probs=log_probs,
-        noise_levels=torch.full((steps,), float(temperature)),
+        noise_levels=torch.zeros(steps),
         cond={},
         prompts=list(prompts),
-        extra=dict(tokens),
+        extra={**tokens, "temperature": torch.full((batch,), float(temperature))},
     )
 
 

@@ -27,7 +27,7 @@ from align.algorithms.base import Algorithm, Collected, register_algorithm
 from align.losses import dpo_loss, simpo_loss
 from align.schema import param
 from align.text.grpo import sample_and_score
-from align.text.pathway import TextPathway
+from align.text.modality import TextModality
 from align.text.settings import TextSettings
 
 
@@ -116,7 +116,7 @@ class TextPreference(Algorithm):
     sequence log-probs of both sides in one forward pass. Subclasses say where the pairs come from
     (`_pairs`) and which objective they train (`_objective`)."""
 
-    pathway = TextPathway
+    modality = TextModality
     mean_log_probs = False  # sequence log-prob: the sum over tokens, or their mean (SimPO)
     needs_reference = True
 
@@ -142,7 +142,7 @@ class TextPreference(Algorithm):
         """The loss of sequence log-probs chosen [n] and rejected [n], with its stats."""
         raise NotImplementedError
 
-    def units(self, batch, generator):
+    def micro_batches(self, batch, generator):
         size = max(1, self.context.config.train.micro_batch_size // 2)  # two completions per pair
         order = torch.randperm(len(batch.prompts), generator=generator)
         return [order[i : i + size] for i in range(0, len(order), size)]

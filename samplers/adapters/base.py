@@ -13,8 +13,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from plumbing.lean import lean_frozen_convs
 from samplers.attention import configure_attention
+from samplers.lean import lean_frozen_convs
 from samplers.noise import Generators, draw_noise, generators_from_seeds
 from samplers.rollout import rescore, rollout
 from samplers.types import Cond, Schedule, StepOut, Trajectory

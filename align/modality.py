@@ -1,10 +1,10 @@
 """What a run trains, samples from, prompts and measures, per modality; the loop's Run is built from one.
 
-A pathway has `adapter` (what an algorithm samples from: an image adapter, or the text policy itself),
+A modality has `adapter` (what an algorithm samples from: an image adapter, or the text policy itself),
 `policy` (what training changes: parameters, trainable state, weights on disk, the reference),
 `prompts(source)` (a prompt source by name), `evaluate(run)` (forward-only, under the current weights)
-and `checkpoint_settings(config)` (how to sample a checkpoint again). An algorithm names its pathway
-(`Algorithm.pathway`): images by default, `align.text.pathway.TextPathway` for the text algorithms.
+and `checkpoint_settings(config)` (how to sample a checkpoint again). An algorithm names its modality
+(`Algorithm.modality`): images by default, `align.text.modality.TextModality` for the text algorithms.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from align.evaluate import format_summary
 
 
-class ImagePathway:
+class ImageModality:
     """A diffusion or flow-matching model (`model.name`) with a LoRA or full fine-tuning; toy-world
     splits or prompt files; fixed-seed evaluation with the training and the extra eval rewards."""
 

@@ -1,4 +1,4 @@
-"""The text pathway of the loop's Run: a causal LM with a LoRA (or full fine-tuning), text prompts and
+"""The text modality of the loop's Run: a causal LM with a LoRA (or full fine-tuning), text prompts and
 greedy text evaluation. The model is `config.model.name` (`smollm2`, `tiny:llama`, a hub id or a
 directory); prompts are a text task split (`arithmetic:train`) or a .txt/.jsonl file; the text
 settings (max_new_tokens, temperature, ...) are the algorithm's.
@@ -11,7 +11,7 @@ import torch
 from align.text.evaluate import format_text_summary
 
 
-class TextPathway:
+class TextModality:
     format_summary = staticmethod(format_text_summary)
 
     def __init__(self, config, device: torch.device):
