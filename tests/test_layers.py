@@ -167,3 +167,17 @@ def test_modules_and_functions_stay_small_enough_to_read():
                     if node.end_lineno - start + 1 > 60:
                         long_functions.append(f"{path.relative_to(ROOT)}:{node.name}")
     assert not long_modules and not long_functions, long_modules + long_functions
+
+
+def test_algorithm_settings_are_data_that_import_only_the_schema():
+    """Every algorithm's config lives in a module that imports nothing of the project but the schema
+    (and the other settings modules), so a config is read and checked without torch or the algorithms."""
+    settings = sorted((ROOT / "align" / "algorithms").glob("*_config.py")) + [ROOT / "align" / "text" / "settings.py"]
+    allowed = {"align.schema"} | {".".join(p.relative_to(ROOT).with_suffix("").parts) for p in settings}
+    assert len(settings) >= 5
+    for path in settings:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                assert node.module in allowed or node.module.split(".")[0] in {"dataclasses", "typing"}, (path, node.module)
+            elif isinstance(node, ast.Import):
+                assert all(alias.name in {"dataclasses", "typing"} for alias in node.names), path

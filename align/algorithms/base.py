@@ -91,12 +91,6 @@ class Rollouts(Collected):
     reward: torch.Tensor | None = None  # [B] combined reward, for losses that regress on it (PRDP)
 
 
-def time_range_problems(time_range: list[float]):
-    """The config rule of a `time_range` field: [lo, hi] on the training noise schedule."""
-    if len(time_range) != 2 or not 0.0 <= time_range[0] < time_range[1] <= 1.0:
-        yield ["time_range"], "must be [lo, hi] with 0 <= lo < hi <= 1"
-
-
 def constraints_for(context: Context, specs: list[dict], lr: float):
     """The run's Lagrange constraints (the algorithm's constraints and constraint_lr), each on a reward term."""
     from align.shaping import Constraint, Constraints

@@ -13,25 +13,13 @@ then the new ones detached (ratio exactly 1, as TRL does) and the scoring pass i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
 from align.algorithms.base import Algorithm, Rollouts, register_algorithm
 from align.losses import group_advantages, k3_kl, masked_mean, ppo_clip_loss
-from align.schema import param
 from align.text.modality import TextModality
-from align.text.settings import TextSettings
-
-
-@dataclass
-class TextGRPOConfig(TextSettings):
-    name: str = "text-grpo"
-    clip_range: float = param(0.2, gt=0.0)  # PPO clip on the per-token ratio: stability vs step size
-    clip_range_high: float | None = param(None, gt=0.0)  # DAPO clip-higher (e.g. 0.28); None = clip_range
-    kl_coef: float = param(0.0, min=0.0)  # k3 KL to the reference: drift vs reward (DeepSeekMath: 0.04)
-    normalisation: str = param("token", choices=("token", "sequence"))  # how token losses are averaged
-    scale_advantages: bool = True  # divide by the group std (False: Dr. GRPO, mean only)
+from align.text.settings import TextGRPOConfig
 
 
 def reduce_tokens(values: torch.Tensor, mask: torch.Tensor, normalisation: str) -> torch.Tensor:

@@ -21,7 +21,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-BACKENDS = ("auto", "naive", "chunked", "triton")
+from align.text.settings import BACKENDS
 
 
 def naive_token_log_probs(hidden, weight, targets, bias=None, temperature: float = 1.0) -> torch.Tensor:

@@ -25,36 +25,9 @@ import torch.nn.functional as F
 
 from align.algorithms.base import Algorithm, Collected, register_algorithm
 from align.losses import dpo_loss, simpo_loss
-from align.schema import param
 from align.text.grpo import sample_and_score
 from align.text.modality import TextModality
-from align.text.settings import TextSettings
-
-
-@dataclass
-class TextDPOConfig(TextSettings):
-    name: str = "text-dpo"
-    beta: float = param(0.1, gt=0.0)  # strength of the KL anchor to the reference: drift vs preference
-    label_smoothing: float = param(0.0, min=0.0, max=0.5)  # conservative DPO: assumed label noise
-    pairs: str | None = None  # JSONL of {prompt, chosen, rejected}
-    max_pairs: int | None = param(None, min=1)  # use only the first N pairs of the file
-
-
-@dataclass
-class TextSimPOConfig(TextSettings):
-    name: str = "text-simpo"
-    beta: float = param(2.0, gt=0.0)  # SimPO's reward scale on mean token log-probs
-    gamma: float = param(1.0, min=0.0)  # target reward margin (SimPO: gamma / beta about 0.5)
-    pairs: str | None = None  # JSONL of {prompt, chosen, rejected}
-    max_pairs: int | None = param(None, min=1)
-
-
-@dataclass
-class TextOnlineDPOConfig(TextSettings):
-    name: str = "text-online-dpo"
-    beta: float = param(0.1, gt=0.0)
-    label_smoothing: float = param(0.0, min=0.0, max=0.5)
-    reward_margin: float = param(0.0, min=0.0)  # skip pairs whose rewards differ by no more than this
+from align.text.settings import TextDPOConfig, TextOnlineDPOConfig, TextSimPOConfig
 
 
 def _pad_to(ids: torch.Tensor, width: int, value: int) -> torch.Tensor:
