@@ -174,15 +174,16 @@ def from_data(cls, data, path: str = "", converter: _Converter | None = None):
 
 
 def deprecated(message: str) -> None:
-    """The one-line warning of a key that an earlier release spelt otherwise (shown once per key)."""
-    warnings.warn(
-        f"config: {message}; the old spelling is read until the next release", FutureWarning, stacklevel=2
-    )
+    """The one-line warning of a key that an earlier release spelt otherwise, on stderr as
+    `config:1: FutureWarning: ...` (no source line of ours is echoed beside it)."""
+    text = f"{message}; the old spelling is read until the next release"
+    warnings.warn_explicit(text, FutureWarning, filename="config", lineno=1)
 
 
 def moved_keys(data: dict, moves: dict[str, str], prefix: str = "") -> dict:
-    """Each `old` key of `data` moves to its dotted `new` path (a value given there already wins),
-    with a deprecation warning naming both. Returns `data`, changed in place."""
+    """Each `old` key of `data` moves to its dotted `new` path, with a deprecation warning naming both.
+    The old key wins over a value already there: it was written on purpose (an override of an
+    old-style key on a recipe that uses the new one). Returns `data`, changed in place."""
     for old, new in moves.items():
         if old not in data:
             continue
@@ -193,7 +194,7 @@ def moved_keys(data: dict, moves: dict[str, str], prefix: str = "") -> dict:
             if not isinstance(node.get(part), dict):
                 node[part] = {}
             node = node[part]
-        node.setdefault(leaf, value)
+        node[leaf] = value
         deprecated(f"{prefix}{old} is now {prefix}{new}")
     return data
 

@@ -259,3 +259,11 @@ def test_the_previous_releases_flat_keys_read_as_the_nested_ones_with_a_warning(
         old = config_from_data(data)
     assert old.algorithm == config_from_data({**GOOD, "algorithm": nested}).algorithm
     assert old.algorithm != config_from_data({**GOOD, "algorithm": {"name": flat["name"]}}).algorithm
+
+
+def test_an_old_style_override_on_a_new_style_recipe_takes_effect(capsys):
+    """`align train configs/toy/grpo-demo.yaml algorithm.sde_window=2`: the recipe writes window.size 3,
+    the override the old key; the override wins (with the warning), as any override does."""
+    with pytest.warns(FutureWarning, match="algorithm.sde_window is now algorithm.window.size"):
+        config = load_config(SHIPPED / "toy" / "grpo-demo.yaml", ["algorithm.sde_window=2"])
+    assert config.algorithm.window.size == 2 and config.algorithm.window.starts == [0, 1]

@@ -186,7 +186,7 @@ class PolicyGradientConfig:
             data["shaping"] = {"par": temperature} if data.pop("shaping") == "par" else {}
         elif "par_temperature" in data:
             deprecated(f"{prefix}par_temperature is now {prefix}shaping.par")
-            data.setdefault("shaping", {}).setdefault("par", data.pop("par_temperature"))
+            data.setdefault("shaping", {})["par"] = data.pop("par_temperature")
         moves = (
             FLAT_KEYS
             if data.get("dense") is not None
