@@ -74,34 +74,37 @@ def run_demo(
     heldout = load_prompts("heldout")
     start = time.perf_counter()
     timings: dict[str, float] = {}
-    first: list = []  # the Flow-GRPO run's config and summary, whose base evaluation the others reuse
 
-    def trained(name: str, folder: str, overrides=()) -> dict:
-        """Train a toy recipe into OUT/folder, reusing the first run's base evaluation where it is the same."""
+    def lap(name: str) -> None:
+        timings[name] = time.perf_counter() - start - sum(timings.values())
+
+    def trained(name: str, folder: str, overrides=(), like=None) -> tuple:
+        """Train a toy recipe into OUT/folder; `like` (config, summary) of an earlier run whose base
+        evaluation is reused where it is the same. Returns (config, summary)."""
         config = load_config(recipe(f"toy/{name}"), [f"model.dtype={dtype}", *overrides])
-        base = first[1]["base"] if first and _same_evaluation(first[0], config, first[1]["base"]) else None
-        summary = train(config, out / folder, base=base, accelerator=make_accelerator(config.train.mixed_precision, device=device))
-        first.extend([] if first else [config, summary])
-        timings[folder] = time.perf_counter() - start - sum(timings.values())
-        return summary
+        base = like[1]["base"] if like and _same_evaluation(like[0], config, like[1]["base"]) else None
+        accelerator = make_accelerator(config.train.mixed_precision, device=device)
+        summary = train(config, out / folder, base=base, accelerator=accelerator)
+        lap(folder)
+        return config, summary
 
     steps = 5 if extras else 2
     print(f"[1/{steps}] Flow-GRPO on the verifiable reward (base and aligned evaluated on held-out prompts)")
-    grpo = trained("grpo-demo.yaml", "grpo", [f"train.num_epochs={epochs}"] if epochs else [])
+    first = trained("grpo-demo.yaml", "grpo", [f"train.num_epochs={epochs}"] if epochs else [])
     print(f"[2/{steps}] DiffusionNFT on the same reward, about a minute of training, the same evaluation")
-    nft = trained("diffusion-nft-demo.yaml", "nft")
-    summary = {"base": grpo["base"], "aligned": grpo["aligned"], "nft": {"aligned": nft["aligned"]}}
+    _, nft = trained("diffusion-nft-demo.yaml", "nft", like=first)
+    summary = {"base": first[1]["base"], "aligned": first[1]["aligned"], "nft": {"aligned": nft["aligned"]}}
     if extras:
         print(f"[3/{steps}] ReNO noise optimisation with the toy CLIP reward, against best-of-N")
         subset = heldout[:: max(1, len(heldout) // reno_prompts)][:reno_prompts]
         summary["reno"] = _reno(out / "reno", subset, reno_iterations, chosen, dtype)
-        timings["reno"] = time.perf_counter() - start - sum(timings.values())
+        lap("reno")
         print(f"[4/{steps}] DRaFT-LV reward backprop with the toy CLIP and quality rewards")
-        draft = trained("draft-clip.yaml", "draft")
+        _, draft = trained("draft-clip.yaml", "draft", like=first)
         summary["draft"] = {"base": draft["base"], "aligned": draft["aligned"]}
         print(f"[5/{steps}] comparison gallery")
         _gallery(out, heldout[:: max(1, len(heldout) // gallery_prompts)][:gallery_prompts], chosen, dtype)
-        timings["gallery"] = time.perf_counter() - start - sum(timings.values())
+        lap("gallery")
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(results_table(summary))

@@ -35,7 +35,6 @@ from align.losses import (
 )
 from align.shaping import (
     batch_advantages,
-    mean_group_std,
     par_shape,
     pareto_front,
     pareto_rank_signal,
@@ -99,25 +98,11 @@ class PolicyGradient(StochasticRollouts):
             advantages = advantages * front.view(-1, *([1] * (advantages.ndim - 1))).to(advantages.dtype)
             stats["pareto_front_fraction"] = float(front.float().mean())
         on_window = advantages[:, stochastic] if advantages.ndim == 2 else advantages
-        stats.update(
-            {
-                "reward": float((combined if settings.shaping.pareto == "rank" else signal).mean()),
-                "reward_std_in_groups": mean_group_std(signal, group_ids),
-                "advantage_abs_mean": float(on_window.abs().mean()),
-                "zero_std_fraction": zero_std,
-                "rollout_graph": float(sampled.graph),
-                **sampled.seconds,
-                "noise_window": stochastic,
-            }
-        )
-        return Rollouts(
-            stats=stats,
-            values=values,
-            images=sampled.images,
-            trajectory=trajectory,
-            advantages=advantages,
-            steps=sampled.steps,
-        )
+        stats.update(sampled.stats(signal, group_ids))
+        if settings.shaping.pareto == "rank":  # the reward the ranks were taken of, not the ranks
+            stats["reward"] = float(combined.mean())
+        stats.update(advantage_abs_mean=float(on_window.abs().mean()), zero_std_fraction=zero_std)
+        return sampled.batch(Rollouts, stats, advantages=advantages)
 
     def _signal(self, values, group_ids):
         rewards = self.context.rewards
@@ -198,7 +183,7 @@ class PolicyGradient(StochasticRollouts):
         return self._unit_loss(batch, rows, k)
 
     def _unit_loss(self, batch, rows, k, graph=None):
-        context, settings = self.context, self.context.settings
+        settings = self.context.settings
         trajectory = batch.trajectory.select(rows)
         steps = batch.steps[rows, k]
         if graph is None:
@@ -223,8 +208,7 @@ class PolicyGradient(StochasticRollouts):
         loss, stats = ppo_clip_loss(log_prob, old, advantages, settings.clip_range)
         stats["raw_ratio_mean"] = raw_ratio
         if settings.beta > 0:
-            with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
-                reference = context.adapter.rescore(trajectory, steps)
+            reference = self.reference_rescore(trajectory, steps)
             kl = gaussian_mean_kl(out.mean, reference.mean, out.std).mean()
             loss = loss + settings.beta * kl
             stats["kl"] = float(kl.detach())

@@ -148,6 +148,12 @@ class StochasticRollouts(Algorithm):
         with self.context.accelerator.autocast(), self.guidance():
             return self.context.adapter.rescore(trajectory, steps)
 
+    @torch.no_grad()
+    def reference_rescore(self, trajectory, steps):
+        """The reference policy's (the LoRA off) step distribution at the trained steps, no gradients."""
+        with self.context.policy.reference(), self.context.accelerator.autocast():
+            return self.context.adapter.rescore(trajectory, steps)
+
     def log_prob_scale(self, trajectory) -> float:
         """Per-dimension (mean) or summed log-probs."""
         return (

@@ -66,15 +66,14 @@ class TrajectoryDPO(StochasticRollouts):
 
     def loss(self, batch, unit):
         pairs, k = unit
-        context, settings = self.context, self.context.settings
+        settings = self.context.settings
         chosen, rejected = batch.chosen[pairs], batch.rejected[pairs]
         rows = torch.cat([chosen, rejected])
         trajectory = batch.trajectory.select(rows)
         step = batch.steps[chosen, k]  # both samples of a pair at the same step of the schedule
         steps = torch.cat([step, step])
         policy = self.rescore(trajectory, steps).log_prob
-        with torch.no_grad(), context.policy.reference(), context.accelerator.autocast():
-            reference = context.adapter.rescore(trajectory, steps).log_prob
+        reference = self.reference_rescore(trajectory, steps).log_prob
         scale = self.log_prob_scale(trajectory)
         chosen_ratio, rejected_ratio = ((policy - reference) * scale).chunk(2)
         loss, stats = dpo_loss(chosen_ratio, rejected_ratio, settings.beta, settings.label_smoothing)
