@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in error.errors:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, RunFault, ValueError, FileNotFoundError, ImportError) as error:
+    except (UsageError, RunFault, ValueError, FileNotFoundError, ImportError, ConnectionError) as error:
         if os.environ.get("ALIGN_DEBUG"):
             raise
         message = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -49,6 +49,9 @@ class SamplingConfig:
     # the stochastic step of flow models: Flow-GRPO's SDE, or cps (coefficients-preserving: the sample
     # exactly as noisy as the schedule, samplers/flow.py); UNets step by DDIM with eta either way
     sde: str = param("flow-grpo", choices=("flow-grpo", "cps"))
+    # the batch is sampled in this many parts; with rewards.asynchronous, each part is scored while the
+    # next one samples (a slow reward, such as a reward server, then overlaps sampling)
+    chunks: int = param(1, min=1)
 
 
 @dataclass
@@ -62,6 +65,11 @@ class RewardTerm:
 class RewardsConfig:
     terms: list[RewardTerm] = field(default_factory=list)
     normalise: str = param("group", choices=("none", "group", "running"))  # per reward, before summing
+    # seconds a term scored on a reward server (args.remote: URL) is retried before the run stops
+    remote_timeout: float = param(120.0, gt=0.0)
+    # score each sampled part (sampling.chunks) on a worker thread while the next part samples; the
+    # values, and so the run, are those of synchronous scoring
+    asynchronous: bool = False
 
     def check(self):
         names = [t.name for t in self.terms]

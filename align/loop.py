@@ -99,7 +99,7 @@ class Run:
         terms = [(t.name, t.weight, t.args) for t in config.rewards.terms]
         if not terms:
             raise ValueError("rewards.terms is empty: give at least one reward to optimise")
-        self.rewards = RewardSet(terms, normalise=config.rewards.normalise, device=str(device))
+        self.rewards = RewardSet(terms, config.rewards.normalise, str(device), config.rewards.remote_timeout)
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
         self.algorithm = algorithm(self.context)
         self.optimizer = adamw(list(self.policy.parameters()), config.train.lr, config.train.weight_decay)

@@ -48,6 +48,14 @@ def register_reward(name: str, *, differentiable: bool, weights: str, descriptio
 
 
 def build_reward(name: str, **kwargs) -> Reward:
+    """The reward `name` built with `kwargs`; `NAME@URL` is NAME as scored by the reward server at URL
+    (rewards/remote.py; kwargs then go to its client: token, timeout, encoding)."""
+    if "@" in name:
+        served, url = name.split("@", 1)
+        kwargs.pop("device", None)
+        reward = REWARDS.lookup("remote").factory(url=url, rewards=[REWARDS.lookup(served).name], **kwargs)
+        reward.name = served
+        return reward
     info = REWARDS.lookup(name)
     reward = info.factory(**kwargs)
     reward.name = name

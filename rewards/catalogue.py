@@ -16,6 +16,7 @@ from rewards import (  # noqa: F401
     jpeg,
     ocr,
     pickscore,
+    remote,
 )
 from rewards.text import (  # noqa: F401
     embedding,

@@ -168,7 +168,7 @@ def _check_terms(terms, normalise: str) -> list[tuple[str, float, dict]]:
         if len(term) != 3 or not isinstance(term[2], dict):
             raise ValueError(f"each reward term is (name, weight, args dict), got {term!r}")
         name, weight, args = term
-        REWARDS.lookup(name)  # unknown names fail here, with a suggestion
+        REWARDS.lookup(name.split("@")[0])  # unknown names fail here, with a suggestion (NAME@URL: remote)
         checked.append((name, weight, args))
     names = [name for name, _, _ in checked]
     duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -178,21 +178,35 @@ def _check_terms(terms, normalise: str) -> list[tuple[str, float, dict]]:
     return checked
 
 
+def _build(name: str, args: dict, device: str, remote_timeout: float) -> Reward:
+    """The term's reward; with `remote: URL` in its args, a client of the server that scores it there
+    (rewards/remote.py), under the term's own name."""
+    if name == "remote":
+        return build_reward(name, **({"timeout": remote_timeout} | args))
+    if "remote" not in args:
+        return build_reward(name, **({"device": device} | args))
+    client = {"timeout": remote_timeout} | {key: value for key, value in args.items() if key != "remote"}
+    reward = build_reward("remote", url=args["remote"], rewards=[name], **client)
+    reward.name = name
+    return reward
+
+
 class RewardSet:
     """Several rewards, their weights and their normalisation: what an algorithm optimises.
 
-    terms      [(name, weight, args)]; args go to the reward's factory (`align rewards list`)
+    terms      [(name, weight, args)]; args go to the reward's factory (`align rewards list`), or with
+               `remote: URL` the term is scored by that reward server (its own args are the server's)
     normalise  "none": raw values; "group": standardised within each prompt group (or the whole batch
                when no group ids are given); "running": standardised by running statistics
     """
 
-    def __init__(self, terms, normalise: str = "none", device: str = "cpu"):
+    def __init__(self, terms, normalise: str = "none", device: str = "cpu", remote_timeout: float = 120.0):
         checked = _check_terms(terms, normalise)
         self.names = [name for name, _, _ in checked]
         self.weights = {name: float(weight) for name, weight, _ in checked}
         self.normalise = normalise
         self.rewards: dict[str, Reward] = {
-            name: build_reward(name, **({"device": device} | args)) for name, _, args in checked
+            name: _build(name, args, device, remote_timeout) for name, _, args in checked
         }
         self.normalisers = {name: RunningNormaliser() for name in self.names}
 

@@ -48,10 +48,20 @@ class Context:
     policy: Any  # align.policy.ImagePolicy
     rewards: Any  # rewards.combine.RewardSet
     accelerator: Any  # accelerate.Accelerator
+    _scorer: Any = None
 
     @property
     def settings(self):
         return self.config.algorithm
+
+    @property
+    def scorer(self):
+        """Scores sampled images, on a worker thread with rewards.asynchronous (align/algorithms/scoring.py)."""
+        if self._scorer is None:
+            from align.algorithms.scoring import Scorer
+
+            self._scorer = Scorer(self.rewards, self.config.rewards.asynchronous)
+        return self._scorer
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate a per-process tensor over processes (process order)."""

@@ -26,7 +26,6 @@ diverged), hence kl_coef > 0 by default.
 
 from __future__ import annotations
 
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -34,6 +33,7 @@ import torch
 
 from align.algorithms.base import Algorithm, Collected, register_algorithm
 from align.algorithms.forward_process_config import AWMConfig, DGPOConfig, DiffusionNFTConfig
+from align.algorithms.scoring import sample_and_score
 from align.losses import awm_loss, dgpo_loss, group_advantages, matching_error, nft_loss
 from samplers.noise import generators_from_seeds
 from samplers.rollout import predicted_clean
@@ -59,9 +59,13 @@ class ForwardProcess(Algorithm):
     def __init__(self, context):
         super().__init__(context)
         if context.settings.kl_coef > 0 and context.config.train.trainable != "lora":
-            raise ValueError("algorithm.kl_coef > 0 needs train.trainable=lora (the reference is the LoRA off)")
+            raise ValueError(
+                "algorithm.kl_coef > 0 needs train.trainable=lora (the reference is the LoRA off)"
+            )
         if context.config.train.group_size < 2:
-            raise ValueError(f"{context.settings.name} compares samples of a prompt: set train.group_size >= 2")
+            raise ValueError(
+                f"{context.settings.name} compares samples of a prompt: set train.group_size >= 2"
+            )
 
     def sampling_policy(self):
         """The weights that sample (and whose predictions the losses compare against)."""
@@ -71,13 +75,14 @@ class ForwardProcess(Algorithm):
     def collect(self, epoch, prompts, group_ids, seeds):
         context, settings, config = self.context, self.context.settings, self.context.config
         adapter = context.adapter
-        start = time.perf_counter()
-        with self.sampling_policy(), context.accelerator.autocast():
-            trajectory = adapter.sample(prompts, generators_from_seeds(seeds), num_steps=config.sampling.num_steps)
-            images = adapter.decode(trajectory.final).float()
-        sampled = time.perf_counter()
-        values = context.rewards.score(images, prompts)
-        context.rewards.observe(values)
+        generators = generators_from_seeds(seeds)
+
+        def sample_part(rows: slice):
+            with self.sampling_policy(), context.accelerator.autocast():
+                part = adapter.sample(prompts[rows], generators[rows], num_steps=config.sampling.num_steps)
+                return part, adapter.decode(part.final).float()
+
+        trajectory, images, values, seconds = sample_and_score(context, prompts, sample_part)
         signal = context.rewards.combine(values, group_ids)
         everything, zero_std = group_advantages(
             context.gather(signal), context.gather(group_ids), std_over=settings.advantage_std
@@ -86,7 +91,9 @@ class ForwardProcess(Algorithm):
         clean = trajectory.final.detach().float()
         batch = len(prompts)
         generator = torch.Generator().manual_seed(config.train.seed * 1_000_033 + epoch)
-        t, sigma = adapter.training_times(batch * settings.draws, generator, within=tuple(settings.time_range))
+        t, sigma = adapter.training_times(
+            batch * settings.draws, generator, within=tuple(settings.time_range)
+        )
         noise = torch.randn((batch * settings.draws, *clean.shape[1:]), generator=generator).to(clean.device)
         samples = NoisedSamples(
             prompts=list(prompts),
@@ -105,8 +112,7 @@ class ForwardProcess(Algorithm):
             "reward": float(signal.mean()),
             "zero_std_fraction": zero_std,
             "advantage_abs_mean": float(advantages.abs().mean()),
-            "time/sampling": sampled - start,
-            "time/reward": time.perf_counter() - sampled,
+            **seconds,
         }
         return samples
 
@@ -149,7 +155,9 @@ class ForwardProcess(Algorithm):
         rows = torch.arange(len(samples.prompts))
         per_draw = []
         for draw in range(samples.noise.shape[1]):
-            chunks = [reduce(*self.predict(samples, rows[i : i + size], draw)) for i in range(0, len(rows), size)]
+            chunks = [
+                reduce(*self.predict(samples, rows[i : i + size], draw)) for i in range(0, len(rows), size)
+            ]
             per_draw.append(torch.cat(chunks))
         return torch.stack(per_draw, 1)
 
@@ -239,7 +247,9 @@ class DGPO(ForwardProcess):
     def __init__(self, context):
         super().__init__(context)
         if context.config.train.trainable != "lora":
-            raise ValueError("dgpo compares against the reference, the LoRA disabled: set train.trainable=lora")
+            raise ValueError(
+                "dgpo compares against the reference, the LoRA disabled: set train.trainable=lora"
+            )
 
     @torch.no_grad()
     def collect(self, epoch, prompts, group_ids, seeds):
@@ -274,7 +284,9 @@ class DGPO(ForwardProcess):
         with torch.no_grad(), self.context.policy.reference():
             reference, _, _, _ = self.predict(batch, rows, draw)
         reference_errors = matching_error(reference, target)
-        loss, stats = dgpo_loss(errors, reference_errors, batch.advantages[rows], batch.group_ids[rows], settings.beta)
+        loss, stats = dgpo_loss(
+            errors, reference_errors, batch.advantages[rows], batch.group_ids[rows], settings.beta
+        )
         loss = loss + self.reference_term(batch, rows, draw, output, stats)
         stats["policy_loss"] = float(loss.detach())
         return loss, stats

@@ -66,9 +66,15 @@ class RewardBackprop(Algorithm):
         super().__init__(context)
         if not context.rewards.differentiable:
             stuck = [n for n, r in context.rewards.rewards.items() if not r.differentiable]
+            remote = [n for n, r in context.rewards.rewards.items() if hasattr(r, "client")]
+            why = (
+                f" ({', '.join(remote)} is scored on a reward server: remote gradients are not supported)"
+                if remote
+                else ""
+            )
             raise ValueError(
                 f"{context.settings.name} backpropagates through the reward, but {', '.join(stuck)} is not "
-                "differentiable; use flow-grpo (or ddpo) for black-box rewards"
+                f"differentiable{why}; use flow-grpo (or ddpo) for black-box rewards"
             )
         self.constraints = constraints_for(
             context, context.settings.constraints, context.settings.constraint_lr

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from dataclasses import dataclass
 
 import torch
 
 from align.algorithms.base import Algorithm, saved_bytes
 from align.algorithms.policy_gradient_config import SDEWindow
+from align.algorithms.scoring import sample_and_score
 from align.shaping import mean_group_std
 from samplers.noise import generators_from_seeds
 
@@ -73,7 +73,12 @@ class Sampled:
     def batch(self, kind, stats: dict, **fields):
         """The collected batch of class `kind` (Rollouts or a subclass) on these rollouts."""
         return kind(
-            stats=stats, values=self.values, images=self.images, trajectory=self.trajectory, steps=self.steps, **fields
+            stats=stats,
+            values=self.values,
+            images=self.images,
+            trajectory=self.trajectory,
+            steps=self.steps,
+            **fields,
         )
 
 
@@ -100,7 +105,6 @@ class StochasticRollouts(Algorithm):
         sigmas = adapter.schedule(num_steps).sigmas.tolist()
         levels = noise_levels(settings.window, config.sampling.noise_level, sigmas, epoch, rng)
         levels = [level * self.noise_scales.get(i, 1.0) for i, level in enumerate(levels)]
-        start = time.perf_counter()
         generators, noise = generators_from_seeds(seeds), None
         if settings.shared_initial_noise:
             # x_T from the group's first seed, the SDE noise from each sample's own (offset) seed: the
@@ -113,15 +117,21 @@ class StochasticRollouts(Algorithm):
             )
             generators = generators_from_seeds([seed + 7_777_777 for seed in seeds])
         graph = self._rollout_graph(prompts, num_steps, levels)
-        with context.accelerator.autocast():
-            with torch.set_grad_enabled(graph), self.guidance() if graph else contextlib.nullcontext():
-                trajectory = adapter.sample(
-                    prompts, generators, num_steps=num_steps, noise_levels=levels, noise=noise, graph=graph
-                )
-            images = adapter.decode(trajectory.final).float()
-        sampled = time.perf_counter()
-        values = context.rewards.score(images, prompts)
-        context.rewards.observe(values)
+
+        def sample_part(rows: slice):
+            with context.accelerator.autocast():
+                with torch.set_grad_enabled(graph), self.guidance() if graph else contextlib.nullcontext():
+                    part = adapter.sample(
+                        prompts[rows],
+                        generators[rows],
+                        num_steps=num_steps,
+                        noise_levels=levels,
+                        noise=None if noise is None else noise[rows],
+                        graph=graph,
+                    )
+                return part, adapter.decode(part.final).float()
+
+        trajectory, images, values, seconds = sample_and_score(context, prompts, sample_part)
         stochastic = [i for i, level in enumerate(levels) if level > 0]
         if not stochastic:
             raise ValueError("sampling.noise_level is 0: no stochastic step to train; set it above 0")
@@ -133,7 +143,6 @@ class StochasticRollouts(Algorithm):
                 for _ in prompts
             ]
         )
-        seconds = {"time/sampling": sampled - start, "time/reward": time.perf_counter() - sampled}
         return Sampled(trajectory, images, values, levels, stochastic, steps, graph, seconds)
 
     def guidance(self):

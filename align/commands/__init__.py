@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "align.commands.gallery",
     "align.commands.rewards",
     "align.commands.demo",
+    "align.commands.serve_rewards",
 ]
 
 
