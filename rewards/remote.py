@@ -59,6 +59,16 @@ class RemoteClient:
         self.refused = 0  # answers refused (wrong ids, wrong count, NaN): never trained on
         self.retries = 0
         self._served: dict | None = None
+        self._client = None
+
+    @property
+    def _http(self):
+        """One connection pool per client (kept alive between batches)."""
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.Client(timeout=self.request_timeout)
+        return self._client
 
     def _headers(self, content_type: str | None = None) -> dict:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -71,7 +81,7 @@ class RemoteClient:
         start, attempt, last = time.monotonic(), 0, ""
         while True:
             try:
-                response = httpx.request(method, self.url + path, timeout=self.request_timeout, **kwargs)
+                response = self._http.request(method, self.url + path, **kwargs)
                 if response.status_code not in RETRY_STATUSES:
                     return response
                 last = f"HTTP {response.status_code}"

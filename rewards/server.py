@@ -54,12 +54,12 @@ class Batcher:
 
     rewards: dict[str, Reward]
     max_batch: int = 64  # images per batch; a larger request is scored alone
-    wait: float = 0.01  # seconds a batch waits for more requests once its first one arrived
+    wait: float = 0.005  # seconds a batch waits for more requests once its first one arrived
     delay: float = 0.0  # seconds added to every batch (to study overlap)
     counts: dict = field(default_factory=lambda: {"requests": 0, "batches": 0, "images": 0})
 
     def __post_init__(self):
-        self.queue: asyncio.Queue | None = None
+        self.queue: asyncio.Queue = asyncio.Queue()  # binds to the loop that first uses it
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rewards")
 
     async def submit(self, request: ScoreRequest) -> dict[str, torch.Tensor]:
@@ -68,7 +68,6 @@ class Batcher:
         return await future
 
     async def run(self) -> None:
-        self.queue = asyncio.Queue()
         waiting: list[Pending] = []
         while True:
             if not waiting:
@@ -158,7 +157,7 @@ def build_app(
     *,
     token: str | None = None,
     max_batch: int = 64,
-    wait: float = 0.01,
+    wait: float = 0.005,
     delay: float = 0.0,
     max_request_images: int = 1024,
     max_body_bytes: int = 256 * 2**20,

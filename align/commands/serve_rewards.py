@@ -74,7 +74,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--max-batch", type=int, default=64, help="images scored together at most")
     parser.add_argument(
-        "--wait-ms", type=float, default=10.0, help="how long a batch waits for more requests"
+        "--wait-ms", type=float, default=5.0, help="how long a batch waits for more requests"
     )
     parser.add_argument(
         "--delay", type=float, default=0.0, help="seconds added to every batch (overlap studies)"
