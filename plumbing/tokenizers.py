@@ -53,16 +53,20 @@ DEFAULT_WORDS = [
 PRINTABLE = [chr(c) for c in range(33, 127)]
 
 
-def clip_tokenizer(words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32) -> CLIPTokenizer:
+def clip_tokenizer(
+    words: Iterable[str] = DEFAULT_WORDS, model_max_length: int = 32, leading: Iterable[str] = ()
+) -> CLIPTokenizer:
     """A CLIP tokenizer whose base vocabulary is every printable character (plain and word-final,
-    no merges) and in which each word of `words` is one added whole-word token.
+    no merges) and in which each word of `words` is one added whole-word token. `leading` tokens take
+    the first ids, before start and end of text (OWL reads a query whose first id is 0 as padding).
 
     Deterministic: the ids depend only on `words` (BPE training breaks ties differently from one
     process to the next, and hand-written merge chains interfere: the "r e" of "red" splits "three").
     """
     from tokenizers import AddedToken
 
-    vocab: dict[str, int] = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab: dict[str, int] = {token: i for i, token in enumerate(leading)}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
     for char in PRINTABLE:
         vocab.setdefault(char, len(vocab))
         vocab.setdefault(char + "</w>", len(vocab))

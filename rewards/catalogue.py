@@ -12,6 +12,7 @@ from rewards import (  # noqa: F401
     discriminator,
     ensemble,
     geneval,
+    geneval_detector,
     hps,
     jpeg,
     ocr,

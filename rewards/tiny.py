@@ -82,3 +82,28 @@ def tiny_dino(directory: str | Path, seed: int = 0) -> str:
         image_std=IMAGENET_STD,
     ).save_pretrained(directory)
     return str(directory)
+
+
+def tiny_owlv2(directory: str | Path, seed: int = 0) -> str:
+    """An Owlv2ForObjectDetection (ViT 32 px / patch 8, 2 layers per tower) and its Owlv2Processor
+    -> `directory`: the open-vocabulary detector geneval-detector loads, at toy size."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2ImageProcessor, Owlv2Processor
+
+    from plumbing.tokenizers import clip_tokenizer
+
+    words = ["photo", "dog", "cat", "circle", "square", "triangle"]
+    tokenizer = clip_tokenizer(words=words, model_max_length=16, leading=["<|pad|>", "<|unused|>"])
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    text.update(
+        num_attention_heads=2, max_position_embeddings=16, bos_token_id=2, eos_token_id=3, pad_token_id=3
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision.update(image_size=32, patch_size=8)
+    config = Owlv2Config(
+        text_config=text, vision_config=vision, projection_dim=32
+    )  # = the text width, as OWL needs
+    torch.manual_seed(seed)
+    Owlv2ForObjectDetection(config).save_pretrained(directory)
+    images = Owlv2ImageProcessor(size={"height": 32, "width": 32}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    Owlv2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(directory)
+    return str(directory)
