@@ -18,6 +18,7 @@ from rewards import (  # noqa: F401
     ocr,
     pickscore,
     remote,
+    vlm_judge,
 )
 from rewards.text import (  # noqa: F401
     embedding,

@@ -107,3 +107,70 @@ def tiny_owlv2(directory: str | Path, seed: int = 0) -> str:
     images = Owlv2ImageProcessor(size={"height": 32, "width": 32}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
     Owlv2Processor(image_processor=images, tokenizer=tokenizer).save_pretrained(directory)
     return str(directory)
+
+
+VLM_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>"]
+VLM_SPECIAL += ["<|image_pad|>", "<|video_pad|>"]
+VLM_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen25_vl(directory: str | Path, seed: int = 0) -> str:
+    """A Qwen2_5_VLForConditionalGeneration (2 layers, width 32; a 2-block vision tower, patch 14) and its
+    Qwen2_5_VLProcessor (Qwen2-VL image processor; a word-level tokenizer with Qwen's special tokens and
+    a ChatML template) -> `directory`: the VLM judge's architecture at toy size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    words = ["yes", "no", "does", "this", "image", "show", "answer", "or", "user", "assistant", "score"]
+    tokens = VLM_SPECIAL + words + [chr(c) for c in range(32, 127)] + ["\n"]
+    backend = Tokenizer(
+        models.WordLevel(vocab={t: i for i, t in enumerate(dict.fromkeys(tokens))}, unk_token="!")
+    )
+    backend.pre_tokenizer = pre_tokenizers.Split(pattern=r"\w+|[^\w]", behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": VLM_SPECIAL[1:]})
+    images = Qwen2VLImageProcessor(min_pixels=32 * 32, max_pixels=64 * 64)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=images,
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(),
+        chat_template=VLM_CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(directory)
+    ids = tokenizer.convert_tokens_to_ids
+    text = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    text.update(num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    text.update(
+        rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        bos_token_id=0,
+        eos_token_id=ids("<|im_end|>"),
+    )
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32)
+    vision.update(fullatt_block_indexes=[1], window_size=56)
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        bos_token_id=0,
+        eos_token_id=ids("<|im_end|>"),
+    )
+    torch.manual_seed(seed)
+    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(directory)
+    return str(directory)
