@@ -1,4 +1,5 @@
-"""The reward server's two claims, measured (run by hand, the machine otherwise idle):
+"""The reward server's two claims, measured (run by hand, the machine otherwise idle; the defaults
+reproduce docs/serving.md's tables):
 
 1. Dynamic batching: two clients sending one image per request, for `--seconds` each, to a server that
    does not batch (`--max-batch 1`) and to ones that do (`--max-batch 64`, waiting 0 or 5 ms for
@@ -7,8 +8,9 @@
 2. Overlap: the demo's Flow-GRPO recipe (configs/toy/grpo-demo.yaml, `--epochs` epochs) scoring
    geneval on a server that adds `--delay` seconds to every batch, synchronous against asynchronous
    scoring (both with sampling.chunks = `--chunks`); per epoch the sampling time, the scorer's time
-   and what the batch waited for its scores (its collect time is sampling + waited), and the collect
-   time as a multiple of max(sampling, scoring).
+   and what the batch waited for its scores (its collect time is sampling + waited), the collect
+   time as a multiple of max(sampling, scoring), and whether each run's metrics.jsonl equals, field for
+   field but the timings, the same recipe scoring geneval locally and synchronously.
 
 Usage:
 
@@ -117,14 +119,15 @@ def overlap(epochs: int, delay: float, chunks: int) -> dict:
     from align.config import load_config
     from align.loop import train
 
-    rows = {}
+    rows, stable = {}, {}
     with server("--reward", "geneval", "--delay", str(delay)) as url, tempfile.TemporaryDirectory() as tmp:
-        for mode in ("synchronous", "asynchronous"):
+        for mode in ("local", "synchronous", "asynchronous"):
+            term = "{name: geneval}" if mode == "local" else f"{{name: geneval, args: {{remote: '{url}'}}}}"
             overrides = [
                 f"train.num_epochs={epochs}",
                 f"sampling.chunks={chunks}",
                 f"rewards.asynchronous={str(mode == 'asynchronous').lower()}",
-                f"rewards.terms=[{{name: geneval, args: {{remote: '{url}'}}}}]",
+                f"rewards.terms=[{term}]",
                 "eval.max_prompts=1",
                 "eval.seeds=1",
                 "eval.rewards=[]",
@@ -136,10 +139,16 @@ def overlap(epochs: int, delay: float, chunks: int) -> dict:
             records = [
                 json.loads(line) for line in (Path(tmp) / mode / "metrics.jsonl").read_text().splitlines()
             ]
-            rows[mode] = {
-                key: statistics.median(r[f"time/{key}"] for r in records[1:] or records)
-                for key in ("sampling", "scoring", "reward")
-            }
+            stable[mode] = [
+                {k: v for k, v in r.items() if not k.startswith("time") and k != "samples_per_second"}
+                for r in records
+            ]
+            if mode != "local":
+                rows[mode] = {
+                    key: statistics.median(r[f"time/{key}"] for r in records[1:] or records)
+                    for key in ("sampling", "scoring", "reward")
+                }
+                rows[mode]["equal"] = stable[mode] == stable["local"]
     return rows
 
 
@@ -176,14 +185,14 @@ def main() -> None:
     times = overlap(args.epochs, args.delay, args.chunks)
     print(
         f"\n| grpo-demo, geneval served with {args.delay} s per batch, {args.chunks} parts | sampling s "
-        "| scoring s | waited s | collect s | collect / max(sampling, scoring) |"
+        "| scoring s | waited s | collect s | collect / max(sampling, scoring) | metrics = local run's |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for mode, t in times.items():
         collect = t["sampling"] + t["reward"]
         print(
             f"| {mode} | {t['sampling']:.2f} | {t['scoring']:.2f} | {t['reward']:.2f} | {collect:.2f} "
-            f"| {collect / max(t['sampling'], t['scoring']):.2f}x |"
+            f"| {collect / max(t['sampling'], t['scoring']):.2f}x | {'yes' if t['equal'] else 'NO'} |"
         )
 
 
