@@ -157,16 +157,16 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--reward", default="clip-toy", help="the reward served in the batching test")
-    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument(
         "--batch-delays",
         type=float,
         nargs="*",
-        default=[0.0, 0.02],
+        default=[0.0, 0.02, 0.1],
         help="seconds added to every batch in the batching test: 0 (the reward alone) and a fixed cost "
         "per call, such as a GPU model's launch and transfer latency",
     )
-    parser.add_argument("--waits", type=float, nargs="+", default=[0.0, 10.0], help="--wait-ms values to try")
+    parser.add_argument("--waits", type=float, nargs="+", default=[0.0, 5.0, 10.0], help="--wait-ms values to try")
     parser.add_argument("--epochs", type=int, default=3, help="0: skip the overlap test")
     parser.add_argument("--delay", type=float, default=0.5)
     parser.add_argument("--chunks", type=int, default=4)
