@@ -407,3 +407,25 @@ def test_a_server_that_stays_down_stops_the_run_with_one_line_and_resume_finishe
         assert [stable(record) for record in metrics(out)] == local_run
     finally:
         server.kill()
+
+
+def test_name_at_url_works_in_the_commands_as_a_local_reward_does(tmp_path, capsys):
+    """align evaluate and align pairs with test-pattern@URL print and write what they do with test-pattern."""
+    with served({"test-pattern": build_reward("test-pattern")}) as (url, app):
+        outputs = {}
+        for name in ("test-pattern", f"test-pattern@{url}"):
+            common = ["--prompts", "heldout", "--max-prompts", "2"]
+            assert (
+                main(["evaluate", "tiny:sd3", *common, "--seeds", "1", "--steps", "2", "--reward", name]) == 0
+            )
+            evaluated = capsys.readouterr().out
+            out = tmp_path / str(len(outputs))
+            pairs = ["pairs", "tiny:sd3", *common, "--samples", "2", "--reward", name, "--out", str(out)]
+            assert main(pairs) == 0
+            capsys.readouterr()
+            labelled = (
+                (out / "pairs.jsonl").read_text().replace(name, "REWARD")
+            )  # its source names the reward
+            outputs[name] = (evaluated.replace(name, "REWARD"), labelled)
+        assert outputs["test-pattern"] == outputs[f"test-pattern@{url}"]
+        assert app.state.batcher.counts["images"] >= 6  # 2 evaluated, 4 labelled for pairs
