@@ -14,11 +14,13 @@ shapes the way there:
                       still say which way is right ("13" beats "17" for 7 + 5) and a constant
                       answer earns nothing to settle on
 ("12" 2.3, "13" 1.05, "7 + 5 = 12" 0.5, "The answer: 12" 0.25.) Temperature 1 keeps sampling
-varied; KL 0.05 to the base model. lr 5e-4 decayed by a cosine to 5e-5 over 160 epochs: at a
-constant lr the policy wandered (validation accuracy 0.40, 0.50, 0.30, 0.50, 0.36 every 25 epochs
-of one run) and the last epoch's draw decided the result; decayed, it settled (0.60 on validation
-against the base's 0.36). lr 7e-4 without the KL collapsed to 0.00 by epoch 50; an EMA of the weights
-(0.95) settled lower (0.50). docs/tuning.md keeps every probe. The evaluation gives every model 16
+varied; KL 0.05 to the base model. lr 5e-4 decayed by a cosine to 5e-5: at a constant lr the policy
+wandered (validation accuracy 0.40, 0.50, 0.30, 0.50, 0.36 every 25 epochs of one run) and the last
+epoch's draw decided the result; decayed, it settled (0.60 on validation against the base's 0.36).
+lr 7e-4 without the KL collapsed to 0.00 by epoch 50; an EMA of the weights (0.95) settled lower (0.50).
+Each epoch is 8 prompts x 4 samples (not 4 x 8): with 4 prompts a step, one training seed settled on
+a few answers for every sum (validation 0.26 at KL 0.05 or 0.1); with 8 it reached 0.74. 100 epochs
+fit the 15 minutes on 2 cores. docs/tuning.md keeps every probe. The evaluation gives every model 16
 tokens, so the base's restated answers are not cut before their number.
 Accuracy (held-out prompts, greedy): the answer's last number is the sum; exact accuracy: the
 answer is only the number.
@@ -72,9 +74,9 @@ DEMO_CONFIG = {
         "lr_schedule": "cosine",
         "lr_final_fraction": 0.1,
         "batch_size": 32,
-        "group_size": 8,
+        "group_size": 4,
         "micro_batch_size": 32,
-        "num_epochs": 160,
+        "num_epochs": 100,
         "mixed_precision": "no",
         "prompts": "arithmetic:train",
     },
