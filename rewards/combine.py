@@ -181,7 +181,7 @@ def _check_terms(terms, normalise: str) -> list[tuple[str, float, dict]]:
 def _build(name: str, args: dict, device: str, remote_timeout: float) -> Reward:
     """The term's reward; with `remote: URL` in its args, a client of the server that scores it there
     (rewards/remote.py), under the term's own name."""
-    if name == "remote":
+    if name == "remote" or "@" in name:  # the remote reward, or NAME@URL
         return build_reward(name, **({"timeout": remote_timeout} | args))
     if "remote" not in args:
         return build_reward(name, **({"device": device} | args))
