@@ -132,7 +132,7 @@ def _gallery(out: Path, prompts: list[str], device: torch.device, dtype: str) ->
     from gallery import build_gallery
     from rewards.base import build_reward
 
-    rewards = {name: build_reward(name, device=device) for name in ("geneval", "clip-toy", "aesthetic-toy")}
+    rewards = {name: build_reward(name, device=device) for name in ("geneval-toy", "clip-toy", "aesthetic-toy")}
     sources = {"base": "toy", **{name: str(out / folder) for name, folder in RUNS.items()}}
     models = {
         name: (lambda model=model: load_model(model, device=device, dtype=dtype)) for name, model in sources.items()

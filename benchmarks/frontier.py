@@ -81,7 +81,7 @@ def grid_evaluation(run, prompts: list[str], seeds: int, offset: int, eval_steps
     adapter = run.adapter
     flat_prompts = [p for p in prompts for _ in range(seeds)]
     flat_seeds = [offset + s for _ in prompts for s in range(seeds)]
-    rewards = {name: build_reward(name) for name in ["geneval", *GOLD]}
+    rewards = {name: build_reward(name) for name in ["geneval-toy", *GOLD]}
     network, adapter.network = adapter.network, None
     try:
         images = adapter.generate(flat_prompts, flat_seeds, num_steps=eval_steps, batch_size=64)

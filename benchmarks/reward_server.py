@@ -6,11 +6,11 @@ reproduce docs/serving.md's tables):
    company); images per second and the ratio, for the reward alone and with a fixed cost added to
    every batch (`--batch-delays`: what a model call costs regardless of its batch, as on a GPU).
 2. Overlap: the demo's Flow-GRPO recipe (configs/toy/grpo-demo.yaml, `--epochs` epochs) scoring
-   geneval on a server that adds `--delay` seconds to every batch, synchronous against asynchronous
+   geneval-toy on a server that adds `--delay` seconds to every batch, synchronous against asynchronous
    scoring (both with sampling.chunks = `--chunks`); per epoch the sampling time, the scorer's time
    and what the batch waited for its scores (its collect time is sampling + waited), the collect
    time as a multiple of max(sampling, scoring), and whether each run's metrics.jsonl equals, field for
-   field but the timings, the same recipe scoring geneval locally and synchronously.
+   field but the timings, the same recipe scoring geneval-toy locally and synchronously.
 
 Usage:
 
@@ -120,9 +120,9 @@ def overlap(epochs: int, delay: float, chunks: int) -> dict:
     from align.loop import train
 
     rows, stable = {}, {}
-    with server("--reward", "geneval", "--delay", str(delay)) as url, tempfile.TemporaryDirectory() as tmp:
+    with server("--reward", "geneval-toy", "--delay", str(delay)) as url, tempfile.TemporaryDirectory() as tmp:
         for mode in ("local", "synchronous", "asynchronous"):
-            term = "{name: geneval}" if mode == "local" else f"{{name: geneval, args: {{remote: '{url}'}}}}"
+            term = "{name: geneval-toy}" if mode == "local" else f"{{name: geneval-toy, args: {{remote: '{url}'}}}}"
             overrides = [
                 f"train.num_epochs={epochs}",
                 f"sampling.chunks={chunks}",
@@ -184,7 +184,7 @@ def main() -> None:
         return
     times = overlap(args.epochs, args.delay, args.chunks)
     print(
-        f"\n| grpo-demo, geneval served with {args.delay} s per batch, {args.chunks} parts | sampling s "
+        f"\n| grpo-demo, geneval-toy served with {args.delay} s per batch, {args.chunks} parts | sampling s "
         "| scoring s | waited s | collect s | collect / max(sampling, scoring) | metrics = local run's |"
     )
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -81,7 +81,7 @@ def epoch_split(args) -> None:
     from align.config import config_from_data
     from align.loop import Run
 
-    reward = "geneval" if args.model == "toy" else "jpeg-compressibility"
+    reward = "geneval-toy" if args.model == "toy" else "jpeg-compressibility"
     config = config_from_data(
         {
             "model": {"name": args.model},

@@ -26,6 +26,7 @@ relations position (centroids ordered on the relation's axis by at least 2 px).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -313,7 +314,7 @@ class GenEvalReward(Reward):
 
 
 register_reward(
-    "geneval",
+    "geneval-toy",
     differentiable=False,
     weights="none (exact: connected components and shape templates)",
     description="toy world: fraction of the prompt's count/colour/shape/position constraints met",
@@ -321,10 +322,30 @@ register_reward(
 
 
 @register_reward(
-    "geneval-all",
+    "geneval-toy-all",
     differentiable=False,
     weights="none (exact: connected components and shape templates)",
     description="toy world: 1 when every constraint of the prompt is met, else 0",
 )
 def _geneval_all(**kwargs) -> GenEvalReward:
     return GenEvalReward(strict=True, **kwargs)
+
+
+def _renamed(old: str, new: str, factory):
+    """The toy verifier under its previous name, for one release, with a one-line warning."""
+
+    def build(**kwargs):
+        warnings.warn(
+            f"reward {old!r} is the toy world's verifier, now named {new!r}; the old name goes in the next "
+            "release (GenEval on real images: geneval-detector)",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return factory(**kwargs)
+
+    info = f"previous name of {new} (warns; goes in the next release)"
+    register_reward(old, differentiable=False, weights="none", description=info)(build)
+
+
+_renamed("geneval", "geneval-toy", GenEvalReward)
+_renamed("geneval-all", "geneval-toy-all", _geneval_all)

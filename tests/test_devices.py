@@ -76,7 +76,7 @@ COMMANDS = {
     "evaluate": ["evaluate", "toy"],
     "optimize": ["optimize", "toy", "--reward", "clip-toy", "--out", "{out}"],
     "gallery": ["gallery", "--model", "toy", "--out", "{out}"],
-    "pairs": ["pairs", "toy", "--reward", "geneval", "--out", "{out}"],
+    "pairs": ["pairs", "toy", "--reward", "geneval-toy", "--out", "{out}"],
     "train": ["train", str(ROOT / "configs/toy/grpo-demo.yaml"), "--out", "{out}"],
     "demo": ["demo", "--out", "{out}"],
 }

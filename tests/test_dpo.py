@@ -28,7 +28,7 @@ def dpo_config(pairs: Path, model: str, name: str, **train):
         {
             "model": {"name": model},
             "algorithm": {"name": name, "pairs": str(pairs), "beta": 500.0},
-            "rewards": {"terms": [{"name": "geneval"}], "normalise": "none"},
+            "rewards": {"terms": [{"name": "geneval-toy"}], "normalise": "none"},
             "sampling": {"num_steps": 2, "eval_num_steps": 2},
             "lora": {"rank": 4, "alpha": 4},
             "train": {
@@ -259,7 +259,7 @@ def test_time_range_out_of_order_is_refused(tmp_path, capsys):
             {
                 "model": {"name": "tiny:sd3"},
                 "algorithm": {"name": "flow-dpo", "pairs": str(pairs), "time_range": [0.8, 0.2]},
-                "rewards": {"terms": [{"name": "geneval"}], "normalise": "none"},
+                "rewards": {"terms": [{"name": "geneval-toy"}], "normalise": "none"},
             }
         )
     )

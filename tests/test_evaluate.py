@@ -59,11 +59,11 @@ def test_demo_reuses_the_base_evaluation_only_where_it_measures_the_same_thing()
 
     grpo = load_config(ROOT / "configs/toy/grpo-demo.yaml")
     draft = load_config(ROOT / "configs/toy/draft-clip.yaml")
-    base = {"rewards": {"geneval": 0.7, "clip-toy": 0.8, "aesthetic-toy": 0.8}}
+    base = {"rewards": {"geneval-toy": 0.7, "clip-toy": 0.8, "aesthetic-toy": 0.8}}
     assert _same_evaluation(grpo, draft, base)  # the shipped demo evaluates its base model once
     nft = load_config(ROOT / "configs/toy/diffusion-nft-demo.yaml")
     assert _same_evaluation(nft, grpo, base) and _same_evaluation(nft, draft, base)  # the demo's three runs
-    assert not _same_evaluation(grpo, draft, {"rewards": {"geneval": 0.7, "clip-toy": 0.8}})
+    assert not _same_evaluation(grpo, draft, {"rewards": {"geneval-toy": 0.7, "clip-toy": 0.8}})
     fewer_seeds = load_config(ROOT / "configs/toy/draft-clip.yaml", ["eval.seeds=2"])
     assert not _same_evaluation(grpo, fewer_seeds, base)
     other_steps = load_config(ROOT / "configs/toy/draft-clip.yaml", ["sampling.eval_num_steps=10"])

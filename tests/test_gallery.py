@@ -45,7 +45,7 @@ def built(tmp_path_factory):
     """Two tiny models, two toy prompts, two seeds, geneval + brightness."""
     out = tmp_path_factory.mktemp("gallery")
     models = {"sd3": tiny_adapter("tiny:sd3"), "sd15": tiny_adapter("tiny:sd15")}
-    rewards = {"brightness": Brightness(), "geneval": build_reward("geneval")}
+    rewards = {"brightness": Brightness(), "geneval-toy": build_reward("geneval-toy")}
     data = build_gallery(models, PROMPTS, 2, rewards, out, num_steps=STEPS, guidance_scale=3.0)
     return out, data, models
 
@@ -153,7 +153,7 @@ def make_run(run_dir: Path, adapter) -> None:
     metrics = [
         {
             "epoch": e,
-            "rewards": {"geneval": {"mean": 0.2 + 0.1 * e, "std": 0.05}, "clip": {"mean": e, "std": 0}},
+            "rewards": {"geneval-toy": {"mean": 0.2 + 0.1 * e, "std": 0.05}, "clip": {"mean": e, "std": 0}},
         }
         for e in (1, 2, 3)
     ]
@@ -177,7 +177,7 @@ def test_align_gallery_over_a_model_and_a_run_directory(tmp_path, capsys):
     data = json.loads((out / "gallery.json").read_text())
     # the run's own steps and guidance, for both columns
     assert data["settings"] == {"seeds": [0], "num_steps": STEPS, "guidance_scale": 2.0}
-    assert data["rewards"] == ["geneval"]  # the default for toy prompts
+    assert data["rewards"] == ["geneval-toy"]  # the default for toy prompts
     assert [m["config"]["name"] for m in data["models"]] == ["tiny:sd3", str(run_dir)]
     expected = to_uint8(trained.generate(PROMPTS, [0, 0], num_steps=STEPS))
     for prompt in range(2):
@@ -191,7 +191,7 @@ def test_align_gallery_over_a_model_and_a_run_directory(tmp_path, capsys):
         "epoch-000002",
         0.75,
     )
-    assert [p["reward"] for p in data["plots"]] == ["geneval", "clip"]
+    assert [p["reward"] for p in data["plots"]] == ["geneval-toy", "clip"]
     for plot in data["plots"]:
         width, height = Image.open(out / plot["image"]).size
         assert (width, height) == (500, 320)

@@ -147,3 +147,12 @@ def test_the_real_loading_path_on_tiny_random_models(tmp_path):
         "geneval-detector", detector=detector, colour_model=colours, threshold=0.0, strict=True
     )
     assert set(strict(images, prompts).tolist()) <= {0.0, 1.0}
+
+
+def test_the_toy_verifiers_previous_name_still_scores_with_one_warning(toy_renders):
+    images, prompts = toy_renders
+    with pytest.warns(FutureWarning, match="now named 'geneval-toy'"):
+        old = build_reward("geneval")
+    assert torch.equal(old(images[:8], prompts[:8]), build_reward("geneval-toy")(images[:8], prompts[:8]))
+    with pytest.warns(FutureWarning, match="now named 'geneval-toy-all'"):
+        assert build_reward("geneval-all").strict

@@ -24,7 +24,7 @@ def test_flow_grpo_raises_the_reward_of_one_relation_prompt(tmp_path):
             "model": {"name": "toy"},
             "lora": {"rank": 16, "alpha": 16},
             "sampling": {"num_steps": 10, "noise_level": 0.7, "eval_num_steps": 10},
-            "rewards": {"normalise": "none", "terms": [{"name": "geneval-all"}]},
+            "rewards": {"normalise": "none", "terms": [{"name": "geneval-toy-all"}]},
             "algorithm": {
                 "name": "flow-grpo",
                 "clip_range": 2e-3,

@@ -132,14 +132,14 @@ def test_the_cli_passes_its_settings_to_reno_and_reports_the_paired_difference(t
 
     monkeypatch.setattr(align.optimize, "reno", spy)
     args = ["optimize", "toy", "--prompt", "a red circle", "--prompt", "two blue squares", "--seeds", "2"]
-    args += ["--reward", "clip-toy", "--eval-reward", "geneval", "--steps", "4", "--iterations", "2"]
+    args += ["--reward", "clip-toy", "--eval-reward", "geneval-toy", "--steps", "4", "--iterations", "2"]
     args += ["--grad-clip", "0.03", "--lr", "2.0", "--momentum", "0.5", "--out", str(tmp_path / "r")]
     assert main(args) == 0
     assert (seen["settings"].grad_clip, seen["settings"].lr, seen["settings"].momentum) == (0.03, 2.0, 0.5)
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     versus = summary["optimized"]["vs_baseline"]
     assert summary["settings"]["best_of_n"] == 3 and summary["optimized"]["num_images"] == 4
-    for name in ("clip-toy", "geneval"):  # the paired mean difference is the difference of the means
+    for name in ("clip-toy", "geneval-toy"):  # the paired mean difference is the difference of the means
         difference = summary["optimized"]["rewards"][name] - summary["best_of_n"]["rewards"][name]
         assert versus[name][0] == pytest.approx(difference, abs=1e-6) and versus[name][1] >= 0
     assert "accuracy" in versus

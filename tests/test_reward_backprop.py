@@ -87,8 +87,8 @@ def test_draft_with_k_equal_to_the_steps_is_full_backprop(tmp_path):
 
 
 def test_a_non_differentiable_reward_is_refused_pointing_to_flow_grpo(tmp_path):
-    with pytest.raises(ValueError, match=r"geneval is not differentiable; use flow-grpo"):
-        Run(backprop_config({"name": "draft"}, rewards=("test-pattern", "geneval")), tmp_path)
+    with pytest.raises(ValueError, match=r"geneval-toy is not differentiable; use flow-grpo"):
+        Run(backprop_config({"name": "draft"}, rewards=("test-pattern", "geneval-toy")), tmp_path)
 
 
 def test_short_draft_run_raises_the_reward_on_fixed_seeds(tmp_path):

@@ -101,7 +101,7 @@ def test_the_cli_searches_with_a_black_box_reward_and_refuses_one_for_guidance(t
     from align.cli import main
 
     common = ["optimize", "toy", "--prompt", "a red circle", "--prompt", "two blue squares", "--seeds", "2"]
-    common += ["--reward", "geneval", "--steps", "4", "--budget", "16"]
+    common += ["--reward", "geneval-toy", "--steps", "4", "--budget", "16"]
     assert main([*common, "--method", "prune", "--prune-at", "1", "--out", str(tmp_path / "p")]) == 0
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["settings"]["plan"] == [8, 2] and summary["settings"]["best_of_n"] == 4
@@ -113,7 +113,7 @@ def test_the_cli_searches_with_a_black_box_reward_and_refuses_one_for_guidance(t
     ]
     assert "(prune - best_of_n, paired)" in capsys.readouterr().out
     assert main([*common, "--method", "guidance", "--out", str(tmp_path / "g")]) == 2
-    assert "geneval is not differentiable" in capsys.readouterr().err
+    assert "geneval-toy is not differentiable" in capsys.readouterr().err
 
 
 def test_a_recipe_sets_the_search_method_and_its_settings_and_the_command_line_wins(tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_a_recipe_sets_the_search_method_and_its_settings_and_the_command_line_w
 
     recipe = tmp_path / "prune.yaml"
     recipe.write_text(
-        "model: toy\nmethod: prune\nrewards: {geneval: 1.0}\neval_rewards: [clip-toy]\nsteps: 4\n"
+        "model: toy\nmethod: prune\nrewards: {geneval-toy: 1.0}\neval_rewards: [clip-toy]\nsteps: 4\n"
         "seeds: 2\nbudget: 16\nprune_at: [1]\nkeep: 0.25\n"
     )
     prompts = ["--prompt", "a red circle", "--prompt", "two blue squares"]
@@ -136,7 +136,7 @@ def test_a_recipe_sets_the_search_method_and_its_settings_and_the_command_line_w
     argv = ["optimize", "--config", str(recipe), *prompts, "--keep", "0.5", "--out", str(tmp_path / "k")]
     assert main(argv) == 0
     assert json.loads((tmp_path / "k" / "summary.json").read_text())["settings"]["plan"] == [6, 3]
-    recipe.write_text("model: toy\nmethod: beam\nrewards: {geneval: 1.0}\n")
+    recipe.write_text("model: toy\nmethod: beam\nrewards: {geneval-toy: 1.0}\n")
     assert main(["optimize", "--config", str(recipe), *prompts, "--out", str(tmp_path / "b")]) == 2
     assert "method: 'beam' is not one of reno, tree, prune, guidance" in capsys.readouterr().err
 
@@ -175,7 +175,7 @@ def test_tree_charges_each_leaf_its_exact_cost_and_stops_only_when_the_next_does
 def test_search_samples_with_cps_when_asked_and_refuses_it_for_a_unet(tmp_path, capsys):
     from align.cli import main
 
-    common = ["optimize", "toy", "--method", "tree", "--reward", "geneval", "--prompt", "a red circle"]
+    common = ["optimize", "toy", "--method", "tree", "--reward", "geneval-toy", "--prompt", "a red circle"]
     common += ["--steps", "4", "--budget", "16", "--window", "2", "--seeds", "2"]
     assert main([*common, "--out", str(tmp_path / "sde")]) == 0
     assert main([*common, "--sde", "cps", "--out", str(tmp_path / "cps")]) == 0

@@ -62,7 +62,7 @@ def run(args) -> int:
     models = parse_models(args.model)
     device = resolve_device(args.device)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
-    names = args.reward or (["geneval"] if all(is_toy_prompt(p) for p in prompts) else [])
+    names = args.reward or (["geneval-toy"] if all(is_toy_prompt(p) for p in prompts) else [])
     rewards = {name: build_reward(name, device=device) for name in names}
     runs = {name: run for name, model in models.items() if (run := run_directory(model)) is not None}
     steps, guidance = shared_settings(args, runs)
@@ -107,7 +107,7 @@ def register(subparsers) -> None:
         "--reward",
         action="append",
         default=[],
-        help="reward to score with (repeatable; default geneval for toy prompts)",
+        help="reward to score with (repeatable; default geneval-toy for toy prompts)",
     )
     parser.add_argument(
         "--steps",

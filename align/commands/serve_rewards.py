@@ -27,7 +27,7 @@ def run(args) -> int:
     from samplers.devices import resolve_device
 
     if not args.reward:
-        raise ValueError("name at least one reward to serve: --reward geneval (see `align rewards list`)")
+        raise ValueError("name at least one reward to serve: --reward geneval-toy (see `align rewards list`)")
     if args.host not in ("127.0.0.1", "localhost", "::1") and not (
         args.token or os.environ.get("ALIGN_REWARD_TOKEN")
     ):
