@@ -55,11 +55,9 @@ def images(count: int, seed: int = 0, size: int = 32) -> torch.Tensor:
 @contextlib.contextmanager
 def served(rewards: dict, **options):
     """The app serving `rewards` on a loopback port, in a thread of this process: (url, app)."""
-    with serving(build_app(rewards, **options)) as url:
-        yield url, app_of[url]
-
-
-app_of: dict = {}
+    app = build_app(rewards, **options)
+    with serving(app) as url:
+        yield url, app
 
 
 @contextlib.contextmanager
@@ -68,7 +66,6 @@ def serving(app):
     import uvicorn
 
     port = free_port()
-    app_of[f"http://127.0.0.1:{port}"] = app
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -429,3 +426,17 @@ def test_name_at_url_works_in_the_commands_as_a_local_reward_does(tmp_path, caps
             outputs[name] = (evaluated.replace(name, "REWARD"), labelled)
         assert outputs["test-pattern"] == outputs[f"test-pattern@{url}"]
         assert app.state.batcher.counts["images"] >= 6  # 2 evaluated, 4 labelled for pairs
+
+
+def test_every_remote_form_takes_the_runs_remote_timeout_unless_its_term_sets_one():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing is asked of it: clients connect on first use
+    rewards = RewardSet(
+        [
+            (f"test-pattern@{url}", 1.0, {}),
+            ("test-drawing-pattern", 1.0, {"remote": url}),
+            ("remote", 1.0, {"url": url, "rewards": ["test-nan-pattern"], "timeout": 3.0}),
+        ],
+        remote_timeout=7.0,
+    )
+    timeouts = {name: reward.client.timeout for name, reward in rewards.rewards.items()}
+    assert timeouts == {f"test-pattern@{url}": 7.0, "test-drawing-pattern": 7.0, "remote": 3.0}
