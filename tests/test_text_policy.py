@@ -5,7 +5,7 @@ import torch
 
 from align.losses import ppo_clip_loss
 from align.text.models import add_lora, load_text_policy
-from align.text.policy import TextPolicy, shared_prompts
+from align.text.policy import TextPolicy, repeat_rows, shared_prompts
 from align.text.tiny import tiny_llama, tiny_tokenizer
 
 PROMPTS = ["what is 3 + 4 ?", "reply with yes", "what is 12 plus 7 ? reply with the number only"]
@@ -71,7 +71,9 @@ def test_sampled_log_probs_equal_rescored_ones_ratio_exactly_one(policy):
     rescored = policy.token_log_probs(trajectory.extra, temperature=1.0)
     assert torch.equal(rescored, trajectory.log_probs)
     assert trajectory.log_probs.shape == (6, 6) and trajectory.log_probs.dtype == torch.float32
-    assert trajectory.extra["temperature"].tolist() == [1.0] * trajectory.batch_size  # per row, not in noise_levels
+    assert (
+        trajectory.extra["temperature"].tolist() == [1.0] * trajectory.batch_size
+    )  # per row, not in noise_levels
     assert trajectory.noise_levels.tolist() == [0.0] * 6
     _, stats = ppo_clip_loss(
         rescored, trajectory.log_probs, torch.ones(6), 0.2, trajectory.extra["completion_mask"]
@@ -235,6 +237,31 @@ def test_repeated_prompts_share_one_prompt_pass_with_the_same_values_and_gradien
         gradients.append(torch.cat([p.grad.flatten() for p in policy.parameters()]))
     relative = (gradients[0] - gradients[1]).norm() / gradients[1].norm()
     assert relative < 1e-4, relative  # fp32 rounding (3e-5 here; 3e-7 in float64); a cut graph: O(1)
+
+
+def test_repeated_rows_backpropagate_the_same_bits_every_time_at_two_threads():
+    """The shared prompt cache is expanded to each completion by repeat_rows: its forward is the
+    plain copy, its backward the same sum as indexing's but in a fixed order. Plain indexing's
+    scatter-add, at this size (a SmolLM2 prompt cache: 8 prompts x 4 completions, 3 key/value
+    heads, 40 tokens, 64 channels) and two threads, gave about 20 different gradients in 30 calls,
+    and the text demo's two runs drifted apart from the third epoch."""
+    generator = torch.Generator().manual_seed(0)
+    inverse = torch.arange(8).repeat_interleave(4)[torch.randperm(32, generator=generator)]
+    x = torch.randn(8, 3, 40, 64, generator=generator, requires_grad=True)
+    upstream = torch.randn(32, 3, 40, 64, generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert torch.equal(repeat_rows(x, inverse), x[inverse])
+        gradients = {
+            torch.autograd.grad(repeat_rows(x, inverse), x, upstream)[0].numpy().tobytes() for _ in range(20)
+        }
+        indexed = torch.autograd.grad(x[inverse], x, upstream)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert len(gradients) == 1
+    gradient = torch.frombuffer(bytearray(gradients.pop()), dtype=torch.float32).view_as(x)
+    assert torch.allclose(gradient, indexed, atol=1e-6, rtol=0)  # the same sum, up to its order
 
 
 def test_greedy_generation_with_a_shared_prompt_cache_matches_one_prompt_at_a_time(policy):

@@ -61,6 +61,33 @@ def shared_prompts(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
     return rows, inverse
 
 
+class _RepeatRows(torch.autograd.Function):
+    """x[inverse] with a backward that sums each row's copies in a fixed order.
+
+    Indexing with repeated rows backpropagates by a scatter-add whose order varies between runs at
+    two or more CPU threads, so two identical runs drifted apart in the last bits (and from there,
+    through sampling, in their tokens). Here the backward is one_hot(inverse).T @ grad, a matmul
+    whose summation order is fixed; the forward is the plain copy.
+    """
+
+    @staticmethod
+    def forward(ctx, x, inverse):
+        ctx.save_for_backward(inverse)
+        ctx.rows = x.shape[0]
+        return x[inverse]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (inverse,) = ctx.saved_tensors
+        one_hot = torch.nn.functional.one_hot(inverse, ctx.rows).to(grad.dtype)  # [B, U]
+        return (one_hot.T @ grad.flatten(1)).view(ctx.rows, *grad.shape[1:]), None
+
+
+def repeat_rows(x: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """x[inverse] (rows of x repeated, [U, ...] -> [B, ...]) with a run-to-run reproducible backward."""
+    return _RepeatRows.apply(x, inverse)
+
+
 class TextPolicy:
     """A causal LM and its tokenizer as a policy; the trainable view matches align.policy.ImagePolicy."""
 
@@ -267,7 +294,8 @@ class TextPolicy:
         stop = -1 if drop_last else None
         ids, mask = tokens["prompt_ids"][rows, :stop], tokens["prompt_mask"][rows, :stop]
         hidden, cache = self._run(plain, causal, ids, mask, positions(mask), keep_cache=True)
-        cache.batch_select_indices(inverse)
+        for layer in cache.layers:  # the cache's own batch_select_indices, with repeat_rows' backward
+            layer.keys, layer.values = repeat_rows(layer.keys, inverse), repeat_rows(layer.values, inverse)
         return hidden, cache
 
     def token_log_probs(self, tokens: dict, temperature: float = 1.0, model=None) -> torch.Tensor:
@@ -295,7 +323,7 @@ class TextPolicy:
             after, _ = self._run(
                 model, causal, completion_ids, attention_mask, positions(attention_mask)[:, width:], cache
             )
-            hidden = torch.cat([prefix[shared[1], -1:], after[:, :-1]], 1)
+            hidden = torch.cat([repeat_rows(prefix[:, -1:], shared[1]), after[:, :-1]], 1)
         counted = completion_mask.bool()
         head = causal.get_output_embeddings()
         values = token_log_probs(
