@@ -92,24 +92,35 @@ def load_state(directory: str | Path, name: str = "state") -> dict[str, Any]:
 @contextlib.contextmanager
 def atomic_directory(target: str | Path):
     """Yield a temporary directory; on success it replaces `target` (no half-written checkpoint)."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    staging = staging_directory(target)
     try:
         yield staging
-        _sync(staging)
-        if target.exists():
-            old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-        _sync_entry(target.parent)
+        commit_directory(staging, Path(target))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def staging_directory(target: str | Path) -> Path:
+    """A fresh hidden directory beside `target` to write it in (see `commit_directory`)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+
+
+def commit_directory(staging: Path, target: Path) -> None:
+    """Make the fully written `staging` the `target` directory in one rename (the old one, if any,
+    moved aside first and removed after)."""
+    _sync(staging)
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+    _sync_entry(target.parent)
 
 
 def _sync(root: Path) -> None:

@@ -102,6 +102,12 @@ class TrainConfig:
     # stops: rides out a rare bad batch vs hours spent on a run that has diverged
     max_nonfinite_steps: int = param(5, min=1)
     mixed_precision: str = param("no", choices=("no", "fp16", "bf16"))
+    # fsdp2: shard the model's weights, gradients and optimiser state over the launched processes
+    # (torch's fully_shard, one unit per repeated block) and checkpoint each process's shards
+    # (torch.distributed.checkpoint; a resume reshards to any process count). none: each process holds
+    # the whole model (DDP through accelerate). auto: fsdp2 when the launch asks for FSDP
+    # (`accelerate launch` with an FSDP config, e.g. configs/accelerate/2cpu-fsdp.yaml), else none
+    sharding: str = param("auto", choices=("auto", "none", "fsdp2"))
     ema_decay: float = param(0.0, min=0.0, max=1.0)  # 0 = no EMA of trainable weights
     checkpoint_every: int = param(0, min=0)  # epochs; 0 = only at the end
     keep_checkpoints: int = param(2, min=1)

@@ -119,7 +119,8 @@ def _megabytes(size: int) -> str:
 # --- test hook ------------------------------------------------------------------------------------
 
 # ALIGN_TEST_KILL_AT=phase:N (tests only) makes the process SIGKILL itself at the Nth `kill_point(phase)`,
-# so that a test can cut a run at an exact point. Read once at import; unset, a kill point is one `if`.
+# so that a test can cut a run at an exact point; phase:N@R, only the launched process of rank R. Read
+# once at import; unset, a kill point is one `if`.
 _KILL_AT = os.environ.get("ALIGN_TEST_KILL_AT")
 _reached: dict[str, int] = {}
 
@@ -127,8 +128,9 @@ _reached: dict[str, int] = {}
 def kill_point(phase: str) -> None:
     if _KILL_AT is None:
         return
-    target, _, count = _KILL_AT.partition(":")
-    if phase != target:
+    target, _, rest = _KILL_AT.partition(":")
+    count, _, rank = rest.partition("@")
+    if phase != target or (rank and os.environ.get("RANK", "0") != rank):
         return
     _reached[phase] = _reached.get(phase, 0) + 1
     if _reached[phase] == int(count or 1):

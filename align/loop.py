@@ -30,6 +30,7 @@ from align.run_files import (
     trackers,
     write_summary,
 )
+from align.sharding import resolve_sharding, shard, whole
 
 
 @dataclass
@@ -79,6 +80,7 @@ def _chunks(units: list, count: int) -> list[list]:
 TOTAL_NORM = hasattr(torch.nn.utils, "get_total_norm")
 CLIP_WITH_NORM = hasattr(torch.nn.utils, "clip_grads_with_norm_")
 
+
 class Run:
     """Everything one training run holds; `train()` below drives it. What it trains, its prompts and its
     evaluation come from the algorithm's modality (align/modality.py: images; align/text/modality.py: text)."""
@@ -102,8 +104,20 @@ class Run:
         self.rewards = RewardSet(terms, config.rewards.normalise, str(device), config.rewards.remote_timeout)
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
         self.algorithm = algorithm(self.context)
+        self.sharding = resolve_sharding(config.train.sharding)  # how checkpoints are written
+        if self.sharding != "none" and not self.modality.shardable:
+            raise ValueError(
+                f"train.sharding={self.sharding} is for image models; {config.algorithm.name} replicates "
+                "its model on every process: set train.sharding=none, and launch without FSDP"
+            )
+        self.sharded = self.sharding == "fsdp2" and self.accelerator.num_processes > 1
+        if self.sharded:  # before the optimiser: it steps the shards
+            shard(self.adapter.model, device, precision)
         self.optimizer = adamw(list(self.policy.parameters()), config.train.lr, config.train.weight_decay)
-        self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
+        if self.sharded:  # the sharded module reduces its own gradients: no DDP wrapper around it
+            self.network = self.adapter.model
+        else:
+            self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
         self.scheduler = lr_scheduler(self.optimizer, config.train)
         # compiled for every forward of the run (sampling, training, evaluation): once per batch shape
         # and grad mode, minutes on a CPU, then fused kernels; the weights stay the model's own
@@ -120,6 +134,12 @@ class Run:
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
+
+    @property
+    def evaluates(self) -> bool:
+        """Whether this process evaluates: the main one, or every one of a sharded run (each forward
+        gathers the shards from all processes; they evaluate alike and the main one writes)."""
+        return self.main or self.sharded
 
     # --- one epoch ----------------------------------------------------------------------------
 
@@ -233,7 +253,8 @@ class Run:
             # the total norm is NaN or inf where some element is (or where it overflows, past 3e38: no
             # step to take either); one fused pass, where per-tensor isfinite().all() made three or four
             if TOTAL_NORM:
-                norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+                # sharded gradients: the total over every process's shards
+                norm = whole(torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False))
                 finite = norm.isfinite()
             else:
                 finite = torch.stack([g.isfinite().all() for g in grads]).all()
@@ -253,12 +274,12 @@ class Run:
         """
         from accelerate.utils import DistributedType
 
-        whole = self.accelerator.distributed_type not in (
+        complete = self.sharded or self.accelerator.distributed_type not in (  # sharded: `_nonfinite` summed it
             DistributedType.FSDP,
             DistributedType.DEEPSPEED,
             DistributedType.XLA,
         )
-        if norm is None or not whole or not CLIP_WITH_NORM:
+        if norm is None or not complete or not CLIP_WITH_NORM:
             return self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         torch.nn.utils.clip_grads_with_norm_(self.policy.parameters(), max_norm, norm)
         return norm
@@ -358,10 +379,11 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
     if run.main:
         prepare_directory(run, fresh=checkpoint is None)
     logs = trackers(config, out, run.main, first_epoch=run.epoch + 1)
-    if "base" not in run.summary and run.main:
+    if "base" not in run.summary and run.evaluates:
         run.summary["base"] = base if base is not None else run.evaluate()
-        kill_point("evaluated")
-        write_summary(out, run.summary)
+        if run.main:
+            kill_point("evaluated")
+            write_summary(out, run.summary)
     show = config.logging.progress if progress is None else progress
     from tqdm import tqdm
 
@@ -375,11 +397,12 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         epochs_here += 1
         last = run.epoch == config.train.num_epochs
         every = config.train.eval_every
-        if run.main and (last or (every and run.epoch % every == 0)):
+        if run.evaluates and (last or (every and run.epoch % every == 0)):
             run.summary["aligned"] = run.evaluate()
-            kill_point("evaluated")
             record["eval"] = {k: run.summary["aligned"][k] for k in ("accuracy", "score", "rewards")}
-            write_summary(out, run.summary)
+            if run.main:
+                kill_point("evaluated")
+                write_summary(out, run.summary)
         if run.main:
             append_metrics(out / "metrics.jsonl", record)
             log_epoch(logs, record, images, prompts, config)
@@ -395,5 +418,3 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
     for tracker in logs:
         tracker.finish()
     return run.summary
-
-

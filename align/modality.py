@@ -19,6 +19,7 @@ class ImageModality:
     splits or prompt files; fixed-seed evaluation with the training and the extra eval rewards."""
 
     format_summary = staticmethod(format_summary)
+    shardable = True
 
     def __init__(self, config, device: torch.device):
         from align.policy import ImagePolicy

@@ -105,17 +105,26 @@ class ImagePolicy:
         finally:
             self.load_trainable_state(current)
 
-    def save_weights(self, directory: Path) -> None:
-        """LoRA in diffusers' format (`lora/`), or the full denoiser (`model/`)."""
+    def save_weights(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        """LoRA in diffusers' format (`lora/`), or the full denoiser (`model/`); `state` gives the
+        tensors (the model's own state-dict names) where the model's own are shards."""
         if self.trainable == "lora":
             from peft.utils import get_peft_model_state_dict
 
-            state = get_peft_model_state_dict(self.model)
+            state = get_peft_model_state_dict(self.model, state_dict=state)
             if self.adapter.family == "unet":
                 from diffusers.utils import convert_state_dict_to_diffusers
 
                 state = convert_state_dict_to_diffusers(state)
             key = "unet_lora_layers" if self.adapter.family == "unet" else "transformer_lora_layers"
             type(self.adapter.pipeline).save_lora_weights(str(directory / "lora"), **{key: state})
-        else:
+        elif state is None:
             self.model.save_pretrained(str(directory / "model"))
+        else:  # what save_pretrained writes, from the gathered tensors (one file, however large)
+            from safetensors.torch import save_file
+
+            self.model.save_config(str(directory / "model"))
+            tensors = {k: v.contiguous() for k, v in state.items()}
+            save_file(
+                tensors, str(directory / "model" / "diffusion_pytorch_model.safetensors"), {"format": "pt"}
+            )

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from align.checkpoint import (
     atomic_directory,
+    commit_directory,
     load_state,
     nonfinite_values,
     rng_state,
     save_state,
     set_rng_state,
+    staging_directory,
     tensor_bytes,
     write_manifest,
 )
@@ -25,18 +27,15 @@ def save_run_checkpoint(run) -> Path:
     """The run's whole state under OUT/checkpoints/epoch-N, atomically (a staging directory, the manifest
     last); weights in the format their pipelines load. Keeps the last train.keep_checkpoints."""
     directory = run.out / "checkpoints" / checkpoint_name(run.epoch)
+    if run.sharding == "fsdp2":
+        return _save_sharded(run, directory)
     if run.main:
         state = {
-            "epoch": run.epoch,
-            "step": run.step,
+            **_run_state(run),
             "trainable": run.policy.trainable_state(),
             "optimizer": run.optimizer.state_dict(),
             "ema": run.ema.shadow if run.ema is not None else None,
-            "rewards": run.rewards.state_dict(),
-            "algorithm": run.algorithm.state_dict(),
             "rng": rng_state(),
-            "summary": run.summary,
-            "nonfinite_in_a_row": run.nonfinite_in_a_row,
         }
         # not the summary: it reports evaluations (NaN accuracy for prompts the toy world cannot judge)
         bad = nonfinite_values({k: v for k, v in state.items() if k != "summary"})
@@ -49,13 +48,7 @@ def save_run_checkpoint(run) -> Path:
             run.policy.save_weights(staging)
             kill_point("checkpoint")
             save_state(staging, state)
-            info = {
-                "base_model": run.config.model.name,
-                "epoch": run.epoch,
-                "trainable": run.config.train.trainable,
-                "adapter": run.modality.checkpoint_settings(run.config),
-            }
-            (staging / "checkpoint.json").write_text(json.dumps(info, indent=2))
+            (staging / "checkpoint.json").write_text(json.dumps(_checkpoint_info(run), indent=2))
             write_manifest(staging)
         kill_point("saved")
         for old in checkpoints(run.out)[: -run.config.train.keep_checkpoints]:
@@ -63,8 +56,126 @@ def save_run_checkpoint(run) -> Path:
     run.accelerator.wait_for_everyone()
     return directory
 
+
+def _run_state(run) -> dict:
+    """What the main process saves beside the weights and the optimiser."""
+    return {
+        "epoch": run.epoch,
+        "step": run.step,
+        "rewards": run.rewards.state_dict(),
+        "algorithm": run.algorithm.state_dict(),
+        "summary": run.summary,
+        "nonfinite_in_a_row": run.nonfinite_in_a_row,
+        "ema_saved": run.ema is not None,
+    }
+
+
+def _save_sharded(run, directory: Path) -> Path:
+    """A sharded run's checkpoint (train.sharding=fsdp2), written by every process together: its shards
+    of the trainable weights, the optimiser state and the EMA through torch.distributed.checkpoint
+    (`sharded/`), its own RNG (`rng-RANK`); the main process adds the rest of the run's state and the
+    weights gathered whole in their pipelines' format, then the manifest, then renames the staging
+    directory into place. With one process (no process group) the same files are written, so a run
+    saved on any number of processes resumes on any other."""
+    import torch
+    import torch.distributed as dist
+
+    from align.sharding import SHARDED_DIR, dcp_save, distributed, local_tree, rank, sharded_state, whole
+
+    model, together = run.adapter.model, distributed()
+    tensors = sharded_state(model, run.optimizer, run.policy, run.ema)
+    state = _run_state(run)
+    bad = nonfinite_values({"shards": local_tree(tensors), **state, "summary": None})
+    count = torch.tensor([len(bad)], dtype=torch.float64)
+    if together:
+        dist.all_reduce(count)
+    if count.item():
+        where = f"{bad[0]} holds NaN or inf" if bad else "another process's shard holds NaN or inf"
+        raise RunFault(f"refusing to save {directory}: {where}; the earlier checkpoints are as they were")
+    # the weights whole, for their pipeline (a collective: every process gathers, the main one writes)
+    if run.policy.trainable == "lora":
+        weights = {n: whole(p.detach()).cpu() for n, p in run.policy.named_parameters().items()}
+    else:
+        weights = {n: whole(t.detach()).cpu() for n, t in model.state_dict().items()}
+    place = [str(staging_directory(directory)) if run.main else None]
+    if together:
+        dist.broadcast_object_list(place, src=0)
+    staging = Path(place[0])
+    try:
+        dcp_save(tensors, staging / SHARDED_DIR)
+        save_state(staging, {"rng": rng_state()}, name=f"rng-{rank()}")
+        if run.main:
+            run.policy.save_weights(staging, state=weights)
+            kill_point("checkpoint")
+            save_state(staging, state)
+            (staging / "checkpoint.json").write_text(json.dumps(_checkpoint_info(run), indent=2))
+        if together:
+            dist.barrier()  # every process's files are written
+        if run.main:
+            write_manifest(staging)
+            commit_directory(staging, directory)
+            kill_point("saved")
+            for old in checkpoints(run.out)[: -run.config.train.keep_checkpoints]:
+                shutil.rmtree(old)
+    except BaseException:
+        if run.main:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if together:
+        dist.barrier()
+    return directory
+
+
+def _checkpoint_info(run) -> dict:
+    return {
+        "base_model": run.config.model.name,
+        "epoch": run.epoch,
+        "trainable": run.config.train.trainable,
+        "adapter": run.modality.checkpoint_settings(run.config),
+    }
+
+
+def _load_sharded(run, directory: Path) -> None:
+    """Continue from a `_save_sharded` checkpoint on however many processes this run has: the shards
+    are read into this run's own tensors (resharded by torch.distributed.checkpoint)."""
+    from align.sharding import SHARDED_DIR, dcp_load, load_optimizer, rank, sharded_state
+
+    state = load_state(directory)
+    if state["ema_saved"] != (run.ema is not None):
+        raise ValueError(
+            f"{directory} was saved {'with' if state['ema_saved'] else 'without'} EMA; "
+            "set train.ema_decay as the run that saved it had it"
+        )
+    model = run.adapter.model
+    tensors = sharded_state(model, run.optimizer, run.policy, run.ema)
+    dcp_load(tensors, directory / SHARDED_DIR)  # in place, into this run's tensors
+    load_optimizer(model, run.optimizer, tensors["optimizer"])
+    mine = directory / f"rng-{rank()}.safetensors"
+    set_rng_state(load_state(directory, name=f"rng-{rank() if mine.is_file() else 0}")["rng"])
+    _restore_run_state(run, state)
+
+
+def _restore_run_state(run, state: dict) -> None:
+    run.rewards.load_state_dict(state["rewards"])
+    run.algorithm.load_state_dict(state["algorithm"])
+    run.epoch, run.step, run.summary = state["epoch"], state["step"], state["summary"]
+    run.scheduler = lr_scheduler(run.optimizer, run.config.train, run.epoch)
+    run.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+
+
 def load_run_checkpoint(run, directory: Path) -> None:
     """Continue `run` exactly from a verified checkpoint: weights, optimiser, EMA, rewards, algorithm, RNG."""
+    from align.sharding import SHARDED_DIR
+
+    sharded = (directory / SHARDED_DIR).is_dir()
+    wanted = "fsdp2" if sharded else "none"
+    if run.sharding != wanted:
+        anywhere = " (on any number of processes)" if sharded else ""
+        raise ValueError(
+            f"{directory} was saved with train.sharding={wanted}; resume it with train.sharding={wanted}{anywhere}"
+        )
+    if sharded:
+        return _load_sharded(run, directory)
     state = load_state(directory)
     run.policy.load_trainable_state(state["trainable"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -72,12 +183,9 @@ def load_run_checkpoint(run, directory: Path) -> None:
         if state["ema"] is None:
             raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")
         run.ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
-    run.rewards.load_state_dict(state["rewards"])
-    run.algorithm.load_state_dict(state["algorithm"])
     set_rng_state(state["rng"])
-    run.epoch, run.step, run.summary = state["epoch"], state["step"], state["summary"]
-    run.scheduler = lr_scheduler(run.optimizer, run.config.train, run.epoch)
-    run.nonfinite_in_a_row = state["nonfinite_in_a_row"]
+    _restore_run_state(run, state)
+
 
 def run_checkpoint_bytes(run) -> int:
     """About what a checkpoint takes on disk: the weights twice (to load, to resume), the optimiser

@@ -13,6 +13,9 @@ from align.text.evaluate import format_text_summary
 
 class TextModality:
     format_summary = staticmethod(format_text_summary)
+    # a sampled completion stops when its rows end, so processes would run different numbers of
+    # forwards, each a collective under FSDP2: text runs replicate the model (DDP)
+    shardable = False
 
     def __init__(self, config, device: torch.device):
         from align.text.models import load_text_policy
