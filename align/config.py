@@ -108,6 +108,12 @@ class TrainConfig:
     # the whole model (DDP through accelerate). auto: fsdp2 when the launch asks for FSDP
     # (`accelerate launch` with an FSDP config, e.g. configs/accelerate/2cpu-fsdp.yaml), else none
     sharding: str = param("auto", choices=("auto", "none", "fsdp2"))
+    # under fsdp2: keep the shards of the weights, gradients and optimiser state in CPU memory (FSDP2's
+    # CPUOffloadPolicy: the optimiser steps on the CPU, each block is copied to the GPU to run)
+    fsdp_offload: bool = False
+    # where the EMA of the trainable weights lives: auto, beside them; cpu, in host memory (copied
+    # there once an epoch, a host sync per epoch; swapped onto the device for evaluation)
+    ema_device: str = param("auto", choices=("auto", "cpu"))
     ema_decay: float = param(0.0, min=0.0, max=1.0)  # 0 = no EMA of trainable weights
     checkpoint_every: int = param(0, min=0)  # epochs; 0 = only at the end
     keep_checkpoints: int = param(2, min=1)

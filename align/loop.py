@@ -112,7 +112,7 @@ class Run:
             )
         self.sharded = self.sharding == "fsdp2" and self.accelerator.num_processes > 1
         if self.sharded:  # before the optimiser: it steps the shards
-            shard(self.adapter.model, device, precision)
+            shard(self.adapter.model, device, precision, offload=config.train.fsdp_offload)
         self.optimizer = adamw(list(self.policy.parameters()), config.train.lr, config.train.weight_decay)
         if self.sharded:  # the sharded module reduces its own gradients: no DDP wrapper around it
             self.network = self.adapter.model
@@ -123,7 +123,9 @@ class Run:
         # and grad mode, minutes on a CPU, then fused kernels; the weights stay the model's own
         self.adapter.network = torch.compile(self.network) if config.model.compile else self.network
         self.ema = (
-            EMA(self.policy.named_parameters(), config.train.ema_decay) if config.train.ema_decay else None
+            EMA(self.policy.named_parameters(), config.train.ema_decay, config.train.ema_device)
+            if config.train.ema_decay
+            else None
         )
         self.prompts = self.modality.prompts(config.train.prompts)
         self.epoch = 0  # epochs completed

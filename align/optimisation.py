@@ -72,16 +72,25 @@ class EMA:
     """Exponential moving average of the trainable parameters (swapped in for evaluation), updated by
     torch's own EMA rule (torch.optim.swa_utils: one fused lerp over every tensor)."""
 
-    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float):
+    def __init__(self, parameters: dict[str, torch.nn.Parameter], decay: float, device: str = "auto"):
         from torch.optim.swa_utils import get_ema_multi_avg_fn
 
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in parameters.items()}
+        self.device = None if device == "auto" else torch.device(device)  # None: beside each weight
+        self.shadow = {n: self._placed(p.detach()).clone() for n, p in parameters.items()}
         self._average = get_ema_multi_avg_fn(decay)
+
+    def _placed(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.device is None else tensor.to(self.device)
 
     @torch.no_grad()
     def update(self, parameters: dict[str, torch.nn.Parameter]) -> None:
-        self._average([self.shadow[n] for n in parameters], [p.detach() for p in parameters.values()], None)
+        current = [self._placed(p.detach()) for p in parameters.values()]
+        self._average([self.shadow[n] for n in parameters], current, None)
+
+    def load(self, shadow: dict[str, torch.Tensor]) -> None:
+        """Take a checkpoint's averages (read onto the CPU), kept where this EMA keeps its own."""
+        self.shadow = {k: v.to(self.shadow[k].device, copy=True) for k, v in shadow.items()}
 
 
 class GradientAgreement:

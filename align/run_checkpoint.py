@@ -182,7 +182,7 @@ def load_run_checkpoint(run, directory: Path) -> None:
     if run.ema is not None:
         if state["ema"] is None:
             raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")
-        run.ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
+        run.ema.load(state["ema"])
     set_rng_state(state["rng"])
     _restore_run_state(run, state)
 

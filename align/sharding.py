@@ -62,22 +62,26 @@ def wrap_units(model: nn.Module) -> list[nn.Module]:
     return units
 
 
-def shard(model: nn.Module, device: torch.device, mixed_precision: str = "no") -> nn.Module:
+def shard(
+    model: nn.Module, device: torch.device, mixed_precision: str = "no", offload: bool = False
+) -> nn.Module:
     """Shard `model` in place over every process of the default process group (FSDP2). Under bf16 or
     fp16 the gathered weights are cast for the forward and the gradients reduced in float32 (FSDP2's
-    mixed precision, as accelerate's autocast is not applied to a module it did not wrap)."""
+    mixed precision, as accelerate's autocast is not applied to a module it did not wrap). `offload`
+    keeps the shards, their gradients and so the optimiser state in CPU memory."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     if not distributed():
         raise RuntimeError("train.sharding=fsdp2 shards over launched processes; none were launched")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
+    place = CPUOffloadPolicy(pin_memory=device.type == "cuda") if offload else OffloadPolicy()
     for unit in wrap_units(model):
-        fully_shard(unit, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+        fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=place)
+    fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=place)
     return model
 
 

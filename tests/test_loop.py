@@ -468,6 +468,23 @@ def test_ema_moves_the_shadow_by_the_decay_rule_and_leaves_the_weights():
     assert torch.equal(weights["w"].detach(), torch.ones(3))
 
 
+@pytest.mark.cuda
+def test_an_ema_kept_on_the_cpu_averages_cuda_weights_and_stays_there_when_loaded():
+    from align.loop import EMA
+
+    weights = {"w": torch.nn.Parameter(torch.zeros(3, device="cuda"))}
+    ema = EMA(weights, 0.9, "cpu")
+    with torch.no_grad():
+        weights["w"].fill_(1.0)
+    ema.update(weights)
+    assert ema.shadow["w"].device.type == "cpu" and torch.allclose(ema.shadow["w"], torch.full((3,), 0.1))
+    ema.load({"w": torch.ones(3)})
+    assert ema.shadow["w"].device.type == "cpu"
+    beside = EMA(weights, 0.9)  # auto: beside the weights, also after loading a checkpoint's CPU tensors
+    beside.load({"w": torch.ones(3)})
+    assert beside.shadow["w"].device.type == "cuda"
+
+
 def test_adamw_fuses_where_every_parameter_allows_and_takes_the_same_step():
     torch.manual_seed(0)
     weights = [torch.randn(64, 32), torch.randn(32)]

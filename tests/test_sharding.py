@@ -106,7 +106,8 @@ def test_two_sharded_processes_train_as_one_process_does(tmp_path, trainable):
         tmp_path, num_epochs=2, batch_size=4, micro_batch_size=4, trainable=trainable, lr=1e-3
     )
     _train(config_file, tmp_path / "one", "train.batch_size=8", "train.sharding=none")
-    _train(config_file, tmp_path / "two", processes=2)
+    offload = ["train.fsdp_offload=true"] if trainable == "full" else []  # the same numbers, on a CPU
+    _train(config_file, tmp_path / "two", *offload, processes=2)
     assert [m["processes"] for m in metrics(tmp_path / "two")] == [2, 2]
     name = LORA_FILE if trainable == "lora" else MODEL_FILE
     _assert_close(_weights(tmp_path / "one", name), _weights(tmp_path / "two", name), atol=1e-5)
@@ -114,6 +115,24 @@ def test_two_sharded_processes_train_as_one_process_does(tmp_path, trainable):
         assert first["rewards"]["test-pattern"] == pytest.approx(second["rewards"]["test-pattern"], rel=1e-5)
     shards = checkpoints(tmp_path / "two")[-1] / "sharded"
     assert (shards / ".metadata").is_file() and len(list(shards.glob("*.distcp"))) == 2  # one file a process
+    if trainable == "lora":  # the sharded run's export loads into a plain pipeline as the other's does
+        images = [_pipeline_image(checkpoints(tmp_path / run)[-1] / "lora") for run in ("one", "two")]
+        images.append(_pipeline_image(None))
+        assert (images[0] - images[1]).abs().max() < 1e-4
+        assert (images[0] - images[2]).abs().max() > 1e-3  # the LoRA changed the pipeline's image
+
+
+def _pipeline_image(lora: Path | None) -> torch.Tensor:
+    """The tiny SD3 pipeline's image for one prompt and seed, with `lora` loaded (or none)."""
+    from samplers.noise import generators_from_seeds
+    from samplers.tiny import build_sd3
+
+    pipeline = build_sd3()
+    pipeline.set_progress_bar_config(disable=True)
+    if lora is not None:
+        pipeline.load_lora_weights(str(lora), adapter_name="run")
+    kwargs = dict(num_inference_steps=4, height=32, width=32, max_sequence_length=16, output_type="pt")
+    return pipeline("a red circle", generator=generators_from_seeds([0]), guidance_scale=7.0, **kwargs).images
 
 
 def test_a_rank_killed_mid_epoch_stops_the_run_which_resumes_exactly_on_two_processes_and_on_one(tmp_path):
