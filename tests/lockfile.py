@@ -12,7 +12,7 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = (ROOT / "requirements" / "lock.txt", ROOT / "requirements" / "no-deps.txt")
-LOCKED_EXTRAS = ("dev", "ocr", "text")  # what `make setup-dev` installs; `make setup` installs a subset
+LOCKED_EXTRAS = ("dev", "ocr", "text", "serve", "cuda")  # what `make setup-dev` installs; `make setup` installs a subset
 
 
 def canonical(name: str) -> str:

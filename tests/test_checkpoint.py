@@ -41,3 +41,11 @@ def test_keys_of_every_json_type_round_trip_exactly(tmp_path):
 def test_a_key_json_cannot_hold_is_refused_by_name(tmp_path):
     with pytest.raises(TypeError, match="dict key of type tuple at 'bad'"):
         save_state(tmp_path, {"bad": {(1, 2): 0}})
+
+
+def test_a_tensor_met_twice_is_saved_once_and_views_of_one_storage_apart(tmp_path):
+    shared, base = torch.arange(4.0), torch.arange(6.0)
+    save_state(tmp_path, {"a": {"map": shared}, "b": {"map": shared}, "head": base[:3], "tail": base[3:]})
+    state = load_state(tmp_path)
+    assert state["a"]["map"] is state["b"]["map"] and torch.equal(state["a"]["map"], shared)
+    assert torch.equal(state["head"], base[:3]) and torch.equal(state["tail"], base[3:])

@@ -36,5 +36,5 @@ def test_each_lock_names_the_command_that_regenerates_it_and_the_makefile_instal
         assert re.fullmatch(rf"#\s+uv pip compile .* -o requirements/{path.name}", command), command
         assert f"-o {path.relative_to(ROOT)}" in makefile or "-o $(LOCK)" in makefile
     setup, setup_dev = (re.search(rf"^{target}:.*?(?=^\S)", makefile, re.M | re.S)[0] for target in ("setup", "setup-dev"))
-    assert "-c $(LOCK) -e ." in setup and "-c $(LOCK) -e '.[dev,ocr,text,serve]'" in setup_dev
+    assert "-c $(LOCK) -e ." in setup and "-c $(LOCK) -e '.[dev,ocr,text,serve,cuda]'" in setup_dev
     assert "--no-deps -r requirements/no-deps.txt" in setup_dev

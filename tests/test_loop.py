@@ -17,7 +17,8 @@ from conftest import free_port
 
 from align.checkpoint import load_state
 from align.config import config_from_data, config_to_data
-from align.loop import Run, adamw, plan_epoch, train
+from align.loop import Run, plan_epoch, train
+from align.optimisation import adamw
 from align.runs import checkpoints
 
 
@@ -558,3 +559,34 @@ def test_the_nan_checks_gradient_norm_is_the_clips_one_pass_per_step(tmp_path, m
         separate.train_epoch()
     for name, value in shared.policy.named_parameters().items():
         assert torch.equal(value, separate.policy.named_parameters()[name]), name
+
+
+def test_adamw8bit_keeps_a_quarter_of_the_state_trains_and_resumes_exactly(tmp_path):
+    """bitsandbytes' 8-bit AdamW (train.optimizer=adamw8bit), full fine-tuning of the tiny SD3: its
+    moments take a byte an element where they are quantised (tensors of 4,096 elements or more), the
+    run changes the weights and a resumed run ends bit-equal to an uninterrupted one."""
+    from align.checkpoint import tensor_bytes
+
+    def config(optimizer):
+        data = config_to_data(tiny_config(num_epochs=2, trainable="full", optimizer=optimizer))
+        data["algorithm"]["beta"] = 0.0  # full fine-tuning: no reference policy
+        return config_from_data(data)
+
+    states = {}
+    for optimizer in ("adamw", "adamw8bit"):
+        run = Run(config(optimizer), tmp_path / optimizer)
+        run.train_epoch()
+        inner = run.optimizer.optimizer  # accelerate's wrapper around it
+        large = [p for p in run.policy.parameters() if p.numel() >= 4096]
+        states[optimizer] = tensor_bytes([inner.state[p] for p in large])
+        assert large and type(inner).__name__ == {"adamw": "AdamW", "adamw8bit": "AdamW8bit"}[optimizer]
+    # 2 bytes an element, plus block scales and each tensor's two 256-entry maps, against 8: 0.30 here
+    assert states["adamw8bit"] < 0.32 * states["adamw"], states
+    train(config("adamw8bit"), tmp_path / "whole")
+    train(config("adamw8bit"), tmp_path / "cut", stop_after=1)
+    train(config("adamw8bit"), tmp_path / "cut", resume=tmp_path / "cut")
+    assert [stable(m) for m in metrics(tmp_path / "cut")] == [stable(m) for m in metrics(tmp_path / "whole")]
+    a = load_state(checkpoints(tmp_path / "whole")[-1])["trainable"]
+    b = load_state(checkpoints(tmp_path / "cut")[-1])["trainable"]
+    first = load_state(checkpoints(tmp_path / "whole")[0])["trainable"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and any(not torch.equal(a[k], first[k]) for k in a)
