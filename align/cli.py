@@ -95,10 +95,20 @@ def load_plugins(spec: str | None) -> None:
             ) from None
 
 
+def quiet_optional_kernels() -> None:
+    """bitsandbytes (the `cuda` extra), imported by peft wherever it is installed, warns twice on every
+    import that it cannot fetch 4-bit CPU kernels from the hub; align never runs 4-bit layers."""
+    import logging
+
+    for name in ("bitsandbytes", "kernels"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     from align.faults import RunFault
     from align.schema import ConfigError
 
+    quiet_optional_kernels()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
