@@ -4,9 +4,9 @@
 
 1. `align doctor` on every tiny family and the toy model in bfloat16 on CUDA (the sampler invariants);
 2. xformers against SDPA where xformers runs (max |image diff|), else the reason it does not;
-3. the Triton token log-prob kernel against naive and chunked at 8,192 tokens (SmolLM2's vocabulary and
-   hidden size): parity of log-probs and gradients in float32 and bfloat16, the first call (Triton's
-   compile) on its own row, then warm forward + backward times and peak memory;
+3. cut-cross-entropy's token log-probs (`cce`) against naive and chunked at 8,192 tokens (SmolLM2's
+   vocabulary and hidden size): parity of log-probs and gradients in float32 and bfloat16, the first
+   call (its kernels' compile) on its own row, then warm forward + backward times and peak memory;
 4. rollout ratios: our ODE rollout + decode and SDE rollout with log-probs + decode over a plain
    pipeline call, as benchmarks/rollout_vs_pipeline.py measures them;
 5. the toy demo's time (`align demo --grpo-only`) and its base -> aligned accuracy.
@@ -50,10 +50,10 @@ def plan(args) -> list[tuple[str, float]]:
     rows += [
         (f"log-prob parity at {args.tokens} tokens, float32", 30),
         (f"log-prob parity at {args.tokens} tokens, bfloat16", 10),
-        ("triton first call (compile), bfloat16", 30),
+        ("cce first call (compile), bfloat16", 30),
         *(
             (f"log-prob {b} warm fwd+bwd, {args.tokens} tokens, bfloat16", 5)
-            for b in ("naive", "chunked", "triton")
+            for b in ("naive", "chunked", "cce")
         ),
     ]
     rows += [(f"rollout {name}: ODE / SDE+log-probs over pipeline", 20) for name in ROLLOUT_MODELS]
@@ -130,7 +130,7 @@ def log_prob_parity(tokens: int, dtype_name: str) -> str:
     hidden, weight, targets = log_prob_problem(tokens, dtype)
     reference = forward_backward("naive", hidden, weight, targets)
     cells = []
-    for backend in ("chunked", "triton"):
+    for backend in ("chunked", "cce"):
         result = forward_backward(backend, hidden, weight, targets)
         log_prob = float((result[0] - reference[0]).abs().max())
         grads = [float((r - g).abs().max() / g.abs().max()) for r, g in zip(result[1:], reference[1:])]
@@ -138,11 +138,11 @@ def log_prob_parity(tokens: int, dtype_name: str) -> str:
     return "; ".join(cells)
 
 
-def triton_compile(tokens: int) -> str:
+def cce_compile(tokens: int) -> str:
     import torch
 
     hidden, weight, targets = log_prob_problem(tokens, torch.bfloat16, seed=1)
-    synchronized(lambda: forward_backward("triton", hidden, weight, targets))()
+    synchronized(lambda: forward_backward("cce", hidden, weight, targets))()
     return "first call, kernels compiled (cached afterwards)"
 
 
@@ -206,8 +206,8 @@ def checks(args) -> list:
     functions += [
         lambda: log_prob_parity(args.tokens, "float32"),
         lambda: log_prob_parity(args.tokens, "bfloat16"),
-        lambda: triton_compile(args.tokens),
-        *(lambda b=b: log_prob_warm(args.tokens, b) for b in ("naive", "chunked", "triton")),
+        lambda: cce_compile(args.tokens),
+        *(lambda b=b: log_prob_warm(args.tokens, b) for b in ("naive", "chunked", "cce")),
     ]
     functions += [lambda name=name: rollout_ratios(name) for name in ROLLOUT_MODELS]
     if not args.skip_demo:

@@ -1,4 +1,4 @@
-"""Token log-prob memory and time: chunked (and Triton on CUDA) against naive full logits; and one
+"""Token log-prob memory and time: chunked and cut-cross-entropy against naive full logits; and one
 GRPO step of this library against TRL's GRPOTrainer on the same model, prompts and settings.
 
     python benchmarks/text_logprob.py [--lengths 256 512 1024 2048] [--batch 1] [--vocab 49152]
@@ -58,7 +58,7 @@ def logprob_table(args) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    methods = ["naive", "chunked"] + (["triton"] if device == "cuda" else [])
+    methods = ["naive", "chunked", "cce"]
     print(
         f"token log-prob forward+backward, vocab {args.vocab}, hidden {args.hidden}, batch {args.batch}, {device}"
     )

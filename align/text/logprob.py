@@ -8,15 +8,14 @@ and the per-row logsumexp). The idea of chunking the output projection with its 
 fused linear cross-entropy (Hsu et al. 2024, arXiv:2410.10989); unlike Liger, the gradient is not
 taken in the forward pass, because log-probs feed a loss (PPO, DPO) that is not known yet there.
 
-Backends: "naive" (full logits, the reference), "chunked" (this file, any device), "triton"
-(align/text/logprob_triton.py, CUDA, or CPU under TRITON_INTERPRET=1, which must be set before
-triton is first imported), "auto" (triton on CUDA where triton imports, chunked elsewhere). All
-return float32 whatever the weights' dtype.
+Backends: "naive" (full logits, the reference), "chunked" (this file, any device), "cce" (Apple's
+cut-cross-entropy, a maintained library: its Triton kernel on CUDA, which never writes the logits
+to memory, and its torch.compile'd path elsewhere, the one the CPU tests check), "auto" (chunked
+everywhere until `make gpu-check` has shown cce faster on a GPU). All return float32 whatever the
+weights' dtype.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import torch.nn.functional as F
@@ -81,15 +80,23 @@ def chunked_token_log_probs(
     return _ChunkedTokenLogProbs.apply(hidden, weight, bias, targets, temperature, chunk_size)
 
 
-def triton_usable(device: torch.device) -> bool:
-    """Triton runs on CUDA, or anywhere under TRITON_INTERPRET=1 (the CPU test path)."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
+def cce_token_log_probs(hidden, weight, targets, bias=None, temperature: float = 1.0) -> torch.Tensor:
+    """cut-cross-entropy's per-token loss, negated: exact gradients (its gradient filter is off, it
+    would drop the small-probability terms a policy gradient needs)."""
     try:
-        import triton  # noqa: F401
+        from cut_cross_entropy import linear_cross_entropy
     except ImportError:
-        return False
-    return True
+        raise ValueError(
+            "the cce log-prob backend needs cut-cross-entropy: pip install 'diffusion-align[text]', or "
+            "use backend 'chunked'"
+        ) from None
+    if bias is not None:
+        raise ValueError("the cce log-prob backend takes an output layer without bias; use backend 'chunked'")
+    impl = "cce" if hidden.is_cuda else "torch_compile"
+    loss = linear_cross_entropy(
+        hidden / temperature, weight, targets, reduction="none", filter_eps=None, impl=impl
+    )
+    return -loss.float()
 
 
 def token_log_probs(
@@ -116,19 +123,10 @@ def token_log_probs(
         raise ValueError(f"hidden size {hidden.shape[-1]} does not match the projection {list(weight.shape)}")
     shape = targets.shape
     flat_hidden, flat_targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    if backend == "auto":
-        backend = "triton" if hidden.is_cuda and triton_usable(hidden.device) else "chunked"
-    if backend == "naive":
-        values = naive_token_log_probs(flat_hidden, weight, flat_targets, bias, temperature)
-    elif backend == "chunked":
+    if backend in ("auto", "chunked"):
         values = chunked_token_log_probs(flat_hidden, weight, flat_targets, bias, temperature, chunk_size)
+    elif backend == "naive":
+        values = naive_token_log_probs(flat_hidden, weight, flat_targets, bias, temperature)
     else:
-        if not triton_usable(hidden.device):
-            raise ValueError(
-                "the triton log-prob backend needs a CUDA device (or TRITON_INTERPRET=1) and "
-                "`pip install triton`; use backend 'chunked' on this machine"
-            )
-        from align.text.logprob_triton import triton_token_log_probs
-
-        values = triton_token_log_probs(flat_hidden, weight, flat_targets, bias, temperature)
+        values = cce_token_log_probs(flat_hidden, weight, flat_targets, bias, temperature)
     return values.reshape(shape)

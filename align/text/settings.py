@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from align.schema import param
 
-BACKENDS = ("auto", "naive", "chunked", "triton")  # token log-prob implementations (align/text/logprob.py)
+BACKENDS = ("auto", "naive", "chunked", "cce")  # token log-prob implementations (align/text/logprob.py)
 
 
 @dataclass
@@ -21,7 +21,7 @@ class TextSettings:
     top_p: float = param(1.0, gt=0.0, max=1.0)  # nucleus sampling; log-probs stay the full policy's
     system_prompt: str | None = None  # None: the chat template's own default (if any)
     chat_template: bool | None = None  # None: use the tokenizer's chat template when it has one
-    logprob_backend: str = param("auto", choices=BACKENDS)  # auto: triton on CUDA, chunked elsewhere
+    logprob_backend: str = param("auto", choices=BACKENDS)  # auto: chunked (cce: cut-cross-entropy)
     logprob_chunk_size: int = param(512, min=1)  # logit rows held at once: memory (rows x vocab) vs speed
     eval_max_new_tokens: int | None = param(None, min=1)  # greedy evaluation budget; None = max_new_tokens
 
