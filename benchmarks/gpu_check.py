@@ -168,10 +168,10 @@ def rollout_ratios(name: str, steps: int = 10, batch: int = 8) -> str:
 
     adapter = load_adapter(name, device=DEVICE, dtype="bfloat16")
     prompts, seeds = (load_prompts("heldout") * 4)[:batch], list(range(batch))
-    adapter.encode(prompts)  # the adapter caches prompt encodings; the pipeline re-encodes every call
+    cond = adapter.encode(prompts)  # cached: the pipeline is handed them too (the fair base)
 
     def pipeline():
-        adapter.pipeline_images(prompts, generators_from_seeds(seeds), steps)
+        adapter.pipeline_images(prompts, generators_from_seeds(seeds), steps, cond=cond)
 
     def rollout(noise_level: float):
         trajectory = adapter.sample(

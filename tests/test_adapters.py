@@ -138,3 +138,14 @@ def test_eager_forwards_bypass_the_wrapper_and_restore_it():
     finally:
         adapter.network = None
     assert adapter.network is adapter.model
+
+
+def test_the_pipeline_given_our_encodings_makes_the_images_it_makes_from_the_prompts(tiny):
+    """The rollout benchmark hands the pipeline the adapter's cached encodings (a fair comparison:
+    the rollout does not re-encode); the pipeline's images are then those it makes from the prompts."""
+    from samplers.noise import generators_from_seeds
+
+    prompts = ["a red circle", "two blue squares"]
+    own = tiny.pipeline_images(prompts, generators_from_seeds([0, 1]), 2)
+    given = tiny.pipeline_images(prompts, generators_from_seeds([0, 1]), 2, cond=tiny.encode(prompts))
+    assert own.shape == given.shape and float((own - given).abs().max()) < 1e-5

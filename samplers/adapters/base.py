@@ -169,9 +169,18 @@ class Adapter:
             unconditional = unconditional.detach()
         return unconditional + self.guidance_scale * (conditional - unconditional)
 
-    def pipeline_images(self, prompts: list[str], generators: list[torch.Generator], num_steps: int):
-        """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance."""
+    def pipeline_images(
+        self, prompts: list[str], generators: list[torch.Generator], num_steps: int, cond: Cond | None = None
+    ):
+        """The plain diffusers pipeline call for the same prompts, seeds, steps and guidance; with `cond`
+        (this adapter's `encode(prompts)`, whose keys are the pipeline's own embedding arguments) the
+        pipeline is handed the encodings instead of encoding the prompts itself, as a rollout is."""
         raise NotImplementedError
+
+    @staticmethod
+    def _pipeline_text(prompts: list[str], cond: Cond | None) -> dict:
+        """The pipeline's text arguments: the prompts, or their encodings."""
+        return {"prompt": list(prompts)} if cond is None else dict(cond)
 
     # --- shared behaviour --------------------------------------------------------------------
 

@@ -113,9 +113,9 @@ class UNetMixin:
         return x.to(self.dtype)
 
     @torch.no_grad()
-    def pipeline_images(self, prompts, generators, num_steps):
+    def pipeline_images(self, prompts, generators, num_steps, cond=None):
         return self.pipeline(
-            prompt=list(prompts),
+            **self._pipeline_text(prompts, cond),
             generator=generators,
             num_inference_steps=num_steps,
             guidance_scale=self.guidance_scale,

@@ -134,9 +134,9 @@ class SD3Adapter(FlowMatchMixin, Adapter):
         return self._vae_encode(images)
 
     @torch.no_grad()
-    def pipeline_images(self, prompts, generators, num_steps):
+    def pipeline_images(self, prompts, generators, num_steps, cond=None):
         return self.pipeline(
-            prompt=list(prompts),
+            **self._pipeline_text(prompts, cond),
             generator=generators,
             num_inference_steps=num_steps,
             guidance_scale=self.guidance_scale,
