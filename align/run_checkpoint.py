@@ -86,17 +86,21 @@ def _save_sharded(run, directory: Path) -> Path:
     tensors = sharded_state(model, run.optimizer, run.policy, run.ema)
     state = _run_state(run)
     bad = nonfinite_values({"shards": local_tree(tensors), **state, "summary": None})
-    count = torch.tensor([len(bad)], dtype=torch.float64)
+    count = torch.tensor([len(bad)], dtype=torch.float32, device=run.accelerator.device)  # NCCL: on the GPU
     if together:
         dist.all_reduce(count)
     if count.item():
         where = f"{bad[0]} holds NaN or inf" if bad else "another process's shard holds NaN or inf"
         raise RunFault(f"refusing to save {directory}: {where}; the earlier checkpoints are as they were")
-    # the weights whole, for their pipeline (a collective: every process gathers, the main one writes)
-    if run.policy.trainable == "lora":
-        weights = {n: whole(p.detach()).cpu() for n, p in run.policy.named_parameters().items()}
-    else:
-        weights = {n: whole(t.detach()).cpu() for n, t in model.state_dict().items()}
+    # the weights whole, for their pipeline: every process gathers each tensor (a collective), only
+    # the main one keeps it, in host memory
+    lora = run.policy.trainable == "lora"
+    named = run.policy.named_parameters() if lora else model.state_dict()
+    weights = {}
+    for name, tensor in named.items():
+        gathered = whole(tensor.detach())
+        if run.main:
+            weights[name] = gathered.cpu()
     place = [str(staging_directory(directory)) if run.main else None]
     if together:
         dist.broadcast_object_list(place, src=0)
