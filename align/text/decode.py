@@ -15,9 +15,28 @@ whitelist of families, through transformers' internals: 0.68x `generate`'s time 
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable
 
 import torch
+
+
+@functools.cache
+def _cache_name(forward) -> str:
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def cache_argument(causal, cache) -> dict:
+    """The key/value cache as the keyword this transformers release takes: `cache` (5.x, where
+    `past_key_values` is deprecated and goes in 5.40), or `past_key_values` (4.x). `causal` is the
+    causal LM itself, not a LoRA or distributed wrapper (their forwards take **kwargs)."""
+    return {_cache_name(type(causal).forward): cache}
+
+
+def output_cache(output):
+    """The key/value cache a forward returned, under either name."""
+    return output.get("cache", output.get("past_key_values"))
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -44,13 +63,14 @@ def step_function(model, prompt_mask: torch.Tensor, max_new_tokens: int) -> Call
     """
     batch = prompt_mask.shape[0]
     full = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], 1)
+    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
 
     def step(input_ids, position_ids, cache):
         output = model(
             input_ids=input_ids,
             attention_mask=full[:, : cache.get_seq_length() + input_ids.shape[1]],
             position_ids=position_ids,
-            past_key_values=cache,
+            **cache_argument(causal, cache),
             use_cache=True,
             logits_to_keep=1,
         )

@@ -134,8 +134,11 @@ def load_text_policy(
             reference = copy.deepcopy(model).requires_grad_(False)
     else:
         raise ValueError(f"unknown trainable {trainable!r}; use 'lora' or 'full'")
-    if gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:  # transformers 5.x renamed it (the old name goes in v6)
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return TextPolicy(
         model,
         tokenizer,

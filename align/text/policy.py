@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from align.policy import ImagePolicy
-from align.text.decode import positions, sample_tokens
+from align.text.decode import cache_argument, output_cache, positions, sample_tokens
 from align.text.logprob import token_log_probs
 from samplers.types import Trajectory
 
@@ -279,13 +279,13 @@ class TextPolicy:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                past_key_values=cache,
+                **cache_argument(causal, cache),
                 use_cache=keep_cache or cache is not None,
                 logits_to_keep=1,
             )
         finally:
             hook.remove()
-        return caught["hidden"], output.past_key_values
+        return caught["hidden"], output_cache(output)
 
     def _prompt_cache(self, model, tokens: dict, shared, drop_last: bool = False):
         """Run each distinct prompt once; (hidden [U, P, H], cache expanded to every row)."""
