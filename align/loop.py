@@ -20,7 +20,7 @@ import torch
 from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.config import ExperimentConfig
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
-from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator, make_optimizer
+from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator
 from align.run_checkpoint import load_run_checkpoint, run_checkpoint_bytes, save_run_checkpoint
 from align.run_files import (
     append_metrics,
@@ -30,7 +30,7 @@ from align.run_files import (
     trackers,
     write_summary,
 )
-from align.sharding import resolve_sharding, shard, whole
+from align.sharding import place_for_training, whole
 
 
 @dataclass
@@ -104,36 +104,15 @@ class Run:
         self.rewards = RewardSet(terms, config.rewards.normalise, str(device), config.rewards.remote_timeout)
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
         self.algorithm = algorithm(self.context)
-        self.sharding = resolve_sharding(config.train.sharding)  # how checkpoints are written
-        if self.sharding != "none" and not self.modality.shardable:
-            raise ValueError(
-                f"train.sharding={self.sharding} is for image models; {config.algorithm.name} replicates "
-                "its model on every process: set train.sharding=none, and launch without FSDP"
-            )
-        self.sharded = self.sharding == "fsdp2" and self.accelerator.num_processes > 1
-        if self.sharded and config.train.optimizer != "adamw":
-            raise ValueError(
-                f"train.optimizer={config.train.optimizer} does not step sharded weights; under FSDP2 "
-                "use train.optimizer=adamw (with train.fsdp_offload=true to move its state to the CPU)"
-            )
-        if self.sharded:  # before the optimiser: it steps the shards
-            shard(self.adapter.model, device, precision, offload=config.train.fsdp_offload)
-        self.optimizer = make_optimizer(
-            config.train.optimizer, list(self.policy.parameters()), config.train.lr, config.train.weight_decay
+        self.sharding, self.sharded, self.network, self.optimizer = place_for_training(
+            config, self.modality, self.accelerator, self.adapter.model, self.policy, precision
         )
-        if self.sharded:  # the sharded module reduces its own gradients: no DDP wrapper around it
-            self.network = self.adapter.model
-        else:
-            self.network, self.optimizer = self.accelerator.prepare(self.adapter.model, self.optimizer)
         self.scheduler = lr_scheduler(self.optimizer, config.train)
         # compiled for every forward of the run (sampling, training, evaluation): once per batch shape
         # and grad mode, minutes on a CPU, then fused kernels; the weights stay the model's own
         self.adapter.network = torch.compile(self.network) if config.model.compile else self.network
-        self.ema = (
-            EMA(self.policy.named_parameters(), config.train.ema_decay, config.train.ema_device)
-            if config.train.ema_decay
-            else None
-        )
+        decay = config.train.ema_decay
+        self.ema = EMA(self.policy.named_parameters(), decay, config.train.ema_device) if decay else None
         self.prompts = self.modality.prompts(config.train.prompts)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
@@ -216,7 +195,7 @@ class Run:
             agreement = GradientAgreement(self.policy.parameters())
         for index, unit in enumerate(chunk):
             last = index == len(chunk) - 1
-            sync = self.accelerator.no_sync(self.network) if not last else _nothing()
+            sync = self.accelerator.no_sync(self.network) if not last else contextlib.nullcontext()
             with sync:
                 loss, unit_stats = self.algorithm.loss(batch, unit)
                 losses.append(loss.detach())
@@ -283,12 +262,9 @@ class Run:
         """
         from accelerate.utils import DistributedType
 
-        replicated = self.accelerator.distributed_type not in (
-            DistributedType.FSDP,
-            DistributedType.DEEPSPEED,
-            DistributedType.XLA,
-        )
-        complete = self.sharded or replicated  # sharded: `_nonfinite` summed the norm over the shards
+        # accelerate's own sharding clips by itself; ours (self.sharded) summed the norm in _nonfinite
+        split = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA)
+        complete = self.sharded or self.accelerator.distributed_type not in split
         if norm is None or not complete or not CLIP_WITH_NORM:
             return self.accelerator.clip_grad_norm_(self.policy.parameters(), max_norm)
         torch.nn.utils.clip_grads_with_norm_(self.policy.parameters(), max_norm, norm)
@@ -331,14 +307,6 @@ class Run:
 
     def checkpoint_bytes(self) -> int:
         return run_checkpoint_bytes(self)
-
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _monitors(images: torch.Tensor) -> dict:

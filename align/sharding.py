@@ -34,6 +34,33 @@ def resolve_sharding(setting: str) -> str:
     return "fsdp2" if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" else "none"
 
 
+def place_for_training(config, modality, accelerator, model, policy, precision: str):
+    """(train.sharding as run, whether the model is sharded, the network the loop calls, the
+    optimiser): the model sharded before its optimiser is made (it steps the shards) and left
+    unwrapped (the shards reduce their own gradients), or handed to accelerate (DDP)."""
+    from align.optimisation import make_optimizer
+
+    sharding = resolve_sharding(config.train.sharding)
+    if sharding != "none" and not modality.shardable:
+        raise ValueError(
+            f"train.sharding={sharding} is for image models; {config.algorithm.name} replicates "
+            "its model on every process: set train.sharding=none, and launch without FSDP"
+        )
+    sharded = sharding == "fsdp2" and accelerator.num_processes > 1
+    if sharded and config.train.optimizer != "adamw":
+        raise ValueError(
+            f"train.optimizer={config.train.optimizer} does not step sharded weights; under FSDP2 "
+            "use train.optimizer=adamw (with train.fsdp_offload=true to move its state to the CPU)"
+        )
+    if sharded:
+        shard(model, accelerator.device, precision, offload=config.train.fsdp_offload)
+    parameters = list(policy.parameters())
+    optimizer = make_optimizer(config.train.optimizer, parameters, config.train.lr, config.train.weight_decay)
+    if sharded:
+        return sharding, sharded, model, optimizer
+    return (sharding, sharded, *accelerator.prepare(model, optimizer))
+
+
 def distributed() -> bool:
     import torch.distributed as dist
 
