@@ -39,23 +39,17 @@ def _flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor], seen: di
     """`value` as JSON-able structure, its tensors moved into `tensors` by dotted key. A tensor met
     twice (bitsandbytes shares one quantisation map between every parameter's state) is stored once
     and referred to twice, so it loads shared again; other views of one storage are copied apart
-    (safetensors refuses tensors that share memory)."""
+    (safetensors refuses tensors that share memory). `seen`: storage -> {view: key}."""
     seen = {} if seen is None else seen
     if isinstance(value, torch.Tensor):
-        value = value.detach()
-        storage = value.untyped_storage().data_ptr() if value.numel() else None
-        same = (storage, value.storage_offset(), tuple(value.shape), tuple(value.stride()), value.dtype)
-        if storage is not None and same in seen:
-            return {_TENSOR: seen[same]}
-        key = prefix or "_"
+        value, key = value.detach(), prefix or "_"
+        views = seen.setdefault(value.untyped_storage().data_ptr(), {}) if value.numel() else {}
+        view = (value.storage_offset(), tuple(value.shape), tuple(value.stride()), value.dtype)
+        if view in views:
+            return {_TENSOR: views[view]}
         tensor = value.cpu().contiguous()
-        storages = seen.setdefault("storages", set())
-        if storage in storages:
-            tensor = tensor.clone()
-        if storage is not None:
-            seen[same] = key
-            storages.add(storage)
-        tensors[key] = tensor
+        tensors[key] = tensor.clone() if views else tensor  # another view of a storage already stored
+        views[view] = key
         return {_TENSOR: key}
     if isinstance(value, dict):
         flat = {

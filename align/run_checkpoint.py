@@ -51,10 +51,15 @@ def save_run_checkpoint(run) -> Path:
             (staging / "checkpoint.json").write_text(json.dumps(_checkpoint_info(run), indent=2))
             write_manifest(staging)
         kill_point("saved")
-        for old in checkpoints(run.out)[: -run.config.train.keep_checkpoints]:
-            shutil.rmtree(old)
+        _prune(run)
     run.accelerator.wait_for_everyone()
     return directory
+
+
+def _prune(run) -> None:
+    """Keep the last train.keep_checkpoints checkpoints."""
+    for old in checkpoints(run.out)[: -run.config.train.keep_checkpoints]:
+        shutil.rmtree(old)
 
 
 def _run_state(run) -> dict:
@@ -78,18 +83,16 @@ def _save_sharded(run, directory: Path) -> Path:
     directory into place. With one process (no process group) the same files are written, so a run
     saved on any number of processes resumes on any other."""
     import torch
-    import torch.distributed as dist
+    from accelerate.utils import broadcast_object_list
 
-    from align.sharding import SHARDED_DIR, dcp_save, distributed, local_tree, rank, sharded_state, whole
+    from align.sharding import SHARDED_DIR, dcp_save, local_tree, sharded_state, whole
 
-    model, together = run.adapter.model, distributed()
+    model = run.adapter.model
     tensors = sharded_state(model, run.optimizer, run.policy, run.ema)
     state = _run_state(run)
     bad = nonfinite_values({"shards": local_tree(tensors), **state, "summary": None})
     count = torch.tensor([len(bad)], dtype=torch.float32, device=run.accelerator.device)  # NCCL: on the GPU
-    if together:
-        dist.all_reduce(count)
-    if count.item():
+    if run.accelerator.reduce(count, "sum").item():
         where = f"{bad[0]} holds NaN or inf" if bad else "another process's shard holds NaN or inf"
         raise RunFault(f"refusing to save {directory}: {where}; the earlier checkpoints are as they were")
     # the weights whole, for their pipeline: every process gathers each tensor (a collective), only
@@ -101,32 +104,26 @@ def _save_sharded(run, directory: Path) -> Path:
         gathered = whole(tensor.detach())
         if run.main:
             weights[name] = gathered.cpu()
-    place = [str(staging_directory(directory)) if run.main else None]
-    if together:
-        dist.broadcast_object_list(place, src=0)
-    staging = Path(place[0])
+    staging = Path(broadcast_object_list([str(staging_directory(directory)) if run.main else None])[0])
     try:
         dcp_save(tensors, staging / SHARDED_DIR)
-        save_state(staging, {"rng": rng_state()}, name=f"rng-{rank()}")
+        save_state(staging, {"rng": rng_state()}, name=f"rng-{run.accelerator.process_index}")
         if run.main:
             run.policy.save_weights(staging, state=weights)
             kill_point("checkpoint")
             save_state(staging, state)
             (staging / "checkpoint.json").write_text(json.dumps(_checkpoint_info(run), indent=2))
-        if together:
-            dist.barrier()  # every process's files are written
+        run.accelerator.wait_for_everyone()  # every process's files are written
         if run.main:
             write_manifest(staging)
             commit_directory(staging, directory)
             kill_point("saved")
-            for old in checkpoints(run.out)[: -run.config.train.keep_checkpoints]:
-                shutil.rmtree(old)
+            _prune(run)
     except BaseException:
         if run.main:
             shutil.rmtree(staging, ignore_errors=True)
         raise
-    if together:
-        dist.barrier()
+    run.accelerator.wait_for_everyone()
     return directory
 
 
@@ -142,7 +139,7 @@ def _checkpoint_info(run) -> dict:
 def _load_sharded(run, directory: Path) -> None:
     """Continue from a `_save_sharded` checkpoint on however many processes this run has: the shards
     are read into this run's own tensors (resharded by torch.distributed.checkpoint)."""
-    from align.sharding import SHARDED_DIR, dcp_load, load_optimizer, rank, sharded_state
+    from align.sharding import SHARDED_DIR, dcp_load, load_optimizer, sharded_state
 
     state = load_state(directory)
     if state["ema_saved"] != (run.ema is not None):
@@ -154,8 +151,10 @@ def _load_sharded(run, directory: Path) -> None:
     tensors = sharded_state(model, run.optimizer, run.policy, run.ema)
     dcp_load(tensors, directory / SHARDED_DIR)  # in place, into this run's tensors
     load_optimizer(model, run.optimizer, tensors["optimizer"])
-    mine = directory / f"rng-{rank()}.safetensors"
-    set_rng_state(load_state(directory, name=f"rng-{rank() if mine.is_file() else 0}")["rng"])
+    mine = f"rng-{run.accelerator.process_index}"
+    if not (directory / f"{mine}.safetensors").is_file():  # a process the saving run did not have
+        mine = "rng-0"
+    set_rng_state(load_state(directory, name=mine)["rng"])
     _restore_run_state(run, state)
 
 

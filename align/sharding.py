@@ -67,12 +67,6 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if distributed() else 0
-
-
 def wrap_units(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks, each one FSDP unit: the elements with parameters of every `nn.ModuleList`
     not inside another one (SD3's and FLUX's transformer blocks, a UNet's down and up blocks)."""
@@ -110,12 +104,6 @@ def shard(
         fully_shard(unit, mesh=mesh, mp_policy=policy, offload_policy=place)
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=place)
     return model
-
-
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 def whole(tensor: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,11 @@ def _cache_name(forward) -> str:
     return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
+def base_model(model):
+    """The causal LM under a LoRA wrapper (peft's PeftModel), or the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def cache_argument(causal, cache) -> dict:
     """The key/value cache as the keyword this transformers release takes: `cache` (5.x, where
     `past_key_values` is deprecated and goes in 5.40), or `past_key_values` (4.x). `causal` is the
@@ -63,7 +68,7 @@ def step_function(model, prompt_mask: torch.Tensor, max_new_tokens: int) -> Call
     """
     batch = prompt_mask.shape[0]
     full = torch.cat([prompt_mask, prompt_mask.new_ones(batch, max_new_tokens)], 1)
-    causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+    causal = base_model(model)
 
     def step(input_ids, position_ids, cache):
         output = model(

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from align.policy import ImagePolicy
-from align.text.decode import cache_argument, output_cache, positions, sample_tokens
+from align.text.decode import base_model, cache_argument, output_cache, positions, sample_tokens
 from align.text.logprob import token_log_probs
 from samplers.types import Trajectory
 
@@ -113,7 +113,7 @@ class TextPolicy:
                     f"{type(model).__name__} scales its logits ({name}={value}); the token log-prob "
                     "here assumes a plain output projection, so this model is not supported yet"
                 )
-        causal = model.get_base_model() if hasattr(model, "get_base_model") else model
+        causal = base_model(model)
         if hasattr(causal.get_output_embeddings(), "base_layer"):
             raise ValueError(
                 "a LoRA on the output head is not seen by the chunked token log-prob (it reads the "
@@ -262,7 +262,7 @@ class TextPolicy:
     def _unwrapped(self, model):
         """(the model without a distributed wrapper, its causal LM) for `model`."""
         plain = self.reference_model if model is self.reference_model else self.model
-        return plain, plain.get_base_model() if hasattr(plain, "get_base_model") else plain
+        return plain, base_model(plain)
 
     @staticmethod
     def _run(model, causal, input_ids, attention_mask, position_ids, cache=None, keep_cache=False):
