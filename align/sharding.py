@@ -69,7 +69,8 @@ def distributed() -> bool:
 
 def wrap_units(model: nn.Module) -> list[nn.Module]:
     """The repeated blocks, each one FSDP unit: the elements with parameters of every `nn.ModuleList`
-    not inside another one (SD3's and FLUX's transformer blocks, a UNet's down and up blocks)."""
+    not inside another one (SD3's and FLUX's transformer blocks; a UNet's down and up blocks and its
+    middle block's attention and resnet blocks)."""
     units: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
