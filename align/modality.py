@@ -9,6 +9,8 @@ and `checkpoint_settings(config)` (how to sample a checkpoint again). An algorit
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from align.evaluate import format_summary
@@ -39,7 +41,9 @@ class ImageModality:
         if self.adapter.family == "flow":
             self.adapter.sde = config.sampling.sde
         elif config.sampling.sde != "flow-grpo":
-            raise ValueError(f"sampling.sde={config.sampling.sde} steps flow models; a {self.adapter.family} model samples by DDIM")
+            raise ValueError(
+                f"sampling.sde={config.sampling.sde} steps flow models; a {self.adapter.family} model samples by DDIM"
+            )
         self.policy = ImagePolicy(self.adapter, config.train.trainable, config.lora)
 
     @staticmethod
@@ -68,6 +72,38 @@ class ImageModality:
             )
         finally:
             self.adapter.network = network
+        return summary
+
+    @staticmethod
+    def evaluate_model(args) -> dict:
+        """`align evaluate` on an image model: fixed seeds, the toy verifier where the prompts are the
+        toy world's, each `args.reward` averaged; with --swap-test, the relation-word test too."""
+        from align.evaluate import evaluate, format_rows, format_swap_test, swap_test, write_evaluation
+        from align.runs import load_model
+        from rewards.base import build_reward
+        from samplers.devices import resolve_device
+
+        if args.max_new_tokens is not None:
+            raise ValueError(f"only text models take --max-new-tokens; {args.model} is an image model")
+        device = resolve_device(args.device)
+        prompts = ImageModality.prompts(args.prompts)[: args.max_prompts]
+        rewards = {name: build_reward(name, device=device) for name in args.reward}
+        adapter = load_model(
+            args.model,
+            device=device,
+            dtype=args.dtype,
+            guidance_scale=args.guidance_scale,
+            default_steps=args.steps,
+        )
+        summary, rows, _ = evaluate(adapter, prompts, seeds=args.seeds, rewards=rewards)
+        summary.update(model=args.model, prompts=args.prompts)
+        print(format_rows(rows))
+        print(format_summary(summary, f"{args.model} on {args.prompts} ({summary['num_images']} images)"))
+        if args.swap_test:
+            summary["swap_test"] = swap_test(adapter, prompts, seeds=args.seeds)
+            print(format_swap_test(summary["swap_test"]))
+        if args.out:
+            write_evaluation(Path(args.out), summary, rows)
         return summary
 
     def checkpoint_settings(self, config) -> dict:

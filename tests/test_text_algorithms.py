@@ -315,3 +315,49 @@ def test_the_text_demo_prints_its_results_table(tmp_path):
     assert table[4].startswith("run directory: ") and len(table) == 5
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["aligned"]["outcomes"] == aligned["outcomes"]
+
+
+def test_align_evaluate_scores_a_text_run_as_the_run_scored_itself(tmp_path, capsys):
+    """One `align evaluate` for both modalities: given a text run directory it loads the base model with
+    the run's LoRA and answers exactly as the run's own final evaluation did; given the base model's
+    name, as the run's base evaluation did; image-only flags are refused with a one-line error."""
+    from align.cli import main
+    from align.commands.evaluate import modality_of
+    from align.modality import ImageModality
+    from align.text.modality import TextModality
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "configs/tiny/text-grpo.yaml", "--out", str(run_dir)]) == 0
+    trained = json.loads((run_dir / "summary.json").read_text())
+    assert modality_of(str(run_dir)) is TextModality and modality_of("tiny:llama") is TextModality
+    assert (
+        modality_of("toy") is ImageModality and modality_of("my/model", "arithmetic:heldout") is TextModality
+    )
+    answers = {}
+    for name, model in (("aligned", str(run_dir)), ("base", "tiny:llama")):
+        out = tmp_path / name
+        budget = [] if name == "aligned" else ["--max-new-tokens", "6"]  # the run's own budget, read from it
+        assert (
+            main(
+                [
+                    "evaluate",
+                    model,
+                    "--prompts",
+                    "arithmetic:heldout",
+                    "--max-prompts",
+                    "4",
+                    "--out",
+                    str(out),
+                    *budget,
+                ]
+            )
+            == 0
+        )
+        summary = json.loads((out / "summary.json").read_text())
+        answers[name] = [e["completion"] for e in summary["examples"]]
+        assert answers[name] == [e["completion"] for e in trained[name]["examples"]], name
+        assert summary["exact_outcomes"] == trained[name]["exact_outcomes"]
+    assert answers["aligned"] != answers["base"]  # the LoRA was applied
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--swap-test"]) == 2
+    assert "only image models take --swap-test" in capsys.readouterr().err

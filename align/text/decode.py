@@ -40,8 +40,10 @@ def cache_argument(causal, cache) -> dict:
 
 
 def output_cache(output):
-    """The key/value cache a forward returned, under either name."""
-    return output.get("cache", output.get("past_key_values"))
+    """The key/value cache a forward returned, under either name (the old one read only when the new one
+    is absent: on 5.x, reading `past_key_values` logs a deprecation warning)."""
+    cache = output.get("cache")
+    return cache if cache is not None else output.get("past_key_values")
 
 
 def positions(attention_mask: torch.Tensor) -> torch.Tensor:

