@@ -1,21 +1,22 @@
 """Ours against the tools users would pick instead, on the same tiny models and settings, side by side.
 
-    python benchmarks/vs_peers.py --peer-scripts DIR --trl-python PY --trl-grpo-python PY \
-        --work DIR [--flow-grpo CHECKOUT] [--repeats 3] [--cases ddpo alignprop-64 ...]
+    python benchmarks/vs_peers.py --work DIR [--repeats 3] [--cases ddpo alignprop-64 ...] \
+        [--flow-grpo CHECKOUT] [--trl-python PY] [--trl-grpo-python PY]
 
-The peers are the scripts of the peer side (trl_ddpo_alignprop.py: trl 0.23.1 DDPOTrainer and
-AlignPropTrainer; trl_grpo.py: trl 1.16 GRPOTrainer), each run by the python of its own virtualenv.
-They build their tiny random models under --work on first use; ours loads those very directories
-through its ordinary loaders (same weights, same seed), with the settings the peer's CONFIG line
-prints. Every case runs ours, then the peer, then ours, ... (--repeats times each) in fresh
-processes, with one torch thread each, and the table gives the medians and ours / peer's.
+The peer side is the project's own scripts in benchmarks/peers/ (trl_image.py: trl 0.23.1's
+DDPOTrainer and AlignPropTrainer, the last trl release that ships them; trl_text.py: trl 1.16's
+GRPOTrainer), each run by the python of its own virtualenv: made under WORK/venvs from
+peers/trl-0.23.txt and peers/trl-1.16.txt on first use (a few minutes; PyPI only), unless --trl-python
+/ --trl-grpo-python name one. They build their tiny random models under WORK on first use; ours
+loads those very directories through its ordinary loaders (same weights, same seed), with the
+settings the peer's CONFIG line prints. Every case runs ours, then the peer, then ours, ...
+(--repeats times each) in fresh processes, with one torch thread each, and the table gives the
+medians and ours / peer's.
 
 Flow-GRPO has no trl peer: ours is split into sampling / reward / training on tiny:sd3, the rollout
 with log-probs is set against a plain pipeline call, and, given --flow-grpo (a checkout of the
-public flow_grpo repository), the reference's own SDE step and sampling pipeline are imported from
-it and timed on the same model (its training loop lives in a script that cannot be imported, so the
-harness here drives its step function the way that script does: CFG branches batched, the
-unconditional branch detached, the KL reference pass with the LoRA disabled).
+public flow_grpo repository), peers/flow_grpo_harness.py imports the reference's own SDE step and
+sampling pipeline from it and times them on the same model, driven as its training script drives them.
 
 Peak memory growth is the process's peak resident set during training less its peak before it
 (ours: measured in the process before the first epoch; the peer: a process of the same venv that
@@ -38,21 +39,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+PEERS = Path(__file__).resolve().parent / "peers"  # the peer-side scripts and their requirements
+sys.path.insert(0, str(PEERS))
+from trl_image import PROMPTS as IMAGE_PROMPTS  # noqa: E402  (the peers' prompts are ours too)
+from trl_text import PROMPTS as TEXT_PROMPTS  # noqa: E402
 
-IMAGE_PROMPTS = ["a photo of a cat", "a red car", "a bowl of fruit", "a snowy mountain"]  # the peer's
-TEXT_PROMPTS = [  # the peer's
-    "Tell me about a cat",
-    "Write a story about a dog",
-    "Describe the weather today",
-    "What do tiny models do",
-    "Say something about birds",
-    "The quick brown fox",
-    "Explain reinforcement learning",
-    "Once upon a time",
-]
 TRL_CASES = ("ddpo", "alignprop-64", "alignprop-256")  # trl 0.23.1's virtualenv runs the peer side
 TRL_GRPO_CASES = ("grpo-tiny", "grpo-smollm2")  # trl 1.16's
 CASES = (*TRL_CASES, *TRL_GRPO_CASES, "flow-grpo")
+VENVS = {"trl_python": ("trl-0.23", TRL_CASES), "trl_grpo_python": ("trl-1.16", TRL_GRPO_CASES)}
 
 
 def peak_rss_mib() -> float:
@@ -236,121 +231,6 @@ def run_ours_flow(args) -> dict:
     }
 
 
-def reference_step(transformer, scheduler, sde_step, latents, timesteps, j, embeds, pooled, guidance, level):
-    """Re-score step j the way the reference's training script does: CFG branches in one batch, the
-    unconditional one detached, then its SDE step function given the recorded next latent."""
-    import torch
-
-    x = latents[:, j]
-    output = transformer(
-        hidden_states=torch.cat([x, x]),
-        timestep=torch.cat([timesteps[:, j]] * 2),
-        encoder_hidden_states=embeds,
-        pooled_projections=pooled,
-        return_dict=False,
-    )[0]
-    uncond, text = output.chunk(2)
-    output = uncond.detach() + guidance * (text - uncond.detach())
-    return sde_step(
-        scheduler,
-        output.float(),
-        timesteps[:, j],
-        x.float(),
-        prev_sample=latents[:, j + 1].float(),
-        noise_level=level,
-    )
-
-
-def run_reference_flow(args) -> dict:
-    """The reference implementation's sampling (pipeline_with_logprob) and training pass on tiny:sd3,
-    its functions imported from the checkout at --flow-grpo; the harness loop follows its script."""
-    import torch
-
-    sys.path.insert(0, args.flow_grpo)
-    from flow_grpo.diffusers_patch.sd3_pipeline_with_logprob import pipeline_with_logprob
-    from flow_grpo.diffusers_patch.sd3_sde_with_logprob import sde_step_with_logprob
-    from peft import LoraConfig, get_peft_model
-
-    from align.policy import DEFAULT_TARGETS, lora_targets
-    from rewards.base import build_reward
-    from samplers.models import load_pipeline
-
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    pipeline, _ = load_pipeline("tiny:sd3")
-    pipeline.set_progress_bar_config(disable=True)
-    for module in (pipeline.vae, pipeline.text_encoder, pipeline.text_encoder_2, pipeline.text_encoder_3):
-        module.requires_grad_(False)
-    targets = lora_targets(pipeline.transformer, DEFAULT_TARGETS["flow"])
-    lora = LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian", target_modules=targets)
-    transformer = get_peft_model(pipeline.transformer, lora)
-    pipeline.transformer = transformer
-    optimizer = torch.optim.AdamW([p for p in transformer.parameters() if p.requires_grad], lr=3e-4)
-    reward = build_reward("jpeg-compressibility")
-    from align.recipes import load_prompts
-
-    prompts = load_prompts("train")[:2]
-    batch = [p for p in prompts for _ in range(4)]
-    guidance, beta, noise_level = 4.5, args.beta, 0.7
-    splits = []
-    for epoch in range(args.epochs):
-        start = time.perf_counter()
-        with torch.no_grad():
-            embeds, negative, pooled, negative_pooled = pipeline.encode_prompt(batch, batch, batch)
-            generator = [torch.Generator().manual_seed(epoch * 100 + i) for i in range(len(batch))]
-            images, latents, log_probs = pipeline_with_logprob(
-                pipeline,
-                prompt_embeds=embeds,
-                pooled_prompt_embeds=pooled,
-                negative_prompt_embeds=negative,
-                negative_pooled_prompt_embeds=negative_pooled,
-                num_inference_steps=10,
-                guidance_scale=guidance,
-                output_type="pt",
-                height=32,
-                width=32,
-                noise_level=noise_level,
-                generator=generator,
-            )[:3]
-        sampled = time.perf_counter()
-        rewards = reward(images.float().clamp(0, 1), batch)
-        grouped = rewards.view(-1, 4)
-        advantages = (
-            (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
-        ).flatten()
-        scored = time.perf_counter()
-        latents = torch.stack(latents, dim=1)  # [B, T + 1, ...]
-        log_probs = torch.stack(log_probs, dim=1)
-        timesteps = pipeline.scheduler.timesteps.repeat(len(batch), 1)
-        cond_embeds = torch.cat([negative, embeds])
-        cond_pooled = torch.cat([negative_pooled, pooled])
-        transformer.train()
-
-        for j in range(9):  # every step but the last (sigma 0.001 -> 0), as ours trains
-            step = (transformer, pipeline.scheduler, sde_step_with_logprob, latents, timesteps, j)
-            _, log_prob, mean, std = reference_step(*step, cond_embeds, cond_pooled, guidance, noise_level)
-            ratio = torch.exp(log_prob - log_probs[:, j])
-            clipped = torch.clamp(ratio, 1 - 1e-4, 1 + 1e-4)
-            loss = torch.mean(torch.maximum(-advantages * ratio, -advantages * clipped))
-            if beta > 0:
-                with torch.no_grad(), transformer.disable_adapter():
-                    _, _, reference_mean, _ = reference_step(
-                        *step, cond_embeds, cond_pooled, guidance, noise_level
-                    )
-                kl = ((mean - reference_mean) ** 2).mean(dim=(1, 2, 3), keepdim=True) / (2 * std**2)
-                loss = loss + beta * kl.mean()
-            (loss / 9).backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad()
-        trained = time.perf_counter()
-        splits.append({"sampling": sampled - start, "reward": scored - sampled, "training": trained - scored})
-    steady = splits[args.warmup :]
-    per_sample = {k: statistics.median(s[k] for s in steady) / len(batch) for k in steady[0]}
-    per_sample["epoch"] = sum(per_sample.values())
-    return {"per_sample": per_sample}
-
-
 # --- the peer side --------------------------------------------------------------------------------
 
 
@@ -414,7 +294,6 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
     """(our command, the peer's command or None, settings) of a case."""
     work = Path(args.work)
     me = [sys.executable, os.path.abspath(__file__)]
-    scripts = Path(args.peer_scripts) if args.peer_scripts else None
     if case == "ddpo" or case.startswith("alignprop"):
         resolution = 64 if case == "ddpo" else int(case.split("-")[1])
         model = model_at(work, "tiny-sd15", resolution)
@@ -426,7 +305,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
         ours += ["--checkpoint-above-mb", str(args.checkpoint_above_mb)]
         ours += ["--compile"] if args.compile else []
         which = "ddpo" if case == "ddpo" else "alignprop"
-        peer = [args.trl_python, str(scripts / "trl_ddpo_alignprop.py"), "--which", which]
+        peer = [args.trl_python, str(PEERS / "trl_image.py"), "--which", which]
         peer += ["--model-dir", str(model)] + epochs
         settings = {"resolution": resolution, "batch": 4, "steps": steps, "eta": 1.0, "guidance": 5.0}
         if case.startswith("alignprop"):
@@ -449,7 +328,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
             "--warmup",
             str(warmup),
         ]
-        peer = [args.trl_grpo_python, str(scripts / "trl_grpo.py"), "--model-dir", str(model)]
+        peer = [args.trl_grpo_python, str(PEERS / "trl_text.py"), "--model-dir", str(model)]
         peer += ["--steps", str(steps), "--warmup", str(warmup)] + ckpt
         settings = {"batch": "2 prompts x 4", "max_new_tokens": 32, "temperature": 1.0, "beta": 0.0}
         settings |= {"trainable": "full", "gradient_checkpointing": args.grad_ckpt}
@@ -457,7 +336,7 @@ def case_commands(case: str, args) -> tuple[list[str], list[str] | None, dict]:
     ours = me + ["--child", case, "--epochs", "4", "--warmup", "1", "--beta", str(args.beta)]
     peer = None
     if args.flow_grpo:
-        peer = me + ["--child", "flow-grpo-reference", "--flow-grpo", args.flow_grpo]
+        peer = [sys.executable, str(PEERS / "flow_grpo_harness.py"), "--flow-grpo", args.flow_grpo]
         peer += ["--epochs", "4", "--warmup", "1", "--beta", str(args.beta)]
     settings = {"model": "tiny:sd3", "batch": "2 prompts x 4", "steps": 10, "guidance": 4.5}
     settings |= {"noise_level": 0.7, "beta": args.beta, "lora": "r8 on attention projections"}
@@ -471,7 +350,7 @@ def build_peer_models(args) -> None:
         run_process(
             [
                 args.trl_python,
-                str(Path(args.peer_scripts) / "trl_ddpo_alignprop.py"),
+                str(PEERS / "trl_image.py"),
                 "--build-only",
                 "--model-dir",
                 str(work / "tiny-sd15"),
@@ -481,7 +360,7 @@ def build_peer_models(args) -> None:
         run_process(
             [
                 args.trl_grpo_python,
-                str(Path(args.peer_scripts) / "trl_grpo.py"),
+                str(PEERS / "trl_text.py"),
                 "--build-only",
                 "--model-dir",
                 str(work / "tiny-llama"),
@@ -491,6 +370,22 @@ def build_peer_models(args) -> None:
 
 def peer_growth(args, model: str) -> float:
     return float(run_process([args.trl_python, "-c", PEER_BASELINE, model]).strip().splitlines()[-1])
+
+
+def peer_python(work: Path, name: str) -> str:
+    """The python of the peer virtualenv `name` under WORK/venvs, made from peers/NAME.txt on first
+    use, and made again when those requirements change."""
+    requirements = PEERS / f"{name}.txt"
+    venv = work / "venvs" / name
+    stamp, python = venv / "requirements.txt", venv / "bin" / "python"
+    if stamp.is_file() and stamp.read_text() == requirements.read_text():
+        return str(python)
+    print(f"# making the {name} virtualenv at {venv} from {requirements.name} ...", file=sys.stderr, flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(requirements)], check=True)
+    shutil.copyfile(requirements, stamp)
+    return str(python)
 
 
 def drive(args) -> None:
@@ -628,19 +523,14 @@ def main() -> None:
         "returned on free, so peak RSS tracks live memory rather than the heap glibc keeps",
     )
     parser.add_argument(
-        "--peer-scripts",
-        default=os.environ.get("PEER_SCRIPTS"),
-        help="folder holding trl_ddpo_alignprop.py and trl_grpo.py",
-    )
-    parser.add_argument(
-        "--trl-python", default=os.environ.get("PEER_TRL_PYTHON"), help="python of the trl 0.23.1 virtualenv"
+        "--trl-python", default=os.environ.get("PEER_TRL_PYTHON"), help="python of a trl 0.23.1 virtualenv (default: made under WORK/venvs)"
     )
     parser.add_argument(
         "--trl-grpo-python",
         default=os.environ.get("PEER_TRL_GRPO_PYTHON"),
-        help="python of the trl 1.16 virtualenv",
+        help="python of a trl 1.16 virtualenv (default: made under WORK/venvs)",
     )
-    parser.add_argument("--work", default=os.environ.get("PEERS"), help="where the tiny models are built")
+    parser.add_argument("--work", default=os.environ.get("PEERS"), help="where the peers' virtualenvs and tiny models are made")
     parser.add_argument("--flow-grpo", default=os.environ.get("FLOW_GRPO"), help="flow_grpo checkout")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--repeats", type=int, default=3)
@@ -662,19 +552,15 @@ def main() -> None:
     if args.child:
         if args.child == "flow-grpo":
             result = run_ours_flow(args)
-        elif args.child == "flow-grpo-reference":
-            result = run_reference_flow(args)
         else:
             result = run_ours(args)
         print("RESULT " + json.dumps(result), flush=True)
         return
-    # each peer's python is needed only by the cases that run it
-    needs = ["peer_scripts", "work"]
-    needs += ["trl_python"] if set(args.cases) & set(TRL_CASES) else []
-    needs += ["trl_grpo_python"] if set(args.cases) & set(TRL_GRPO_CASES) else []
-    missing = [f for f in needs if not getattr(args, f)]
-    if missing:
-        parser.error(f"give --{', --'.join(m.replace('_', '-') for m in missing)} (or their env variables)")
+    if not args.work:
+        parser.error("give --work DIR (or PEERS): the peers' virtualenvs and tiny models are made there")
+    for option, (name, cases) in VENVS.items():  # each peer's python is needed only by its cases
+        if set(args.cases) & set(cases) and not getattr(args, option):
+            setattr(args, option, peer_python(Path(args.work), name))
     if args.mmap_threshold is not None:  # read by glibc at each child's start: both sides alike
         os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
     drive(args)
