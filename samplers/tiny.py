@@ -202,7 +202,12 @@ def build_sd3():
     torch.manual_seed(3)
     text_encoder_2, tokenizer_2 = _clip_text(with_projection=True)
     torch.manual_seed(4)
-    text_encoder_3, tokenizer_3 = _t5(d_model=64)
+    return sd3_pipeline(transformer, vae, [(text_encoder, tokenizer), (text_encoder_2, tokenizer_2), _t5(d_model=64)])
+
+
+def sd3_pipeline(transformer, vae, encoders: list[tuple]) -> StableDiffusion3Pipeline:
+    """An SD3 pipeline from its denoiser, VAE and three (text encoder, tokenizer) pairs."""
+    (text_encoder, tokenizer), (text_encoder_2, tokenizer_2), (text_encoder_3, tokenizer_3) = encoders
     return StableDiffusion3Pipeline(
         transformer=transformer,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
@@ -235,7 +240,13 @@ def build_flux():
     torch.manual_seed(2)
     text_encoder, tokenizer = _clip_text(with_projection=False)
     torch.manual_seed(3)
-    text_encoder_2, tokenizer_2 = _t5(d_model=32)
+    return flux_pipeline(transformer, vae, [(text_encoder, tokenizer), _t5(d_model=32)])
+
+
+def flux_pipeline(transformer, vae, encoders: list[tuple]) -> FluxPipeline:
+    """A FLUX pipeline (FLUX.1's dynamically shifted schedule) from its denoiser, VAE and two (text
+    encoder, tokenizer) pairs."""
+    (text_encoder, tokenizer), (text_encoder_2, tokenizer_2) = encoders
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0,
         use_dynamic_shifting=True,

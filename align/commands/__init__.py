@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "align.commands.rewards",
     "align.commands.demo",
     "align.commands.serve_rewards",
+    "align.commands.plan",
 ]
 
 

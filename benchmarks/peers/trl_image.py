@@ -32,11 +32,17 @@ from pathlib import Path
 PROMPTS = ["a photo of a cat", "a red car", "a bowl of fruit", "a snowy mountain"]  # vs_peers.py gives ours these too
 
 
+def byte_alphabet() -> list[str]:
+    """One printable character per byte, as byte-level BPE (GPT-2's, CLIP's) spells bytes: printable
+    Latin-1 bytes stand for themselves, the others for the characters from U+0100 on."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1), *range(ord("\u00ae"), 256)}
+    shifted = iter(range(256, 512))
+    return [chr(b) if b in printable else chr(next(shifted)) for b in range(256)]
+
+
 def write_tokenizer(directory: Path) -> None:
     """A CLIP tokenizer with a byte alphabet and no merges (so each character is a token)."""
-    from transformers.models.clip.tokenization_clip import bytes_to_unicode
-
-    alphabet = list(bytes_to_unicode().values())
+    alphabet = byte_alphabet()
     tokens = alphabet + [c + "</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))

@@ -41,14 +41,15 @@ WORDS = ["the", "a", "cat", "dog", "bird", "fox", "weather", "story", "time", "o
 def build(model_dir: Path) -> None:
     """A 2-layer Llama (hidden 64) with a word-level tokenizer over the prompts' words and a few more."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     words = sorted({w.lower() for p in PROMPTS for w in p.split()} | set(WORDS) | {".", ",", "!", "?"})
     vocab = {token: i for i, token in enumerate(specials + words)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )
