@@ -26,6 +26,7 @@ from align.run_files import (
     append_metrics,
     log_epoch,
     prepare_directory,
+    read_statistics,
     resolve_resume,
     trackers,
     write_summary,
@@ -174,7 +175,7 @@ class Run:
                 for name, v in ((n, self.context.gather(v)) for n, v in batch.values.items())
             }
         record.update(batch.stats)
-        record.update({k: sum(v) / len(v) for k, v in stats.items()})
+        record.update({k: sum(v) / len(v) for k, v in read_statistics(stats).items()})
         images = batch.images
         if images is not None:
             record["monitors"] = _monitors(images)
@@ -213,7 +214,7 @@ class Run:
             return
         if config.train.max_grad_norm is not None:
             norm = self._clip(config.train.max_grad_norm, norm)
-            stats.setdefault("grad_norm", []).append(float(norm))
+            stats.setdefault("grad_norm", []).append(norm.detach())
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1

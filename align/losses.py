@@ -87,15 +87,15 @@ def ppo_clip_loss(
         loss = masked_mean(per_step, mask, dim=1).mean()
     else:
         raise ValueError(f"unknown normalisation {normalisation!r}; use 'token' or 'sequence'")
-    with torch.no_grad():
+    with torch.no_grad():  # 0-d tensors: the loop reads an epoch's statistics at once, not each step's
         counted = torch.ones_like(ratio, dtype=torch.bool) if mask is None else mask.bool()
-        r = ratio[counted]
+        some = counted.any()  # no boolean indexing either: its size would be read from the device
         stats = {
-            "clip_fraction": float(((r - 1).abs() > clip_range).float().mean()) if r.numel() else 0.0,
-            "ratio_mean": float(r.mean()) if r.numel() else 1.0,
-            "ratio_min": float(r.min()) if r.numel() else 1.0,
-            "ratio_max": float(r.max()) if r.numel() else 1.0,
-            "approx_kl": float(masked_mean(0.5 * (log_probs - old_log_probs) ** 2, mask)),
+            "clip_fraction": masked_mean(((ratio - 1).abs() > clip_range).float(), mask),
+            "ratio_mean": masked_mean(ratio, mask),
+            "ratio_min": torch.where(some, torch.where(counted, ratio, torch.inf).min(), 1.0),
+            "ratio_max": torch.where(some, torch.where(counted, ratio, -torch.inf).max(), 1.0),
+            "approx_kl": masked_mean(0.5 * (log_probs - old_log_probs) ** 2, mask),
         }
     return loss, stats
 

@@ -144,14 +144,13 @@ class GradientAgreement:
             previous.copy_(param.grad)
         self.units += 1
 
-    def value(self) -> float | None:
-        squares = float(self.squares)
-        if self.units < 2 or squares == 0:
+    def value(self) -> torch.Tensor | None:
+        """The agreement as a 0-d tensor on the gradients' device (read with the epoch's other
+        statistics); NaN where every unit's gradient was zero (nothing to agree on); None for one unit."""
+        if self.units < 2:
             return None
-        total = sum(
-            float(
-                torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32)).double() ** 2
-            )
-            for p in self.previous
-        )
-        return (total - squares) / ((self.units - 1) * squares)
+        squares = torch.as_tensor(self.squares, dtype=torch.float64)
+        norms = [torch.linalg.vector_norm(p, dtype=torch.promote_types(p.dtype, torch.float32)) for p in self.previous]
+        total = torch.stack([n.double().to(squares.device) ** 2 for n in norms]).sum() if norms else squares * 0
+        agreement = (total - squares) / ((self.units - 1) * squares)
+        return torch.where(squares > 0, agreement, torch.nan)

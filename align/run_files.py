@@ -16,6 +16,25 @@ from align.config import config_to_data
 from align.runs import checkpoints, is_run
 
 
+def read_statistics(stats: dict[str, list], optional=("grad_agreement",)) -> dict[str, list[float]]:
+    """An epoch's per-step statistics as Python floats: the 0-d tensors the steps left on their
+    device read in one transfer per device (one host sync an epoch, not one a statistic a step). An
+    `optional` statistic is NaN where a step could not measure it: those steps are left out (and the
+    statistic, if none measured it)."""
+    tensors = [v for values in stats.values() for v in values if isinstance(v, torch.Tensor)]
+    read: dict[int, float] = {}
+    for device in dict.fromkeys(t.device for t in tensors):
+        mine = [t for t in tensors if t.device == device]
+        values = torch.stack([t.detach().double().reshape(()) for t in mine]).tolist()
+        read.update({id(t): value for t, value in zip(mine, values)})
+    out = {k: [read[id(v)] if isinstance(v, torch.Tensor) else float(v) for v in values] for k, values in stats.items()}
+    for key in optional:
+        measured = [v for v in out.pop(key, []) if v == v]
+        if measured:
+            out[key] = measured
+    return out
+
+
 def resolve_resume(path: Path, out: Path) -> Path | None:
     """The checkpoint to continue from, checked against its manifest: `path` itself, or a run
     directory's latest. None when `path` is `out` and that run stopped before its first checkpoint:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from samplers.noise import Generators, expand_as_batch, finish_step, per_sample
+from samplers.noise import Generators, draws_noise, expand_as_batch, finish_step, per_sample
 from samplers.types import StepOut
 
 
@@ -57,7 +57,7 @@ def ddim_step(
     std64 = eta * variance.clamp(min=0).sqrt()
     direction = (1 - abar_next - std64**2).clamp(min=0).sqrt()
     mean = expand_as_batch(abar_next.sqrt(), x) * x0 + expand_as_batch(direction, x) * eps
-    return finish_step(mean, std64.to(torch.float32), prev, generator)
+    return finish_step(mean, std64.to(torch.float32), prev, generator, draws_noise(noise_level))
 
 
 def ddpm_step(
@@ -103,4 +103,4 @@ def ddpm_step(
     else:
         raise ValueError(f"unknown variance_type {variance_type!r}; use 'fixed_small' or 'fixed_large'")
     std64 = level * variance.clamp(min=0).sqrt()
-    return finish_step(mean, std64.to(torch.float32), prev, generator)
+    return finish_step(mean, std64.to(torch.float32), prev, generator, draws_noise(noise_level))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from samplers.noise import Generators, expand_as_batch, finish_step, per_sample
+from samplers.noise import Generators, draws_noise, expand_as_batch, finish_step, per_sample
 from samplers.types import StepOut
 
 
@@ -47,7 +47,7 @@ def flow_step(
     v_coef = (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
     mean = x * expand_as_batch(x_coef, x) + v * expand_as_batch(v_coef, x)
     std = (s * torch.sqrt(-dt)).to(torch.float32)
-    return finish_step(mean, std, prev, generator)
+    return finish_step(mean, std, prev, generator, draws_noise(noise_level))
 
 
 def cps_step(
@@ -85,7 +85,7 @@ def cps_step(
     clean = x - expand_as_batch(sigma, x) * v
     noise = x + expand_as_batch(1 - sigma, x) * v
     mean = expand_as_batch(1 - sigma_next, x) * clean + expand_as_batch(kept, x) * noise
-    return finish_step(mean, std.to(torch.float32), prev, generator)
+    return finish_step(mean, std.to(torch.float32), prev, generator, draws_noise(noise_level))
 
 
 FLOW_STEPS = {"flow-grpo": flow_step, "cps": cps_step}  # sampling.sde: the stochastic step of flow models

@@ -66,17 +66,30 @@ def expand_as_batch(coefficient: torch.Tensor, like: torch.Tensor) -> torch.Tens
     return coefficient.to(torch.float32).view(-1, *([1] * (like.ndim - 1)))
 
 
+def draws_noise(noise_level) -> bool | None:
+    """Whether a step at `noise_level` draws noise, decided on the host from a Python number (a
+    rollout's levels are); None for a tensor of levels, which finish_step then reads."""
+    return noise_level > 0 if isinstance(noise_level, (int, float)) else None
+
+
 def finish_step(
-    mean: torch.Tensor, std: torch.Tensor, prev: torch.Tensor | None, generator: Generators
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    prev: torch.Tensor | None,
+    generator: Generators,
+    draws: bool | None = None,
 ) -> StepOut:
     """Draw `mean + std * noise` (or take `prev` to score it) and attach its log-prob.
 
-    Noise is drawn only where some std > 0, so deterministic steps consume no random numbers and a
-    noise-free SDE rollout is the ODE rollout bit for bit.
+    Noise is drawn only at stochastic steps, so deterministic ones consume no random numbers and a
+    noise-free SDE rollout is the ODE rollout bit for bit. `draws` (the host's decision from the
+    step's noise level, no device sync) says which they are; without it, a step with any std > 0
+    draws (a read of the device). Where the two differ (a level above 0 whose std is 0, as at the
+    last step of CPS or of DDIM with a final alpha of 1) the sample is the same: mean + 0 * noise.
     """
     if prev is not None:
         sample = prev.float()
-    elif bool((std > 0).any()):
+    elif draws if draws is not None else bool((std > 0).any()):
         sample = mean + expand_as_batch(std, mean) * draw_noise(mean.shape, generator, mean.device)
     else:
         sample = mean

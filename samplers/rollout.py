@@ -15,17 +15,16 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor, Cond], torch.Tensor]
 StepFn = Callable[..., StepOut]
 
 
-def noise_level_per_step(
-    noise_levels: float | Sequence[float] | torch.Tensor, num_steps: int
-) -> torch.Tensor:
-    """A scalar or a per-step sequence as a float64 [T] tensor."""
-    levels = torch.as_tensor(noise_levels, dtype=torch.float64)
-    if levels.ndim == 0:
-        return levels.expand(num_steps).clone()
-    if levels.shape != (num_steps,):
-        raise ValueError(
-            f"noise_levels has {levels.shape[0]} entries for {num_steps} steps; give one per step"
-        )
+def noise_level_per_step(noise_levels: float | Sequence[float] | torch.Tensor, num_steps: int) -> list[float]:
+    """A scalar or a per-step sequence as [T] Python floats: read once, before the step loop, which
+    then decides on the host whether a step draws noise."""
+    if isinstance(noise_levels, torch.Tensor):
+        noise_levels = noise_levels.tolist()
+    if isinstance(noise_levels, (int, float)):
+        return [float(noise_levels)] * num_steps
+    levels = [float(level) for level in noise_levels]
+    if len(levels) != num_steps:
+        raise ValueError(f"noise_levels has {len(levels)} entries for {num_steps} steps; give one per step")
     return levels
 
 
@@ -77,13 +76,13 @@ def rollout(
         t = timesteps[i].expand(batch)
         sigma = sigmas[i].expand(batch)
         sigma_next = sigmas[i + 1].expand(batch)
-        tracked = i >= first_grad_step or (graph and float(levels[i]) > 0)
+        tracked = i >= first_grad_step or (graph and levels[i] > 0)
         with torch.set_grad_enabled(tracked and torch.is_grad_enabled()):
             if checkpoint and i >= first_grad_step:
                 output = activation_checkpoint(denoiser, x, t, cond, use_reentrant=False)
             else:
                 output = denoiser(x, t, cond)
-            out = step_fn(output, x, sigma, sigma_next, noise_level=float(levels[i]), generator=generators)
+            out = step_fn(output, x, sigma, sigma_next, noise_level=levels[i], generator=generators)
         if graph:
             kept.append(out)
             x = out.sample.detach()
@@ -98,7 +97,7 @@ def rollout(
         timesteps=timesteps.expand(batch, num_steps).clone(),
         sigmas=sigmas.expand(batch, num_steps + 1).clone(),
         log_probs=torch.stack(log_probs, dim=1),
-        noise_levels=levels,
+        noise_levels=torch.tensor(levels, dtype=torch.float64),
         cond=cond,
         prompts=list(prompts),
         extra=extra,

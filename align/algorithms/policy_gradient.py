@@ -178,7 +178,7 @@ class PolicyGradient(StochasticRollouts):
             parts = [self._unit_loss(batch, rows, k, graph) for rows, k in unit.units]
             loss = torch.stack([part for part, _ in parts]).mean()
             stats = {key: sum(s[key] for _, s in parts) / len(parts) for key in parts[0][1]}
-            return loss, stats | {"policy_loss": float(loss.detach())}
+            return loss, stats | {"policy_loss": loss.detach()}
         rows, k = unit
         return self._unit_loss(batch, rows, k)
 
@@ -202,7 +202,7 @@ class PolicyGradient(StochasticRollouts):
         if settings.guard.step_reweight:
             advantages = advantages * self._step_weights(trajectory).to(advantages.device)[steps]
         log_prob, old = out.log_prob * scale, old * scale
-        raw_ratio = float(torch.exp(log_prob.detach() - old).mean())
+        raw_ratio = torch.exp(log_prob.detach() - old).mean()
         if settings.guard.ratio_norm:
             old = old + ratio_norm_shift(log_prob - old, steps)
         loss, stats = ppo_clip_loss(log_prob, old, advantages, settings.clip_range)
@@ -211,8 +211,8 @@ class PolicyGradient(StochasticRollouts):
             reference = self.reference_rescore(trajectory, steps)
             kl = gaussian_mean_kl(out.mean, reference.mean, out.std).mean()
             loss = loss + settings.beta * kl
-            stats["kl"] = float(kl.detach())
-        stats["policy_loss"] = float(loss.detach())
+            stats["kl"] = kl.detach()
+        stats["policy_loss"] = loss.detach()
         return loss, stats
 
     def _step_weights(self, trajectory) -> torch.Tensor:

@@ -120,8 +120,8 @@ class TextGRPO(Algorithm):
                 k3_kl(log_probs, trajectory.extra["reference_log_probs"]), mask, settings.normalisation
             )
             loss = loss + settings.kl_coef * kl
-            stats["kl"] = float(kl.detach())
-        stats["policy_loss"] = float(loss.detach())
+            stats["kl"] = kl.detach()
+        stats["policy_loss"] = loss.detach()
         return loss, stats
 
 

@@ -87,15 +87,15 @@ class UNetMixin:
         "trailing" spacings every Stable Diffusion config uses.
         """
         scheduler = self.pipeline.scheduler
-        scheduler.set_timesteps(num_steps, device=self.device)
+        scheduler.set_timesteps(num_steps)  # on the host: the tables are made there, then moved once
         timesteps = scheduler.timesteps.clone()
         abar = scheduler.alphas_cumprod.to(torch.float64)
         last_previous = int(timesteps[-1]) - scheduler.config.num_train_timesteps // num_steps
         final = (
             abar[last_previous] if last_previous >= 0 else torch.tensor(float(scheduler.final_alpha_cumprod))
         )
-        abars = torch.cat([abar[timesteps.cpu().long()], final.to(torch.float64).view(1)])
-        return Schedule(timesteps=timesteps, sigmas=(1 - abars).sqrt().to(self.device))
+        abars = torch.cat([abar[timesteps.long()], final.to(torch.float64).view(1)])
+        return Schedule(timesteps=timesteps.to(self.device), sigmas=(1 - abars).sqrt().to(self.device))
 
     def decode(self, latents):
         vae = self.pipeline.vae
