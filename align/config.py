@@ -49,6 +49,10 @@ class SamplingConfig:
     # the stochastic step of flow models: Flow-GRPO's SDE, or cps (coefficients-preserving: the sample
     # exactly as noisy as the schedule, samplers/flow.py); UNets step by DDIM with eta either way
     sde: str = param("flow-grpo", choices=("flow-grpo", "cps"))
+    # how a rollout steps: family, each family's step function; fused, its [T] coefficient tables and
+    # one fused step (the same draws; equal for the flow SDE); compiled, that step through
+    # torch.compile(fullgraph=True) (samplers/fused.py)
+    step_kernel: str = param("family", choices=("family", "fused", "compiled"))
     # the batch is sampled in this many parts; with rewards.asynchronous, each part is scored while the
     # next one samples (a slow reward, such as a reward server, then overlaps sampling)
     chunks: int = param(1, min=1)

@@ -38,6 +38,7 @@ class ImageModality:
             attention=model.attention,
             gradient_checkpointing=model.gradient_checkpointing,
         )
+        self.adapter.step_kernel = config.sampling.step_kernel
         if self.adapter.family == "flow":
             self.adapter.sde = config.sampling.sde
         elif config.sampling.sde != "flow-grpo":

@@ -63,24 +63,31 @@ def main() -> None:
     def ode():
         adapter.decode(adapter.sample(prompts, generators_from_seeds(seeds), num_steps=args.steps).final)
 
-    @torch.no_grad()
-    def sde():
-        trajectory = adapter.sample(
-            prompts, generators_from_seeds(seeds), num_steps=args.steps, noise_levels=0.7
-        )
-        adapter.decode(trajectory.final)
+    def sde(kernel: str):
+        @torch.no_grad()
+        def run():
+            adapter.step_kernel = kernel
+            trajectory = adapter.sample(
+                prompts, generators_from_seeds(seeds), num_steps=args.steps, noise_levels=0.7
+            )
+            adapter.decode(trajectory.final)
+
+        return run
 
     base = timed(pipeline, args.repeats)
     rows = [
         ("diffusers pipeline, given the encodings", base),
         ("diffusers pipeline, encoding its prompts", timed(pipeline_encoding, args.repeats)),
         ("ODE rollout + decode", timed(ode, args.repeats)),
-        ("SDE rollout with log-probs + decode", timed(sde, args.repeats)),
+        ("SDE rollout with log-probs + decode", timed(sde("family"), args.repeats)),
+        ("  the same, fused step (sampling.step_kernel)", timed(sde("fused"), args.repeats)),
+        ("  the same, compiled fused step", timed(sde("compiled"), args.repeats)),
     ]
+    adapter.step_kernel = "family"
     print(f"{args.model}, {args.steps} steps, batch {args.batch}, median of {args.repeats}")
-    print(f"{'':<42}{'seconds':>10}{'ratio':>8}")
+    print(f"{'':<46}{'seconds':>10}{'ratio':>8}")
     for name, seconds in rows:
-        print(f"{name:<42}{seconds:>10.4f}{seconds / base:>8.3f}")
+        print(f"{name:<46}{seconds:>10.4f}{seconds / base:>8.3f}")
     epoch_split(args)
 
 

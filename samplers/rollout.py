@@ -8,6 +8,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from samplers.ddim import predict_x0_eps
+from samplers.fused import step_kernel
 from samplers.noise import Generators
 from samplers.types import Cond, Schedule, StepOut, Trajectory
 
@@ -41,6 +42,7 @@ def rollout(
     grad_steps: int = 0,
     checkpoint: bool = False,
     graph: bool = False,
+    kernel: str = "family",
 ) -> Trajectory:
     """Sample `x_T -> x_0` for a batch and return the Trajectory.
 
@@ -55,6 +57,11 @@ def rollout(
                 `extra` then holds graph_log_probs [B, T], graph_means [B, T, ...] and graph_stds
                 [B, T] with gradients, so that the first update, whose policy is still the one that
                 sampled, needs no forward pass of its own. Needs grad mode on.
+    kernel      "family": the family's step function; "fused": its [T] tables and one fused step
+                (samplers/fused.py: the same noise, the same draws; equal to the family's step for
+                the flow SDE, within float rounding for the others); "compiled": that step through
+                torch.compile(fullgraph=True, dynamic=False). A step that is not linear (DDIM's
+                clip_sample) keeps the family's function.
     """
     num_steps = len(schedule)
     if not 0 <= grad_steps <= num_steps:
@@ -72,6 +79,7 @@ def rollout(
     first_grad_step = num_steps - grad_steps
     graph = graph and torch.is_grad_enabled()
     kept: list = []  # with graph: each step's StepOut, its graph to the policy where the step is stochastic
+    step = step_kernel(step_fn, sigmas, levels, generators, kernel)
     for i in range(num_steps):
         t = timesteps[i].expand(batch)
         sigma = sigmas[i].expand(batch)
@@ -82,7 +90,7 @@ def rollout(
                 output = activation_checkpoint(denoiser, x, t, cond, use_reentrant=False)
             else:
                 output = denoiser(x, t, cond)
-            out = step_fn(output, x, sigma, sigma_next, noise_level=levels[i], generator=generators)
+            out = step(i, output, x, sigma, sigma_next)
         if graph:
             kept.append(out)
             x = out.sample.detach()

@@ -26,6 +26,7 @@ class Adapter:
     family: ClassVar[str]  # "unet" (DDIM / DDPM steps) or "flow" (Euler / SDE steps)
     default_steps: ClassVar[int] = 20
     default_guidance: ClassVar[float] = 5.0
+    step_kernel: str = "family"  # how rollouts step (samplers/fused.py): family, fused or compiled
 
     def __init__(
         self,
@@ -241,6 +242,7 @@ class Adapter:
             grad_steps=grad_steps,
             checkpoint=checkpoint,
             graph=graph,
+            kernel=self.step_kernel,
         )
 
     def rescore(self, trajectory: Trajectory, step: int | torch.Tensor) -> StepOut:
