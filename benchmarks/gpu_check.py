@@ -8,7 +8,11 @@
    vocabulary and hidden size): parity of log-probs and gradients in float32 and bfloat16, the first
    call (its kernels' compile) on its own row, then warm forward + backward times and peak memory;
 4. rollout ratios: our ODE rollout + decode and SDE rollout with log-probs + decode over a plain
-   pipeline call, as benchmarks/rollout_vs_pipeline.py measures them;
+   pipeline call, as benchmarks/rollout_vs_pipeline.py measures them, and the SDE rollout with the
+   compiled fused step (sampling.step_kernel=compiled);
+   host syncs: torch.cuda.set_sync_debug_mode("warn") around one SDE rollout of tiny:sd3 and one
+   Flow-GRPO optimiser step, and the synchronizing calls it reports (goal: 0 in the rollout, at most
+   2 in the step);
 5. the toy demo's time (`align demo --grpo-only`) and its base -> aligned accuracy.
 A check that fails prints its error in its row and the others still run; `--dry-run` prints the plan.
 """
@@ -57,6 +61,7 @@ def plan(args) -> list[tuple[str, float]]:
         ),
     ]
     rows += [(f"rollout {name}: ODE / SDE+log-probs over pipeline", 20) for name in ROLLOUT_MODELS]
+    rows += [("host syncs: one SDE rollout, tiny:sd3", 5), ("host syncs: one Flow-GRPO optimiser step", 10)]
     if not args.skip_demo:
         rows.append(("toy demo: align demo --grpo-only", 240))
     return rows
@@ -183,7 +188,67 @@ def rollout_ratios(name: str, steps: int = 10, batch: int = 8) -> str:
         base = timed(synchronized(pipeline), repeats=5)
         ode = timed(synchronized(lambda: rollout(0.0)), repeats=5)
         sde = timed(synchronized(lambda: rollout(0.7)), repeats=5)
-    return f"pipeline {base * 1e3:.1f} ms; ODE {ode / base:.2f}x, SDE+log-probs {sde / base:.2f}x (target <= 1.10x)"
+        adapter.step_kernel = "compiled"
+        compiled = timed(synchronized(lambda: rollout(0.7)), repeats=5)
+    return (
+        f"pipeline {base * 1e3:.1f} ms; ODE {ode / base:.2f}x, SDE+log-probs {sde / base:.2f}x, "
+        f"compiled step {compiled / base:.2f}x (target <= 1.10x)"
+    )
+
+
+def host_syncs(function) -> str:
+    """The synchronizing CUDA calls `function` makes, as torch's sync debug mode reports them."""
+    import warnings
+
+    import torch
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            function()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    found = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+    return f"{len(found)} synchronizing call(s)" + (f"; first: {found[0][:80]}" if found else "")
+
+
+def rollout_syncs() -> str:
+    import torch
+
+    from samplers.models import load_adapter
+    from samplers.noise import generators_from_seeds
+
+    adapter = load_adapter("tiny:sd3", device=DEVICE, dtype="bfloat16")
+    prompts = ["a red circle"] * 8
+    adapter.encode(prompts)
+    with torch.no_grad():
+        adapter.sample(prompts, generators_from_seeds(range(8)), num_steps=10, noise_levels=0.7)  # warm
+        return host_syncs(
+            lambda: adapter.sample(prompts, generators_from_seeds(range(8)), num_steps=10, noise_levels=0.7)
+        )
+
+
+def step_syncs() -> str:
+    import torch
+
+    from align.config import config_from_data
+    from align.loop import Run, plan_epoch
+
+    data = {
+        "model": {"name": "tiny:sd3"},
+        "algorithm": {"name": "flow-grpo"},
+        "rewards": {"terms": [{"name": "jpeg-compressibility"}]},
+        "train": {"batch_size": 8, "group_size": 4, "micro_batch_size": 4},
+        "logging": {"tensorboard": False, "progress": False},
+    }
+    with tempfile.TemporaryDirectory() as out:
+        run = Run(config_from_data(data), out)
+        plan = plan_epoch(run.prompts, run.config, 0, 0, 1)
+        batch = run.algorithm.collect(0, plan.prompts, plan.group_ids.to(DEVICE), plan.seeds)
+        units = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))
+        return host_syncs(lambda: run._optimiser_step(batch, units, {}, {}))
 
 
 def demo() -> tuple[str, float]:
@@ -210,6 +275,7 @@ def checks(args) -> list:
         *(lambda b=b: log_prob_warm(args.tokens, b) for b in ("naive", "chunked", "cce")),
     ]
     functions += [lambda name=name: rollout_ratios(name) for name in ROLLOUT_MODELS]
+    functions += [rollout_syncs, step_syncs]
     if not args.skip_demo:
         functions.append(demo)
     return list(zip((row for row, _ in plan(args)), functions))
