@@ -53,6 +53,9 @@ class SamplingConfig:
     # one fused step (the same draws; equal for the flow SDE); compiled, that step through
     # torch.compile(fullgraph=True) (samplers/fused.py)
     step_kernel: str = param("family", choices=("family", "fused", "compiled"))
+    # step noise: generators, one torch.Generator per sample (diffusers' draws for the same seeds);
+    # counter, computed on the device from (seed, draw, element) counters: no host generator, no copy
+    noise: str = param("generators", choices=("generators", "counter"))
     # the batch is sampled in this many parts; with rewards.asynchronous, each part is scored while the
     # next one samples (a slow reward, such as a reward server, then overlaps sampling)
     chunks: int = param(1, min=1)

@@ -39,6 +39,7 @@ class ImageModality:
             gradient_checkpointing=model.gradient_checkpointing,
         )
         self.adapter.step_kernel = config.sampling.step_kernel
+        self.adapter.noise = config.sampling.noise
         if self.adapter.family == "flow":
             self.adapter.sde = config.sampling.sde
         elif config.sampling.sde != "flow-grpo":

@@ -8,7 +8,59 @@ import torch
 
 from samplers.types import StepOut
 
-Generators = list[torch.Generator] | torch.Generator | None
+Generators = "list[torch.Generator] | torch.Generator | CounterNoise | None"
+
+MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x, constant: int):
+    """(x * constant) mod 2^32 for x in [0, 2^32) (an int64 tensor or a Python int), without
+    overflowing int64 (16-bit halves)."""
+    low, high = x & 0xFFFF, x >> 16
+    return (low * constant + (((high * constant) & 0xFFFF) << 16)) & MASK32
+
+
+def _hash32(x):
+    """A 32-bit integer mix (the "lowbias32" constants): every input bit reaches every output bit."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+class CounterNoise:
+    """Step noise computed on the rollout's device from counters, in one batched computation: element
+    j of the k-th draw of sample i is a hash of (seed_i, k, j), two hashes per Box-Muller normal. So
+    sample i's noise depends on its own seed alone (not on the batch around it), no generator lives on
+    the host, and nothing is copied there or back: `sampling.noise: counter`. The default, one
+    torch.Generator per sample, draws the same numbers as diffusers' pipelines do for the same seeds;
+    this draws others (as reproducible, and the same on every device)."""
+
+    def __init__(self, seeds, device: torch.device | str = "cpu"):
+        self.seeds = torch.tensor([int(s) & MASK32 for s in seeds], dtype=torch.int64, device=device)
+        self.draws = 0
+
+    @classmethod
+    def from_generators(cls, generators: list[torch.Generator], device) -> CounterNoise:
+        """The counters of the samples whose generators these are (their seeds)."""
+        return cls([g.initial_seed() for g in generators], device)
+
+    def __len__(self) -> int:
+        return self.seeds.shape[0]
+
+    def draw(self, shape: tuple[int, ...], device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if shape[0] != len(self):
+            raise ValueError(f"{len(self)} samples' counters for a batch of {shape[0]}")
+        count = math.prod(shape[1:])
+        draw = _hash32(self.draws * 0x9E3779B9 & MASK32)  # a Python int: no tensor crosses to the device
+        self.draws += 1
+        key = _hash32(self.seeds.to(device) ^ draw)[:, None]  # [B, 1]
+        index = torch.arange(count, device=device, dtype=torch.int64)[None] * 2  # [1, N]
+        u1 = (_hash32(key ^ index).double() + 0.5) / 2**32
+        u2 = (_hash32(key ^ (index + 1)).double() + 0.5) / 2**32
+        normal = torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+        return normal.to(dtype).view(shape)
 
 
 def generators_from_seeds(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:
@@ -27,6 +79,8 @@ def draw_noise(
     Row-wise draws match diffusers' `randn_tensor` with a generator list, so an adapter's first
     latents equal the plain pipeline's for the same seeds.
     """
+    if isinstance(generators, CounterNoise):
+        return generators.draw(shape, device, dtype)
     if isinstance(generators, list):
         if len(generators) != shape[0]:
             raise ValueError(

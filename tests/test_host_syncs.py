@@ -118,3 +118,30 @@ def test_an_optimiser_step_reads_its_device_once():
     read = read_statistics(stats)
     assert read["policy_loss"] == [float(v) for v in stats["policy_loss"]]
     assert read["grad_norm"] == [float(stats["grad_norm"][0])]
+
+
+def test_counter_noise_is_per_sample_standard_normal_and_made_on_the_device():
+    """sampling.noise=counter: sample i's k-th draw depends on its seed and k only; the draws are
+    standard normal and uncorrelated from draw to draw; on the meta device a whole rollout copies
+    only the seeds (once) and the step tables from the host."""
+    from samplers.noise import CounterNoise, draw_noise, generators_from_seeds
+
+    for make in (lambda seeds: CounterNoise(seeds), generators_from_seeds):  # both kinds keep the promise
+        first, second = make([0, 1, 2]), make([7, 1, 9])
+        a = [draw_noise((3, 4, 16, 16), first) for _ in range(2)]
+        b = [draw_noise((3, 4, 16, 16), second) for _ in range(2)]
+        assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b)) and not torch.equal(a[0][0], b[0][0])
+    z = [CounterNoise(range(8)).draw((8, 16, 32, 32), "cpu") for _ in range(1)][0]
+    z2 = CounterNoise(range(8))
+    z2.draw((8, 16, 32, 32), "cpu")
+    later = z2.draw((8, 16, 32, 32), "cpu")
+    assert abs(float(z.mean())) < 0.01 and abs(float(z.std()) - 1) < 0.01
+    assert abs(float(torch.corrcoef(torch.stack([z.flatten(), later.flatten()]))[0, 1])) < 0.01
+    adapter = meta_adapter("tiny:sd3")
+    adapter.noise = "counter"
+    prompts = ["a red circle"] * 4
+    adapter.encode(prompts)
+    syncs = HostSyncs()
+    with torch.no_grad(), syncs, HostCopies(syncs):
+        adapter.sample(prompts, generators_from_seeds([0, 1, 2, 3]), num_steps=10, noise_levels=0.7)
+    assert sum(syncs.sites.values()) <= 2, syncs.sites  # the seeds and the step tables, once each

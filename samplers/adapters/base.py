@@ -15,7 +15,7 @@ import torch
 
 from samplers.attention import configure_attention
 from samplers.lean import lean_frozen_convs
-from samplers.noise import Generators, draw_noise, generators_from_seeds
+from samplers.noise import CounterNoise, Generators, draw_noise, generators_from_seeds
 from samplers.rollout import rescore, rollout
 from samplers.types import Cond, Schedule, StepOut, Trajectory
 
@@ -27,6 +27,7 @@ class Adapter:
     default_steps: ClassVar[int] = 20
     default_guidance: ClassVar[float] = 5.0
     step_kernel: str = "family"  # how rollouts step (samplers/fused.py): family, fused or compiled
+    noise: str = "generators"  # step noise: generators (one torch.Generator per sample) or counter
 
     def __init__(
         self,
@@ -228,6 +229,8 @@ class Adapter:
         """Roll out a batch: one generator per prompt; x_T from `noise` if given, else drawn."""
         prompts = list(prompts)
         num_steps = num_steps or self.default_steps
+        if self.noise == "counter" and isinstance(generators, list):
+            generators = CounterNoise.from_generators(generators, self.device)
         if noise is None:
             noise = self.initial_noise(generators, len(prompts), num_steps)
         return rollout(
