@@ -82,10 +82,15 @@ def held_modules(adapter, rewards=None) -> list[torch.nn.Module]:
     pipeline = getattr(adapter, "pipeline", None)
     found = [m for m in (pipeline.components.values() if pipeline is not None else []) if isinstance(m, torch.nn.Module)]
     found = found or [adapter.model]
-    for reward in (rewards.rewards.values() if rewards is not None else []):
-        found += [m for m in vars(reward).values() if isinstance(m, torch.nn.Module)]
-        found += [reward] if isinstance(reward, torch.nn.Module) else []
+    for reward in rewards.rewards.values() if rewards is not None else []:
+        found += reward_modules(reward)
     return found
+
+
+def reward_modules(reward) -> list[torch.nn.Module]:
+    """The networks a reward holds (itself, where it is a module)."""
+    found = [m for m in vars(reward).values() if isinstance(m, torch.nn.Module)]
+    return found + ([reward] if isinstance(reward, torch.nn.Module) else [])
 
 
 class _FusedAttention(torch.autograd.Function):

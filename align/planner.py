@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from align.memory import LiveBytes, fused_attention_on_meta, held_modules
+from align.memory import LiveBytes, fused_attention_on_meta, held_modules, reward_modules
 
 GIB = 2**30
 HEADROOM = 0.9  # of a GPU's memory the plan may fill: the allocator's caching and the CUDA context
@@ -118,9 +118,7 @@ def reward_bytes(config) -> tuple[int, list[str]]:
             else:
                 unknown.append(term.name)
             continue
-        reward = built.rewards[term.name]
-        modules = [m for m in vars(reward).values() if isinstance(m, torch.nn.Module)]
-        modules += [reward] if isinstance(reward, torch.nn.Module) else []
+        modules = reward_modules(built.rewards[term.name])
         total += _bytes({id(t): t for m in modules for t in [*m.parameters(), *m.buffers()]}.values())
     return total, unknown
 
@@ -309,7 +307,7 @@ ACCELERATE = {
 }
 
 
-SCOPE = ("flow-grpo", "ddpo", "mix-grpo", "fast-grpo", "dense-grpo", "pref-grpo", "adv-grpo", "d3po", "prdp")
+SCOPE = ("flow-grpo", "ddpo", "pref-grpo", "adv-grpo", "d3po", "prdp")  # one denoiser call per unit
 
 
 def plan(config, gpus: int, gpu_memory_gb: float) -> dict:
