@@ -22,11 +22,14 @@ def read_statistics(stats: dict[str, list], optional=("grad_agreement",)) -> dic
     `optional` statistic is NaN where a step could not measure it: those steps are left out (and the
     statistic, if none measured it)."""
     tensors = [v for values in stats.values() for v in values if isinstance(v, torch.Tensor)]
+    # a statistic of sharded tensors (FSDP2's gradient norm) is a DTensor: its value is the whole one,
+    # gathered on every process alike (each runs this with the same statistics, in the same order)
+    whole = {id(t): t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors}
     read: dict[int, float] = {}
-    for device in dict.fromkeys(t.device for t in tensors):
-        mine = [t for t in tensors if t.device == device]
-        values = torch.stack([t.detach().double().reshape(()) for t in mine]).tolist()
-        read.update({id(t): value for t, value in zip(mine, values)})
+    for device in dict.fromkeys(t.device for t in whole.values()):
+        mine = [key for key, t in whole.items() if t.device == device]
+        values = torch.stack([whole[key].detach().double().reshape(()) for key in mine]).tolist()
+        read.update(zip(mine, values))
     out = {k: [read[id(v)] if isinstance(v, torch.Tensor) else float(v) for v in values] for k, values in stats.items()}
     for key in optional:
         measured = [v for v in out.pop(key, []) if v == v]
