@@ -317,7 +317,8 @@ def test_the_text_demo_prints_its_results_table(tmp_path):
     assert saved["aligned"]["outcomes"] == aligned["outcomes"]
 
 
-def test_align_evaluate_scores_a_text_run_as_the_run_scored_itself(tmp_path, capsys):
+@pytest.mark.parametrize("trainable", ["lora", "full"])
+def test_align_evaluate_scores_a_text_run_as_the_run_scored_itself(tmp_path, capsys, trainable):
     """One `align evaluate` for both modalities: given a text run directory it loads the base model with
     the run's LoRA and answers exactly as the run's own final evaluation did; given the base model's
     name, as the run's base evaluation did; image-only flags are refused with a one-line error."""
@@ -327,7 +328,7 @@ def test_align_evaluate_scores_a_text_run_as_the_run_scored_itself(tmp_path, cap
     from align.text.modality import TextModality
 
     run_dir = tmp_path / "run"
-    assert main(["train", "configs/tiny/text-grpo.yaml", "--out", str(run_dir)]) == 0
+    assert main(["train", "configs/tiny/text-grpo.yaml", f"train.trainable={trainable}", "--out", str(run_dir)]) == 0
     trained = json.loads((run_dir / "summary.json").read_text())
     assert modality_of(str(run_dir)) is TextModality and modality_of("tiny:llama") is TextModality
     assert (

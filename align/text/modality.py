@@ -125,23 +125,27 @@ def load_evaluated_policy(name: str, *, device: str, dtype: str):
         settings, seed = config.algorithm, config.train.seed
         dtype = adapter.get("dtype", "float32") if dtype == "auto" else dtype
     dtype = "float32" if dtype == "auto" else dtype
+    if checkpoint is not None and (checkpoint / "model").is_dir():  # full fine-tuning: the whole model saved
+        _verified(checkpoint)
+        base = str(checkpoint / "model")
     model, tokenizer = load_text_model(base, dtype=dtype, device=device, seed=seed)
-    if checkpoint is not None:
-        model = _with_checkpoint(model, checkpoint, dtype=dtype, device=device)
+    if checkpoint is not None and not (checkpoint / "model").is_dir():
+        model = _with_lora(model, checkpoint, device=device)
     return TextPolicy(model.eval(), tokenizer, **policy_options(settings)), settings
 
 
-def _with_checkpoint(model, checkpoint, *, dtype: str, device: str):
-    """The base model with a verified checkpoint's LoRA (peft's format) or whole weights."""
+def _verified(checkpoint) -> None:
     from align.checkpoint import MANIFEST, verify_checkpoint
-    from align.text.models import load_text_model
 
-    if (checkpoint / MANIFEST).is_file():
+    if (checkpoint / MANIFEST).is_file():  # hand-made checkpoints (tests, exports) have none
         verify_checkpoint(checkpoint)
-    if (checkpoint / "lora").is_dir():
-        from peft import PeftModel
 
-        return PeftModel.from_pretrained(model, str(checkpoint / "lora")).to(device)
-    if (checkpoint / "model").is_dir():
-        return load_text_model(str(checkpoint / "model"), dtype=dtype, device=device)[0]
-    raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
+
+def _with_lora(model, checkpoint, *, device: str):
+    """The base model with a verified checkpoint's LoRA (peft's format)."""
+    _verified(checkpoint)
+    if not (checkpoint / "lora").is_dir():
+        raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(checkpoint / "lora")).to(device)
