@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from align.memory import LiveBytes, fused_attention_on_meta, held_modules, reward_modules
+from align.sharding import wrap_units
 
 GIB = 2**30
 HEADROOM = 0.9  # of a GPU's memory the plan may fill: the allocator's caching and the CUDA context
@@ -154,8 +155,7 @@ def trace(config) -> Traced:
     adapter, policy = meta_adapter(config)
     train, sampling = config.train, config.sampling
     denoiser = adapter.model
-    blocks = [m for m in denoiser.modules() if isinstance(m, torch.nn.ModuleList)]
-    largest = max((_bytes(b.parameters()) for lst in blocks for b in lst), default=0)
+    largest = max((_bytes(unit.parameters()) for unit in wrap_units(denoiser)), default=0)  # FSDP2's units
     modules = [m for m in held_modules(adapter) if m is not denoiser]
     trainable = list(policy.parameters())
     part = -(-train.batch_size // sampling.chunks)

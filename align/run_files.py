@@ -14,6 +14,7 @@ import yaml
 from align.checkpoint import atomic_write_text, remove_staging, verify_checkpoint
 from align.config import config_to_data
 from align.runs import checkpoints, is_run
+from align.sharding import whole
 
 
 def read_statistics(stats: dict[str, list], optional=("grad_agreement",)) -> dict[str, list[float]]:
@@ -24,11 +25,11 @@ def read_statistics(stats: dict[str, list], optional=("grad_agreement",)) -> dic
     tensors = [v for values in stats.values() for v in values if isinstance(v, torch.Tensor)]
     # a statistic of sharded tensors (FSDP2's gradient norm) is a DTensor: its value is the whole one,
     # gathered on every process alike (each runs this with the same statistics, in the same order)
-    whole = {id(t): t.full_tensor() if hasattr(t, "full_tensor") else t for t in tensors}
+    full = {id(t): whole(t) for t in tensors}
     read: dict[int, float] = {}
-    for device in dict.fromkeys(t.device for t in whole.values()):
-        mine = [key for key, t in whole.items() if t.device == device]
-        values = torch.stack([whole[key].detach().double().reshape(()) for key in mine]).tolist()
+    for device in dict.fromkeys(t.device for t in full.values()):
+        mine = [key for key, t in full.items() if t.device == device]
+        values = torch.stack([full[key].detach().double().reshape(()) for key in mine]).tolist()
         read.update(zip(mine, values))
     out = {k: [read[id(v)] if isinstance(v, torch.Tensor) else float(v) for v in values] for k, values in stats.items()}
     for key in optional:

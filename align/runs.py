@@ -68,12 +68,18 @@ def resolve_checkpoint(spec: str) -> tuple[str, Path, dict] | None:
     return info["base_model"], path, info.get("adapter", {})
 
 
-def apply_checkpoint(adapter, checkpoint: Path) -> None:
-    """Load a checkpoint's weights into an adapter built on its base model."""
+def verify_if_manifested(checkpoint: Path) -> None:
+    """Check a checkpoint against its manifest, where it has one (hand-made checkpoints, such as
+    tests' and exports, have none)."""
     from align.checkpoint import MANIFEST, verify_checkpoint
 
-    if (checkpoint / MANIFEST).is_file():  # hand-made checkpoints (tests, exports) have none
+    if (checkpoint / MANIFEST).is_file():
         verify_checkpoint(checkpoint)
+
+
+def apply_checkpoint(adapter, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into an adapter built on its base model."""
+    verify_if_manifested(checkpoint)
     if (checkpoint / "lora").is_dir():
         adapter.pipeline.load_lora_weights(str(checkpoint / "lora"))
     elif (checkpoint / "model").is_dir():

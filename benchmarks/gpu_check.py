@@ -20,6 +20,7 @@ A check that fails prints its error in its row and the others still run; `--dry-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -230,7 +231,11 @@ def rollout_syncs() -> str:
         )
 
 
-def step_syncs() -> str:
+@contextlib.contextmanager
+def collected_epoch(device: str):
+    """(run, batch, units): a tiny:sd3 Flow-GRPO run on `device` with its first epoch collected, and
+    the micro-batch units of that epoch's one optimiser step (tests/test_host_syncs.py counts its
+    reads on the CPU; step_syncs, its synchronizing calls on a GPU)."""
     import torch
 
     from align.config import config_from_data
@@ -246,8 +251,12 @@ def step_syncs() -> str:
     with tempfile.TemporaryDirectory() as out:
         run = Run(config_from_data(data), out)
         plan = plan_epoch(run.prompts, run.config, 0, 0, 1)
-        batch = run.algorithm.collect(0, plan.prompts, plan.group_ids.to(DEVICE), plan.seeds)
-        units = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))
+        batch = run.algorithm.collect(0, plan.prompts, plan.group_ids.to(device), plan.seeds)
+        yield run, batch, run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))
+
+
+def step_syncs() -> str:
+    with collected_epoch(DEVICE) as (run, batch, units):
         return host_syncs(lambda: run._optimiser_step(batch, units, {}, {}))
 
 

@@ -32,25 +32,35 @@ RECIPES = {  # name -> (model, train, algorithm)
 }
 
 
-def main() -> None:
-    import torch
-
+def recipe(name: str):
+    """The config of one of RECIPES (batch 8 unless it says, groups of 4, 10 steps)."""
     from align.config import config_from_data
+
+    model, train, algorithm = RECIPES[name]
+    data = {**BASE, "model": model, "train": {"batch_size": 8, "group_size": 4, **train}}
+    data["algorithm"] = {**BASE["algorithm"], **(algorithm or {})}
+    return config_from_data(data)
+
+
+def planned_and_measured(config) -> tuple[int, int]:
+    """(the plan's bytes on one GPU, the high-water mark of the recipe's second epoch run here)."""
     from align.loop import Run
     from align.memory import measured_epoch_peak
     from align.planner import footprint, trace
 
+    planned = footprint(trace(config), config, 1, "ddp").total
+    with tempfile.TemporaryDirectory() as out:
+        return planned, measured_epoch_peak(Run(config, out))["peak"]
+
+
+def main() -> None:
+    import torch
+
     torch.set_num_threads(1)
     print(f"{'recipe (batch 8 unless said, 10 steps)':<40}{'plan MB':>10}{'measured MB':>13}{'plan/measured':>15}")
-    for name, (model, train, algorithm) in RECIPES.items():
-        data = {**BASE, "model": model, "train": {"batch_size": 8, "group_size": 4, **train}}
-        data["algorithm"] = {**BASE["algorithm"], **(algorithm or {})}
-        config = config_from_data(data)
-        planned = footprint(trace(config), config, 1, "ddp").total
-        with tempfile.TemporaryDirectory() as out:
-            measured = measured_epoch_peak(Run(config, out))["peak"]
+    for name in RECIPES:
+        planned, measured = planned_and_measured(recipe(name))
         print(f"{name:<40}{planned / 2**20:>10.2f}{measured / 2**20:>13.2f}{planned / measured:>15.2f}", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -18,6 +18,7 @@ family's own step (`linear` is False).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -67,7 +68,10 @@ def fused_step(x, output, noise, a, b, std):
     return sample, mean, gaussian_log_prob(sample, mean, std.expand(x.shape[0]))
 
 
-_COMPILED = {}  # one compiled fused step per process (torch.compile caches its graphs by shape)
+@functools.cache
+def compiled_step():
+    """The fused step through torch.compile, made once a process (it caches its graphs by shape)."""
+    return torch.compile(fused_step, fullgraph=True, dynamic=False)
 
 
 def step_kernel(step_fn, sigmas: torch.Tensor, levels: list[float], generators, kernel: str = "family"):
@@ -81,9 +85,7 @@ def step_kernel(step_fn, sigmas: torch.Tensor, levels: list[float], generators, 
         return lambda i, output, x, sigma, sigma_next: step_fn(
             output, x, sigma, sigma_next, noise_level=levels[i], generator=generators
         )
-    if kernel == "compiled" and "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(fused_step, fullgraph=True, dynamic=False)
-    fused = _COMPILED["step"] if kernel == "compiled" else fused_step
+    fused = compiled_step() if kernel == "compiled" else fused_step
 
     def step(i, output, x, sigma, sigma_next):
         noise = draw_noise(x.shape, generators, x.device) if levels[i] > 0 else torch.zeros_like(x, dtype=torch.float32)

@@ -8,8 +8,6 @@ import torch
 
 from samplers.types import StepOut
 
-Generators = "list[torch.Generator] | torch.Generator | CounterNoise | None"
-
 MASK32 = 0xFFFFFFFF
 
 
@@ -61,6 +59,9 @@ class CounterNoise:
         u2 = (_hash32(key ^ (index + 1)).double() + 0.5) / 2**32
         normal = torch.sqrt(-2 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
         return normal.to(dtype).view(shape)
+
+
+Generators = list[torch.Generator] | torch.Generator | CounterNoise | None
 
 
 def generators_from_seeds(seeds: list[int], device: str | torch.device = "cpu") -> list[torch.Generator]:

@@ -8,8 +8,8 @@ between the host and the device, by the op that makes it."""
 from __future__ import annotations
 
 import collections
-import tempfile
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,27 +87,16 @@ def test_an_sde_rollout_reads_nothing_from_its_device(model):
     assert sum(copies.values()) <= 2, copies  # the schedule's tables, once
 
 
-def test_an_optimiser_step_reads_its_device_once():
+def test_an_optimiser_step_reads_its_device_once(monkeypatch):
     """One Flow-GRPO optimiser step over every unit of an epoch (18 forward and backward passes) reads
     floating-point results back once: the NaN / inf flags. Its statistics stay tensors until the
     epoch's end, which reads them at once and logs the same floats."""
-    from align.loop import Run, plan_epoch
     from align.run_files import read_statistics
 
-    config = config_from_data(
-        {
-            "model": {"name": "tiny:sd3"},
-            "algorithm": {"name": "flow-grpo"},
-            "rewards": {"terms": [{"name": "jpeg-compressibility"}]},
-            "train": {"batch_size": 8, "group_size": 4, "micro_batch_size": 4},
-            "logging": {"tensorboard": False, "progress": False},
-        }
-    )
-    with tempfile.TemporaryDirectory() as out:
-        run = Run(config, out)
-        plan = plan_epoch(run.prompts, config, 0, 0, 1)
-        batch = run.algorithm.collect(0, plan.prompts, plan.group_ids, plan.seeds)
-        units = run.algorithm.micro_batches(batch, torch.Generator().manual_seed(0))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from gpu_check import collected_epoch
+
+    with collected_epoch("cpu") as (run, batch, units):
         stats: dict = {}
         syncs = HostSyncs(counted=lambda t: t.is_floating_point())  # on the CPU: reads of results, not of index lists
         with syncs:

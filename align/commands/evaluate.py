@@ -30,9 +30,11 @@ def modality_of(model: str, prompts: str | None = None, choice: str = "auto"):
 
     if choice != "auto":
         return {"image": ImageModality, "text": TextModality}[choice]
+    from align.runs import is_run
+
     path = Path(model)
     for run_dir in (path, path.parent.parent):  # a run, or one of its checkpoints
-        if (run_dir / "config.yaml").is_file() and (run_dir / "checkpoints").is_dir():
+        if is_run(run_dir):
             from align.algorithms.base import ALGORITHMS
             from align.runs import read_config
 

@@ -111,7 +111,7 @@ def load_evaluated_policy(name: str, *, device: str, dtype: str):
     checkpoints: the run's base model with the checkpoint's weights, prompted as the run prompted it
     (its system prompt, chat template and evaluation budget), in the run's dtype where `dtype` is auto."""
     from align.config import config_from_data
-    from align.runs import read_config, resolve_checkpoint
+    from align.runs import read_config, resolve_checkpoint, verify_if_manifested
     from align.text.models import load_text_model
     from align.text.policy import TextPolicy
     from align.text.settings import TextGRPOConfig, policy_options
@@ -125,27 +125,18 @@ def load_evaluated_policy(name: str, *, device: str, dtype: str):
         settings, seed = config.algorithm, config.train.seed
         dtype = adapter.get("dtype", "float32") if dtype == "auto" else dtype
     dtype = "float32" if dtype == "auto" else dtype
-    if checkpoint is not None and (checkpoint / "model").is_dir():  # full fine-tuning: the whole model saved
-        _verified(checkpoint)
-        base = str(checkpoint / "model")
+    lora = None
+    if checkpoint is not None:
+        verify_if_manifested(checkpoint)
+        if (checkpoint / "model").is_dir():  # full fine-tuning: the whole model was saved
+            base = str(checkpoint / "model")
+        elif (checkpoint / "lora").is_dir():
+            lora = checkpoint / "lora"
+        else:
+            raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
     model, tokenizer = load_text_model(base, dtype=dtype, device=device, seed=seed)
-    if checkpoint is not None and not (checkpoint / "model").is_dir():
-        model = _with_lora(model, checkpoint, device=device)
+    if lora is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(lora)).to(device)
     return TextPolicy(model.eval(), tokenizer, **policy_options(settings)), settings
-
-
-def _verified(checkpoint) -> None:
-    from align.checkpoint import MANIFEST, verify_checkpoint
-
-    if (checkpoint / MANIFEST).is_file():  # hand-made checkpoints (tests, exports) have none
-        verify_checkpoint(checkpoint)
-
-
-def _with_lora(model, checkpoint, *, device: str):
-    """The base model with a verified checkpoint's LoRA (peft's format)."""
-    _verified(checkpoint)
-    if not (checkpoint / "lora").is_dir():
-        raise ValueError(f"checkpoint {checkpoint} holds neither lora/ nor model/ weights")
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(checkpoint / "lora")).to(device)
