@@ -154,6 +154,23 @@ class EvalConfig:
     seeds: int = param(1, min=1)  # images per prompt (seeds 0..n-1)
     max_prompts: int | None = param(None, min=1)  # cap for quick evaluations
     rewards: list[str] = field(default_factory=list)  # extra rewards to report (not optimised)
+    # seeds per prompt of an SDE rollout (sampling.num_steps, noise_level) on which every evaluation also
+    # measures the path KL from the base (the LoRA off; align/goodhart.py): the x-axis of Gao et al.'s
+    # over-optimisation curves. 0: not measured (it costs three denoiser passes a step)
+    kl_seeds: int = param(0, min=0)
+
+
+@dataclass
+class MonitorConfig:
+    # flags on the epoch's monitors (align/monitoring.py: saturation, diversity, ..., and NAME/disagreement
+    # of a proxy ensemble): [{monitor: NAME, above | below | rise: VALUE}], rise relative to the first epoch
+    flags: list[dict] = field(default_factory=list)
+    stop: bool = False  # end the run at the first flag: evaluate and checkpoint that epoch (early stopping)
+
+    def check(self):
+        from align.monitoring import flag_problems
+
+        yield from flag_problems(self.flags)
 
 
 @dataclass
@@ -177,6 +194,7 @@ class ExperimentConfig:
     algorithm: Any = None  # an ALGORITHM_CONFIGS dataclass
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 

@@ -19,7 +19,9 @@ import torch
 
 from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.config import ExperimentConfig
+from align.evaluate import RECORDED
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
+from align.monitoring import Monitors
 from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator
 from align.run_checkpoint import load_run_checkpoint, run_checkpoint_bytes, save_run_checkpoint
 from align.run_files import (
@@ -103,6 +105,7 @@ class Run:
         if not terms:
             raise ValueError("rewards.terms is empty: give at least one reward to optimise")
         self.rewards = RewardSet(terms, config.rewards.normalise, str(device), config.rewards.remote_timeout)
+        self.monitors = Monitors(config.monitor, self.rewards.rewards)
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
         self.algorithm = algorithm(self.context)
         self.sharding, self.sharded, self.network, self.optimizer = place_for_training(
@@ -178,7 +181,7 @@ class Run:
         record.update({k: sum(v) / len(v) for k, v in read_statistics(stats).items()})
         images = batch.images
         if images is not None:
-            record["monitors"] = _monitors(images)
+            record.update(self.monitors.observe(images, plan.prompts))
         samples = config.train.batch_size * self.accelerator.num_processes
         self.scheduler.step()  # the next epoch's lr
         record["time/training"] = trained - collected
@@ -310,12 +313,6 @@ class Run:
         return run_checkpoint_bytes(self)
 
 
-def _monitors(images: torch.Tensor) -> dict:
-    from rewards.monitors import hacking_monitors
-
-    return hacking_monitors(images)
-
-
 def train(
     config: ExperimentConfig,
     out: str | Path,
@@ -370,15 +367,19 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         total=config.train.num_epochs, initial=run.epoch, desc="train", disable=not (show and run.main)
     )
     epochs_here = 0
-    while run.epoch < config.train.num_epochs and (stop_after is None or epochs_here < stop_after):
+    while run.epoch < config.train.num_epochs and "stopped" not in run.summary and (
+        stop_after is None or epochs_here < stop_after
+    ):
         record = run.train_epoch()
         images, prompts = record.pop("_images"), record.pop("_prompts")
         epochs_here += 1
-        last = run.epoch == config.train.num_epochs
+        if config.monitor.stop and record.get("monitor_flags"):  # early stopping: this epoch is the last
+            run.summary["stopped"] = {"epoch": run.epoch, "flags": record["monitor_flags"]}
+        last = run.epoch == config.train.num_epochs or "stopped" in run.summary
         every = config.train.eval_every
         if run.evaluates and (last or (every and run.epoch % every == 0)):
             run.summary["aligned"] = run.evaluate()
-            record["eval"] = {k: run.summary["aligned"][k] for k in ("accuracy", "score", "rewards")}
+            record["eval"] = {k: v for k, v in run.summary["aligned"].items() if k in RECORDED}
             if run.main:
                 kill_point("evaluated")
                 write_summary(out, run.summary)

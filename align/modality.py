@@ -72,9 +72,19 @@ class ImageModality:
                 rewards=rewards,
                 num_steps=config.sampling.eval_num_steps,
             )
+            if config.eval.kl_seeds:
+                summary["kl"], summary["kl_se"] = self.path_kl(run, prompts) if run.epoch else (0.0, 0.0)
         finally:
             self.adapter.network = network
         return summary
+
+    def path_kl(self, run, prompts: list[str]) -> tuple[float, float]:
+        """KL from the base of the policy's SDE path on the evaluation prompts (align/goodhart.py)."""
+        from align.goodhart import path_kl
+
+        sampling = run.config.sampling
+        seeds = run.config.eval.kl_seeds
+        return path_kl(self.adapter, self.policy, prompts, seeds, sampling.num_steps, sampling.noise_level)
 
     @staticmethod
     def evaluate_model(args) -> dict:

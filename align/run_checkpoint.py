@@ -69,6 +69,7 @@ def _run_state(run) -> dict:
         "step": run.step,
         "rewards": run.rewards.state_dict(),
         "algorithm": run.algorithm.state_dict(),
+        "monitors": run.monitors.state_dict(),
         "summary": run.summary,
         "nonfinite_in_a_row": run.nonfinite_in_a_row,
         "ema_saved": run.ema is not None,
@@ -161,6 +162,7 @@ def _load_sharded(run, directory: Path) -> None:
 def _restore_run_state(run, state: dict) -> None:
     run.rewards.load_state_dict(state["rewards"])
     run.algorithm.load_state_dict(state["algorithm"])
+    run.monitors.load_state_dict(state.get("monitors", {}))
     run.epoch, run.step, run.summary = state["epoch"], state["step"], state["summary"]
     run.scheduler = lr_scheduler(run.optimizer, run.config.train, run.epoch)
     run.nonfinite_in_a_row = state["nonfinite_in_a_row"]

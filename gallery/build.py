@@ -5,6 +5,8 @@ OUT/
   gallery.json   every prompt, seed, model, config and score, per-model summary rows, runs, plots
   images/<column>/<prompt>-s<seed>.png
   plots/reward-<name>.png   reward curves of the runs (from their metrics.jsonl)
+  plots/overoptimisation.png  gold accuracy and the other evaluated rewards against sqrt(KL from the
+                 base), where a run evaluated during training (train.eval_every)
 
 File names are built from indices and sanitised names only; prompts and model names live in
 gallery.json and reach the page as text, never as markup.
@@ -22,7 +24,7 @@ import numpy as np
 
 from gallery.names import safe_name
 from gallery.page import write_page
-from gallery.plots import plot_reward_curves, read_json
+from gallery.plots import plot_overoptimisation, plot_reward_curves, read_json
 from rewards.base import to_pil
 from rewards.scoring import score_images, summarise
 from rewards.toy_world import is_toy_prompt, parse_prompt
@@ -196,6 +198,7 @@ def build_gallery(
     for row in summary_rows:
         row["wins"] = sum(c["best"] for c in cells if c["model"] == row["model"])
     runs = dict(runs or {})
+    run_paths = {name: Path(run["path"]) for name, run in runs.items()}
     data = {
         "format": FORMAT,
         "version": VERSION,
@@ -210,10 +213,11 @@ def build_gallery(
         "summary": summary_rows,
         "cells": cells,
         "runs": [run_entry(name, run) for name, run in runs.items()],
-        "plots": plot_reward_curves(
-            {name: Path(run["path"]) for name, run in runs.items()}, out / "plots", relative_to=out
-        ),
+        "plots": plot_reward_curves(run_paths, out / "plots", relative_to=out),
     }
+    overoptimisation = plot_overoptimisation(run_paths, out / "plots" / "overoptimisation.png")
+    if overoptimisation is not None:
+        data["plots"].append({"reward": "gold and proxy", "image": overoptimisation.relative_to(out).as_posix()})
     data = _jsonable(data)
     (out / "gallery.json").write_text(json.dumps(data, indent=1, allow_nan=False))
     write_page(data, out / "index.html")

@@ -66,3 +66,53 @@ def plot_reward_curves(runs: Mapping[str, Path], out_dir: Path, relative_to: Pat
         figure.savefig(path)
         plots.append({"reward": reward, "image": path.relative_to(relative_to).as_posix()})
     return plots
+
+
+EVALUATED = ("accuracy", "accuracy_se", "score", "rewards", "outcomes", "kl", "kl_se")
+
+
+def read_evaluations(run_dir: Path) -> list[dict]:
+    """A run's held-out evaluations in order: the base's (epoch 0, from summary.json; its KL is 0) and
+    each metrics.jsonl record's `eval` (with the epoch's monitor flags)."""
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / "summary.json") or {}
+    rows = []
+    if summary.get("base"):
+        rows.append({"epoch": 0, **{k: summary["base"].get(k) for k in EVALUATED}, "kl": 0.0, "kl_se": 0.0})
+    path = run_dir / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        record = json.loads(line) if line.strip() else {}
+        if "eval" in record:
+            rows.append({"epoch": record["epoch"], **record["eval"], "monitor_flags": record.get("monitor_flags", [])})
+    return rows
+
+
+def plot_overoptimisation(runs: Mapping[str, Path], out: Path) -> Path | None:
+    """Gao et al.'s curves: each run's gold accuracy (solid, ± SE) and every other reward it evaluated
+    (dashed) against sqrt(KL from the base) where the run measured it (eval.kl_seeds), else the epoch.
+    None when no run evaluated more than its base."""
+    from matplotlib.figure import Figure
+
+    evaluations = {name: read_evaluations(path) for name, path in runs.items()}
+    evaluations = {name: rows for name, rows in evaluations.items() if len(rows) > 1}
+    if not evaluations:
+        return None
+    by_kl = all(all(r.get("kl") is not None for r in rows) for rows in evaluations.values())
+    figure = Figure(figsize=(6.4, 4), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    for index, (name, rows) in enumerate(evaluations.items()):
+        x = [r["kl"] ** 0.5 if by_kl else r["epoch"] for r in rows]
+        colour = f"C{index}"
+        gold = [r["accuracy"] for r in rows]
+        axes.errorbar(x, gold, yerr=[r.get("accuracy_se") or 0 for r in rows], color=colour, marker="o",
+                      markersize=3, capsize=2, label=f"{name}: gold accuracy")
+        for style, reward in zip(("--", ":", "-."), rows[-1].get("rewards") or {}):
+            values = [(r.get("rewards") or {}).get(reward) for r in rows]
+            axes.plot(x, values, color=colour, linestyle=style, marker=".", label=f"{name}: {reward}")
+    axes.set(xlabel="sqrt(KL from the base)" if by_kl else "epoch", ylabel="held-out value",
+             title="gold and proxy over training")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="x-small")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out

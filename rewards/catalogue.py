@@ -17,6 +17,7 @@ from rewards import (  # noqa: F401
     jpeg,
     ocr,
     pickscore,
+    proxy,
     remote,
     vlm_judge,
 )

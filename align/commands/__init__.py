@@ -15,6 +15,8 @@ COMMAND_MODULES = [
     "align.commands.demo",
     "align.commands.serve_rewards",
     "align.commands.plan",
+    "align.commands.reward_model",
+    "align.commands.curves",
 ]
 
 

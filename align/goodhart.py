@@ -1,0 +1,93 @@
+"""Over-optimisation curves (Gao et al. 2023): gold and proxy rewards against the distance from the base.
+
+path_kl        the KL from the base of the policy's whole SDE path on evaluation prompts: every step of
+               a rollout of `num_steps` at `noise_level`, re-scored by the policy and by the reference
+               (the LoRA off); with equal step variances a step's KL is ||mean - mean_ref||^2 / (2 std^2)
+               summed over the latent's dimensions, and the path's is the sum over steps (chain rule).
+               Gao et al. plot against sqrt(KL); so does `curves`.
+curves         a run's evaluations (gallery.plots.read_evaluations: the base first) as rows of epoch,
+               gold accuracy with its SE, the paired change from the best evaluation before, each reward,
+               the KL and its square root.
+goodhart       the summary the issue's claims are read from: the proxy's rise, the gold peak and the
+               drop after it (paired SE over the same prompts and seeds), the epoch of the first fall
+               of 0.02 below the peak, and the first epoch a monitor flagged.
+
+A run's evaluations are read, and drawn against sqrt(KL), by gallery/plots.py (`align gallery` with the
+run, and `align curves`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from align.losses import gaussian_mean_kl
+from rewards.scoring import standard_error
+from samplers.noise import generators_from_seeds
+
+
+@torch.no_grad()
+def path_kl(adapter, policy, prompts: list[str], seeds: int, num_steps: int, noise_level: float, batch: int = 64):
+    """(mean, SE) over prompts x seeds of KL(policy path || reference path) in nats."""
+    flat = [(p, s) for p in prompts for s in range(seeds)]
+    totals = []
+    for start in range(0, len(flat), batch):
+        chunk = flat[start : start + batch]
+        trajectory = adapter.sample(
+            [p for p, _ in chunk],
+            generators_from_seeds([s for _, s in chunk]),
+            num_steps=num_steps,
+            noise_levels=noise_level,
+        )
+        dims = trajectory.latents[0, 0].numel()
+        total = torch.zeros(len(chunk))
+        for step in range(num_steps):
+            out = adapter.rescore(trajectory, step)
+            with policy.reference():
+                reference = adapter.rescore(trajectory, step)
+            total += (gaussian_mean_kl(out.mean, reference.mean, out.std) * dims).float().cpu()
+        totals += total.tolist()
+    return float(np.mean(totals)), standard_error(totals)
+
+
+def curves(rows: list[dict]) -> list[dict]:
+    """Each evaluation with the paired change of gold accuracy from the best evaluation so far
+    (difference, SE over the same prompts x seeds) and sqrt(KL)."""
+    out, best = [], None
+    for row in rows:
+        entry = {k: row.get(k) for k in ("epoch", "accuracy", "accuracy_se", "rewards", "kl", "kl_se")}
+        entry["sqrt_kl"] = math.sqrt(row["kl"]) if row.get("kl") is not None else None
+        if best is not None and row.get("outcomes") and best.get("outcomes"):
+            change = np.asarray(row["outcomes"], float) - np.asarray(best["outcomes"], float)
+            entry["from_peak"], entry["from_peak_se"] = float(change.mean()), standard_error(change)
+        if best is None or row["accuracy"] > best["accuracy"]:
+            best = row
+        out.append(entry)
+    return out
+
+
+def goodhart(rows: list[dict], proxy: str, fall: float = 0.02) -> dict:
+    """The claims of an over-optimisation run, read off its evaluations (see the module's doc)."""
+    peak = max(range(len(rows)), key=lambda i: rows[i]["accuracy"])
+    final = rows[-1]
+    change = np.asarray(final["outcomes"], float) - np.asarray(rows[peak]["outcomes"], float)
+    fallen = next(
+        (r["epoch"] for r in rows[peak + 1 :] if r["accuracy"] <= rows[peak]["accuracy"] - fall), None
+    )
+    flagged = next((r["epoch"] for r in rows if r.get("monitor_flags")), None)
+    values = [r["rewards"].get(proxy) for r in rows]
+    return {
+        "proxy_first": values[0],
+        "proxy_last": values[-1],
+        "proxy_max": max(values),
+        "gold_base": rows[0]["accuracy"],
+        "gold_peak": rows[peak]["accuracy"],
+        "peak_epoch": rows[peak]["epoch"],
+        "gold_final": final["accuracy"],
+        "final_from_peak": float(change.mean()),
+        "final_from_peak_se": standard_error(change),
+        "first_fall_epoch": fallen,
+        "first_flag_epoch": flagged,
+    }

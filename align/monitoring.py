@@ -1,0 +1,71 @@
+"""What a training run watches on its own samples every epoch, and the flags that may end it.
+
+measure   the hacking monitors of rewards/monitors.py on the epoch's images, and for every reward that
+          is an ensemble of proxies (rewards/proxy.py) its members' disagreement on them
+          (`NAME/disagreement`: the mean std between members), the signal that the policy has left the
+          samples the proxies were fitted on (Coste et al. 2023; Eisenstein et al. 2023).
+flags     the config's `monitor.flags`, each {monitor, and one of above / below / rise}: `rise: r`
+          flags a value above r times the monitor's value at the first epoch this run measured (kept
+          in the run's checkpoint, so that a resumed run compares with the same baseline). With
+          `monitor.stop` the run ends at the epoch of the first flag: it evaluates, checkpoints and
+          records `stopped` in its summary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rewards.monitors import hacking_monitors
+
+BOUNDS = ("above", "below", "rise")
+
+
+def flag_problems(flags: list):
+    """Config check of `monitor.flags`: yields (path, problem) for each malformed entry."""
+    for i, flag in enumerate(flags):
+        bounds = [k for k in BOUNDS if isinstance(flag, dict) and k in flag]
+        unknown = set(flag) - {"monitor", *BOUNDS} if isinstance(flag, dict) else set()
+        if not isinstance(flag, dict) or "monitor" not in flag or len(bounds) != 1 or unknown:
+            yield ["flags"], f"entry {i}: expected {{monitor: NAME, and one of {' / '.join(BOUNDS)}: VALUE}}, got {flag!r}"
+
+
+class Monitors:
+    def __init__(self, settings, rewards: dict):
+        self.flags, self.stop = list(settings.flags), settings.stop
+        self.proxies = {name: r for name, r in rewards.items() if callable(getattr(r, "disagreement", None))}
+        self.first: dict[str, float] = {}
+
+    @torch.no_grad()
+    def measure(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        values = hacking_monitors(images)
+        for name, reward in self.proxies.items():
+            values[f"{name}/disagreement"] = reward.disagreement(images, prompts)
+        for name, value in values.items():
+            self.first.setdefault(name, value)
+        return values
+
+    def observe(self, images: torch.Tensor, prompts: list[str]) -> dict:
+        """An epoch's record entries: {"monitors": values, "monitor_flags": the flags raised}."""
+        values = self.measure(images, prompts)
+        return {"monitors": values, "monitor_flags": self.raised(values)}
+
+    def raised(self, values: dict[str, float]) -> list[str]:
+        """The flags that hold for this epoch's values, as `monitor above|below|rise VALUE` strings."""
+        raised = []
+        for flag in self.flags:
+            name = flag["monitor"]
+            if name not in values:
+                known = ", ".join(sorted(values))
+                raise ValueError(f"monitor.flags: no monitor {name!r} is measured; the run measures {known}")
+            value = values[name]
+            if "above" in flag and value > flag["above"] or "below" in flag and value < flag["below"]:
+                raised.append(f"{name} {'above' if 'above' in flag else 'below'} {flag.get('above', flag.get('below'))}")
+            elif "rise" in flag and value > flag["rise"] * self.first[name]:
+                raised.append(f"{name} rose {value / self.first[name]:.2f}x (flag at {flag['rise']}x)")
+        return raised
+
+    def state_dict(self) -> dict:
+        return {"first": dict(self.first)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.first.update(state.get("first", {}))
