@@ -19,6 +19,9 @@ class OptimizeSettings:
     explore: int = 1  # >1: this many starting noises share the budget; the best is kept
     keep_every: int = 10  # save images every this many iterations
     weights: dict[str, float] = field(default_factory=dict)
+    # the disagreement guard: an image whose proxy ensemble's members (rewards/proxy.py) disagree by more
+    # than this std stops moving, and no such iterate is kept as its best; None: off
+    max_disagreement: float | None = None
 
 
 @dataclass

@@ -57,6 +57,12 @@ def weighted_reward(rewards: dict, weights: dict, images, prompts) -> tuple[torc
     return total, values
 
 
+def disagreement(rewards: dict, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """[B]: the largest member spread of any proxy ensemble among the rewards (0 where there is none)."""
+    spreads = [r.member_spread(images, prompts) for r in rewards.values() if hasattr(r, "member_spread")]
+    return torch.stack(spreads).amax(0) if spreads else torch.zeros(len(prompts), device=images.device)
+
+
 def reno(
     adapter,
     prompts: list[str],
@@ -77,15 +83,18 @@ def reno(
         [noise], lr=settings.lr, momentum=settings.momentum, nesterov=settings.momentum > 0
     )
     history, best_total, best_noise, best_images = [], None, None, None
+    frozen = torch.zeros(len(prompts), dtype=torch.bool, device=noise.device)
     for iteration in range(settings.iterations + 1):
         images = _images(adapter, noise, prompts, steps, grad=True)
         total, values = weighted_reward(rewards, settings.weights, images, prompts)
         with torch.no_grad():
             current = total.detach()
+            if settings.max_disagreement is not None and iteration > 0:
+                frozen |= disagreement(rewards, images, prompts).to(frozen.device) > settings.max_disagreement
             if best_total is None:
                 best_total, best_noise, best_images = current.clone(), noise.detach().clone(), images.detach()
             else:
-                better = current > best_total
+                better = (current > best_total) & ~frozen
                 best_total = torch.where(better, current, best_total)
                 best_noise[better] = noise.detach()[better]
                 best_images = best_images.clone()
@@ -100,13 +109,20 @@ def reno(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_per_sample_(noise.grad, settings.grad_clip)
+        held = noise.detach()[frozen].clone()
         optimizer.step()
+        with torch.no_grad():  # a frozen image keeps its noise, and its momentum is dropped
+            noise[frozen] = held
+            buffer = optimizer.state[noise].get("momentum_buffer")
+            if buffer is not None:
+                buffer[frozen] = 0
     return {
         "history": history,
         "noise": best_noise,
         "images": best_images,
         "reward": best_total,
         "iterations": len(history) - 1,
+        "frozen": int(frozen.sum()),  # images the disagreement guard stopped
     }
 
 

@@ -181,17 +181,20 @@ class ProxyReward(Reward):
         return ensemble_values(self.member_values(images, prompts, self.optimised), self.mode, self.penalty_weight)
 
     @torch.no_grad()
-    def disagreement(self, images: torch.Tensor, prompts: list[str]) -> float:
-        """Every member's (optimised or not) mean std over a batch (0 for a single proxy): how far off
-        the samples they were fitted on the batch is."""
+    def member_spread(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """[B]: the std between every member's (optimised or not) reward for each image; 0 for one proxy."""
         if len(self.members) < 2:
-            return 0.0
+            return torch.zeros(len(prompts), device=images.device)
         spreads = [
             self.member_values(images[i : i + self.chunk_size].to(self.device).float(), prompts[i : i + self.chunk_size])
             .std(0, unbiased=False)
             for i in range(0, len(prompts), self.chunk_size)
         ]
-        return float(torch.cat(spreads).mean())
+        return torch.cat(spreads).to(images.device)
+
+    def disagreement(self, images: torch.Tensor, prompts: list[str]) -> float:
+        """The batch's mean member_spread: how far off the samples the members were fitted on it is."""
+        return float(self.member_spread(images, prompts).mean())
 
 register_reward(
     "proxy",

@@ -144,3 +144,53 @@ def test_the_cli_passes_its_settings_to_reno_and_reports_the_paired_difference(t
         assert versus[name][0] == pytest.approx(difference, abs=1e-6) and versus[name][1] >= 0
     assert "accuracy" in versus
     assert "(optimized - best_of_n, paired)" in capsys.readouterr().out
+
+
+class SpreadingBrightness(Brightness):
+    """Brightness whose 'members' disagree by the image's mean pixel value (the guard's input)."""
+
+    def member_spread(self, images, prompts):
+        return images.detach().mean(dim=(1, 2, 3))
+
+
+def test_the_disagreement_guard_freezes_an_image_once_its_ensemble_disagrees_and_keeps_its_earlier_best():
+    adapter = tiny_adapter("tiny:sd3")
+    prompts = ["a red circle", "two blue squares"]
+    rewards = {"bright": SpreadingBrightness()}
+    free = reno(adapter, prompts, [0, 1], rewards, OptimizeSettings(iterations=6, lr=5.0, grad_clip=1.0, num_steps=4))
+    start = torch.tensor(free["history"][0]["total"]) / 100  # the spread at iteration 0
+    limit = float(start.max()) + 0.002  # exceeded after the first steps: brightness climbs
+    guarded = reno(adapter, prompts, [0, 1], rewards,
+                   OptimizeSettings(iterations=6, lr=5.0, grad_clip=1.0, num_steps=4, max_disagreement=limit))
+    assert guarded["frozen"] == 2 and free["frozen"] == 0
+    totals = torch.tensor([row["total"] for row in guarded["history"]])  # [I+1, B]
+    moved = totals[1:] != totals[:-1]
+    first_over = [int((totals[:, b] / 100 > limit).nonzero()[0]) for b in range(2)]
+    for b, k in enumerate(first_over):
+        assert not moved[k:, b].any()  # frozen: the same noise, the same image from then on
+        assert guarded["reward"][b] <= totals[:k, b].max() + 1e-4 and guarded["reward"][b] < free["reward"][b]
+
+
+def test_optimize_passes_reward_args_from_the_command_line_and_the_recipe(tmp_path, capsys):
+    import json
+
+    import yaml
+
+    from align.cli import main
+    from rewards.proxy import ProxyNet, save_proxies
+
+    save_proxies(tmp_path / "proxy", [ProxyNet(width=8), ProxyNet(width=8)], {"arch": {"width": 8}, "members": [{}, {}]})
+    recipe = tmp_path / "guard.yaml"
+    recipe.write_text(yaml.safe_dump({"model": "toy", "rewards": {"proxy": 1.0}, "iterations": 1, "steps": 3,
+                                      "reward_args": {"proxy": {"path": str(tmp_path / "proxy"), "mode": "worst"}},
+                                      "max_disagreement": 0.5}))
+    args = ["optimize", "--config", str(recipe), "--prompt", "a red circle", "--out", str(tmp_path / "r")]
+    assert main([*args, "--reward-arg", "proxy.members=[1]"]) == 0
+    settings = json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]
+    assert settings["reward_args"] == {"proxy": {"path": str(tmp_path / "proxy"), "mode": "worst", "members": [1]}}
+    assert settings["max_disagreement"] == 0.5
+    recipe.write_text(yaml.safe_dump({"model": "toy", "rewards": {"proxy": 1.0}, "reward_args": {"clip-toy": {"x": 1}}}))
+    assert main(["optimize", "--config", str(recipe), "--out", str(tmp_path / "s")]) == 2
+    assert "reward_args.clip-toy: give {key: value} for a reward the recipe names" in capsys.readouterr().err
+    assert main(["optimize", "toy", "--reward", "proxy", "--reward-arg", "path", "--out", str(tmp_path / "t")]) == 2
+    assert "expected NAME.KEY=VALUE" in capsys.readouterr().err

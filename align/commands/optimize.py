@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from align.commands import add_device_arguments
+from align.commands.rewards import parse_named_reward_args
 
 
 def parse_rewards(specs: list[str]) -> dict[str, float]:
@@ -45,6 +46,8 @@ RECIPE_KEYS = {
     "keep",
     "guidance",
     "eval_rewards",
+    "reward_args",
+    "max_disagreement",
 }
 def _defaults() -> dict:
     """Every default of `align optimize`, read off the settings classes (align/noise_settings.py)."""
@@ -52,7 +55,7 @@ def _defaults() -> dict:
 
     reno, search = OptimizeSettings(), SearchSettings()
     return {
-        **{k: getattr(reno, k) for k in ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore")},
+        **{k: getattr(reno, k) for k in ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore", "max_disagreement")},
         **{k: getattr(search, k) for k in ("noise_level", "window", "selection", "keep", "guidance")},
         "prune_at": list(search.prune_at),
         "method": "reno",
@@ -89,6 +92,10 @@ def check_recipe(recipe: dict, path) -> None:
             raise ValueError(f"{path}: {key}: {recipe[key]!r} is not one of {', '.join(choices)}")
     for name in recipe.get("eval_rewards") or []:
         REWARDS.lookup(name)
+    named = set(recipe.get("rewards") or {}) | set(recipe.get("eval_rewards") or [])
+    for name, arguments in (recipe.get("reward_args") or {}).items():
+        if name not in named or not isinstance(arguments, dict):
+            raise ValueError(f"{path}: reward_args.{name}: give {{key: value}} for a reward the recipe names")
 
 
 def apply_recipe(args) -> None:
@@ -117,6 +124,9 @@ def apply_recipe(args) -> None:
             setattr(args, key, recipe.get(key, default))
     if not args.eval_reward:
         args.eval_reward = list(recipe.get("eval_rewards") or [])
+    args.reward_args = {**(recipe.get("reward_args") or {})}
+    for name, arguments in parse_named_reward_args(args.reward_arg).items():
+        args.reward_args[name] = {**args.reward_args.get(name, {}), **arguments}
     for key in ("steps", "budget", "seconds"):  # no default: None means the model's / 21 x steps / none
         if getattr(args, key) is None:
             setattr(args, key, recipe.get(key))
@@ -134,14 +144,17 @@ def run(args) -> int:
     weights = parse_rewards(args.reward)
     prompts = list(args.prompt) or load_prompts(args.prompts)
     prompts = prompts[: args.max_prompts]
-    rewards = {name: build_reward(name, device=device) for name in weights}
+    def build(name):
+        return build_reward(name, device=device, **args.reward_args.get(name, {}))
+
+    rewards = {name: build(name) for name in weights}
     stuck = [n for n, r in rewards.items() if not r.differentiable]
     if stuck and args.method in ("reno", "guidance"):
         raise ValueError(
             f"--method {args.method} follows reward gradients; {', '.join(stuck)} is not differentiable "
             "(score it with --eval-reward, or search with --method tree or prune)"
         )
-    report = {name: build_reward(name, device=device) for name in args.eval_reward if name not in rewards}
+    report = {name: build(name) for name in args.eval_reward if name not in rewards}
     report.update(rewards)
     adapter = load_model(args.model, device=device, dtype=args.dtype, default_steps=args.steps)
     if args.sde != "flow-grpo":
@@ -158,6 +171,7 @@ def run(args) -> int:
         num_steps=args.steps,
         explore=args.explore,
         keep_every=args.keep_every,
+        max_disagreement=args.max_disagreement,
         weights=weights,
     )
     out = Path(args.out)
@@ -196,7 +210,10 @@ def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Pat
         "best_of_n": n,
         "model": args.model,
         "weights": settings.weights,
+        "reward_args": args.reward_args,
         "num_prompts": len(prompts),
+        "max_disagreement": settings.max_disagreement,
+        "frozen": optimised.get("frozen", 0),
     }
     (out / "summary.json").write_text(json.dumps(results, indent=2))
     (out / "curves.json").write_text(json.dumps({"prompts": prompts, "history": optimised["history"]}))
@@ -309,6 +326,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--eval-reward", action="append", default=[], help="also report this reward (repeatable)"
     )
+    parser.add_argument("--reward-arg", action="append", default=[], metavar="NAME.KEY=VALUE",
+                        help="passed to that reward's constructor, e.g. proxy.path=DIR (repeatable)")
     _noise_arguments(parser)
     _search_arguments(parser)
     parser.add_argument("--out", required=True)
@@ -323,12 +342,8 @@ def _noise_arguments(parser) -> None:
     parser.add_argument("--lr", type=float, default=None, help=f"step size on the noise (default {DEFAULTS['lr']})")
     parser.add_argument("--regularisation", type=float, default=None, help=f"norm regulariser weight ({DEFAULTS['regularisation']})")
     parser.add_argument("--grad-clip", type=float, default=None, help=f"noise-gradient norm clip ({DEFAULTS['grad_clip']})")
-    parser.add_argument(
-        "--momentum",
-        type=float,
-        default=None,
-        help=f"Nesterov momentum of the noise SGD ({DEFAULTS['momentum']}; 0: plain steps)",
-    )
+    parser.add_argument("--momentum", type=float, default=None, help=f"Nesterov momentum of the noise SGD ({DEFAULTS['momentum']}; 0: plain steps)")
+    parser.add_argument("--max-disagreement", type=float, default=None, help="guard: freeze an image once its proxy ensemble's member std exceeds this")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
     parser.add_argument(
         "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"

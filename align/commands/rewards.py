@@ -16,6 +16,17 @@ def parse_reward_args(pairs: list[str]) -> dict:
     return args
 
 
+def parse_named_reward_args(pairs: list[str]) -> dict[str, dict]:
+    """['NAME.k=v', ...] -> {NAME: {k: v}} (values as parse_reward_args reads them)."""
+    named: dict[str, dict] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or not name:
+            raise ValueError(f"--reward-arg {pair!r}: expected NAME.KEY=VALUE, such as proxy.path=runs/proxies/n1024")
+        named.setdefault(name, {}).update(parse_reward_args([rest]))
+    return named
+
+
 def _scalar(value: str, yaml):
     for kind in (int, float):
         try:
