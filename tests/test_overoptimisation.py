@@ -13,6 +13,7 @@ from align.cli import main
 from align.config import config_from_data
 from align.goodhart import curves, goodhart, path_kl
 from align.monitoring import Monitors
+from gallery.plots import plot_overoptimisation, read_evaluations
 from rewards.base import build_reward
 from rewards.proxy import ProxyNet, correlation, fit_proxy, save_proxies, word_ids
 
@@ -139,20 +140,24 @@ def test_goodhart_reads_the_peak_the_fall_and_the_first_flag():
     assert points[4]["from_peak_se"] == pytest.approx(float(torch.tensor([-1.0] * 3 + [0] * 5).std() / 8**0.5))
 
 
-def test_monitors_flag_above_below_and_a_rise_over_the_first_epoch():
+def test_monitors_flag_above_below_and_a_rise_over_the_first_epochs():
     settings = config_from_data({"algorithm": {"name": "flow-grpo"}, "monitor": {"flags": [
         {"monitor": "saturation", "above": 0.9}, {"monitor": "diversity", "below": 0.1},
-        {"monitor": "grid_energy", "rise": 2.0}]}}).monitor
+        {"monitor": "grid_energy", "rise": 2.0, "window": 2}]}}).monitor
     monitors = Monitors(settings, {})
-    flat = torch.full((4, 3, 32, 32), 0.5)
-    values = monitors.measure(flat + 0.1 * torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)), ["x"] * 4)
+    noisy = torch.full((4, 3, 32, 32), 0.5) + 0.1 * torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    values = monitors.measure(noisy, ["x"] * 4)
+    assert set(values) >= {"saturation", "diversity", "grid_energy"} and len(monitors.history["grid_energy"]) == 1
     assert monitors.raised(values) == ["diversity below 0.1"]
-    raised = monitors.raised(values | {"saturation": 0.95, "diversity": 0.2, "grid_energy": 3 * values["grid_energy"]})
-    assert raised[0] == "saturation above 0.9" and raised[1].startswith("grid_energy rose 3.00x")
-    state = monitors.state_dict()
+    monitors.history = {"saturation": [0.5, 0.95], "diversity": [0.2, 0.2], "grid_energy": [1.0, 1.0]}
+    assert monitors.raised(values) == ["saturation above 0.9"]  # a rise needs more than its window
+    monitors.history = {"saturation": [0.5] * 4, "diversity": [0.2] * 4, "grid_energy": [1.0, 1.0, 1.0, 2.6]}
+    assert monitors.raised(values) == []  # the last two average 1.8 against the first two's 1.0
+    monitors.history["grid_energy"] = [1.0, 1.0, 2.0, 4.0]  # 3.0 against 1.0: rise 2.0 flags it
+    assert monitors.raised(values) == ["grid_energy rose 3.00x (flag at 2.0x)"]
     again = Monitors(settings, {})
-    again.load_state_dict(state)
-    assert again.first == monitors.first
+    again.load_state_dict(monitors.state_dict())
+    assert again.history == monitors.history and again.raised(values) == monitors.raised(values)
     with pytest.raises(ValueError, match="no monitor 'nope' is measured"):
         Monitors(config_from_data({"algorithm": {"name": "flow-grpo"}, "monitor": {"flags": [
             {"monitor": "nope", "above": 1}]}}).monitor, {}).raised(values)
@@ -162,4 +167,61 @@ def test_a_malformed_flag_is_a_config_error(capsys, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"algorithm": {"name": "flow-grpo"}, "monitor": {"flags": [{"monitor": "x", "above": 1, "below": 0}]}}))
     assert main(["config", str(path)]) == 2
-    assert "monitor.flags: entry 0: expected {monitor: NAME, and one of above / below / rise: VALUE}" in capsys.readouterr().err
+    assert "monitor.flags: entry 0: expected {monitor: NAME, one of above / below / rise: VALUE, window: EPOCHS}" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump({"algorithm": {"name": "flow-grpo"}, "monitor": {"flags": [{"monitor": "x", "rise": 1.5, "window": 0}]}}))
+    assert main(["config", str(path)]) == 2
+    assert "monitor.flags: entry 0: window must be a whole number of epochs >= 1, got 0" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def small_proxy(tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxies") / "n24"
+    args = ["reward-model", "train", "--out", str(out), "--samples", "24", "--members", "3", "--epochs", "2"]
+    assert main([*args, "--steps", "4", "--width", "8"]) == 0
+    return out
+
+
+QUICK = ["train.num_epochs=1", "train.batch_size=16", "train.micro_batch_size=16", "train.group_size=8",
+         "sampling.num_steps=4", "sampling.eval_num_steps=4", "eval.max_prompts=2", "eval.seeds=1"]
+RECIPES = sorted(p.name for p in (SHIPPED / "toy").glob("overopt-*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_align_train_runs_every_overoptimisation_recipe(tmp_path, small_proxy, recipe):
+    """Each shipped over-optimisation recipe trains an epoch on a small proxy and records its KL."""
+    out = tmp_path / "run"
+    path = f"rewards.terms.0.args.path={small_proxy}"
+    assert main(["train", str(SHIPPED / "toy" / recipe), path, *QUICK, "--out", str(out), "--device", "cpu"]) == 0
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["skipped_steps"] == 0 and "proxy/disagreement" in record["monitors"]
+    assert record["eval"]["kl"] > 0 and len(record["eval"]["outcomes"]) == 2
+    rows = read_evaluations(out)
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["kl"] == 0.0
+
+
+def test_a_flag_with_stop_ends_the_run_evaluated_and_checkpointed_and_a_resume_adds_nothing(tmp_path, small_proxy):
+    out = tmp_path / "run"
+    recipe = str(SHIPPED / "toy" / "overopt-proxy.yaml")
+    flags = ["monitor.flags=[{monitor: saturation, above: 0.0}]", "monitor.stop=true", "train.num_epochs=3"]
+    overrides = [f"rewards.terms.0.args.path={small_proxy}", *QUICK[1:], "eval.kl_seeds=0", *flags]
+    assert main(["train", recipe, *overrides, "--out", str(out), "--device", "cpu"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"]["epoch"] == 1 and summary["stopped"]["flags"][0].startswith("saturation above 0.0")
+    assert summary["aligned"]["epoch"] == 1 and "kl" not in summary["aligned"]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert main(["train", recipe, *overrides, "--out", str(out), "--resume", str(out), "--device", "cpu"]) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_align_curves_prints_the_summary_and_the_gallery_draws_the_plot(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = _rows([0.5, 0.75, 0.5], [0.6, 0.7, 0.8], flags=(2,))
+    (run / "summary.json").write_text(json.dumps({"base": rows[0]}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": r["epoch"], "eval": r, "monitor_flags": r["monitor_flags"]}) + "\n" for r in rows[1:]))
+    assert main(["curves", f"unshaped={run}", "--proxy", "proxy", "--plot", str(tmp_path / "c.png")]) == 0
+    out = capsys.readouterr().out
+    assert '"gold_peak": 0.75' in out and '"first_flag_epoch": 10' in out and "-0.250±" in out
+    assert (tmp_path / "c.png").stat().st_size > 10_000
+    assert main(["curves", str(run), "--proxy", "clip"]) == 2
+    assert plot_overoptimisation({"x": run}, tmp_path / "d.png") is not None
