@@ -11,6 +11,8 @@ curves         a run's evaluations (gallery.plots.read_evaluations: the base fir
 goodhart       the summary the issue's claims are read from: the proxy's rise, the gold peak and the
                drop after it (paired SE over the same prompts and seeds), the epoch of the first fall
                of 0.02 below the peak, and the first epoch a monitor flagged.
+best_of_n_curve  the inference-time curve: the gold accuracy of the proxy's best of n samples, at the
+               best-of-n KL log n - (n - 1) / n.
 
 A run's evaluations are read, and drawn against sqrt(KL), by gallery/plots.py (`align gallery` with the
 run, and `align curves`).
@@ -91,3 +93,45 @@ def goodhart(rows: list[dict], proxy: str, fall: float = 0.02) -> dict:
         "first_fall_epoch": fallen,
         "first_flag_epoch": flagged,
     }
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) = log n - (n - 1) / n (Stiennon et al. 2020; Gao et al. 2023's x-axis)."""
+    return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def best_of_n_curve(adapter, prompts: list[str], seeds: int, proxy, ns: list[int], batch: int = 64) -> list[dict]:
+    """The inference-time curve: for each prompt x seed, candidates k = 0..max(ns)-1 (seed
+    s + 1_000_003 k, the ODE sampler), the one the proxy scores highest among the first n is kept;
+    per n, the kept images' gold outcomes (the toy verifier: accuracy, SE) and proxy mean, at KL
+    log n - (n-1)/n."""
+    from rewards.scoring import score_images
+
+    flat = [(p, s) for p in prompts for s in range(seeds)]
+    names = [p for p, _ in flat]
+    proxies, outcomes = [], []
+    for k in range(max(ns)):
+        seeds_k = [s + 1_000_003 * k for _, s in flat]
+        images = torch.cat([
+            adapter.generate(names[i : i + batch], seeds_k[i : i + batch], batch_size=batch)
+            for i in range(0, len(flat), batch)
+        ])
+        proxies.append(proxy(images, names).float().cpu())
+        checks = score_images(images, names)["checks"]
+        outcomes.append(torch.tensor([float(c["all"]) if c is not None else float("nan") for c in checks]))
+        del images
+    proxies, outcomes = torch.stack(proxies), torch.stack(outcomes)  # [K, B]
+    rows = []
+    for n in ns:
+        chosen = proxies[:n].argmax(0)
+        gold = outcomes[:n].gather(0, chosen[None])[0].numpy()
+        rows.append({
+            "n": n,
+            "kl": best_of_n_kl(n),
+            "sqrt_kl": math.sqrt(best_of_n_kl(n)),
+            "accuracy": float(np.mean(gold)),
+            "accuracy_se": standard_error(gold),
+            "proxy": float(proxies[:n].max(0).values.mean()),
+        })
+    return rows

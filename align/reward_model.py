@@ -3,9 +3,10 @@
 The samples are what the policy starts from: N images of the model (ODE, each on its own seed) on the
 prompts of one split, one prompt drawn at random per image. A fixed share of them (`validation`) is
 kept out of every member's fit and reports how well the proxy tracks the gold reward there. Member k of
-an ensemble starts from seed + k and fits its own bootstrap resample of the rest, so the members agree
-where the labels pin the gold reward down and disagree off them (Coste et al.; Gao et al.'s proxies of
-growing N are separate runs of this command).
+an ensemble fits the same samples from its own seed (initialisation and order), as Coste et al.'s
+ensembles do: the members agree where the labels pin the gold reward down and disagree off them.
+Member 0 is the proxy a single-member run of the same seed fits. Gao et al.'s proxies of growing N are
+separate runs of this command; with the same --seed, a smaller N's samples are the first of a larger's.
 """
 
 from __future__ import annotations
@@ -57,17 +58,13 @@ def train_reward_model(args) -> dict:
     )
     held = max(1, round(args.validation * args.samples))
     validation = (images[:held], prompts[:held], values[:held])
-    rest = range(held, args.samples)
     arch = ARCH | {"width": args.width}
     nets, members = [], []
     for k in range(args.members):
-        rng = random.Random(args.seed * 1000 + k)
-        rows = [rng.choice(rest) for _ in rest] if args.members > 1 else list(rest)
-        index = torch.tensor(rows)
         net, fit = fit_proxy(
-            images[index],
-            [prompts[i] for i in rows],
-            values[index],
+            images[held:],
+            prompts[held:],
+            values[held:],
             validation,
             seed=args.seed * 1000 + k,
             epochs=args.epochs,

@@ -2,6 +2,7 @@
 curves and their summary, and the monitors that flag (and may stop) a run."""
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +226,22 @@ def test_align_curves_prints_the_summary_and_the_gallery_draws_the_plot(tmp_path
     assert (tmp_path / "c.png").stat().st_size > 10_000
     assert main(["curves", str(run), "--proxy", "clip"]) == 2
     assert plot_overoptimisation({"x": run}, tmp_path / "d.png") is not None
+
+
+def test_best_of_n_keeps_the_proxys_choice_among_more_candidates(tmp_path, small_proxy, capsys):
+    from align.goodhart import best_of_n_curve, best_of_n_kl
+    from align.runs import load_model
+    from rewards.scoring import score_images
+
+    assert best_of_n_kl(1) == 0 and best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+    adapter = load_model("toy", device="cpu", dtype="float32", default_steps=4)
+    prompts = ["a red circle", "two blue squares", "a green triangle above a yellow square"]
+    proxy = build_reward("proxy", path=str(small_proxy))
+    rows = best_of_n_curve(adapter, prompts, 1, proxy, [1, 2, 4])
+    first = score_images(adapter.generate(prompts, [0, 0, 0]), prompts)["checks"]  # n = 1: seed s itself
+    assert rows[0]["accuracy"] == pytest.approx(sum(c["all"] for c in first) / 3) and rows[0]["kl"] == 0
+    assert rows[0]["proxy"] <= rows[1]["proxy"] <= rows[2]["proxy"]
+    args = ["reward-model", "best-of-n", "--proxy", str(small_proxy), "--max-prompts", "2", "--seeds", "1"]
+    assert main([*args, "--n", "1", "2", "--steps", "4", "--out", str(tmp_path / "bon.json")]) == 0
+    assert [r["n"] for r in json.loads((tmp_path / "bon.json").read_text())["rows"]] == [1, 2]
+    assert main([*args, "--n", "0"]) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 def format_curve(name: str, rows: list[dict], proxy: str | None) -> str:
     from align.goodhart import curves, goodhart
 
-    lines = [name, f"{'epoch':>5} {'sqrtKL':>7} {'gold':>13} {'vs best':>15}  rewards  flags"]
+    lines = [name, f"{'epoch':>5} {'sqrtKL':>7} {'gold':>13} {'vs best':>15} {'score':>6}  rewards  flags"]
     for point, row in zip(curves(rows), rows):
         root = f"{point['sqrt_kl']:7.2f}" if point["sqrt_kl"] is not None else f"{'-':>7}"
         change = (
@@ -23,7 +23,8 @@ def format_curve(name: str, rows: list[dict], proxy: str | None) -> str:
         rewards = " ".join(f"{k} {v:.4f}" for k, v in (point["rewards"] or {}).items())
         flags = "; ".join(row.get("monitor_flags") or [])
         lines.append(
-            f"{point['epoch']:>5} {root} {point['accuracy']:.3f}±{point['accuracy_se']:.3f} {change:>15}  {rewards}  {flags}"
+            f"{point['epoch']:>5} {root} {point['accuracy']:.3f}±{point['accuracy_se']:.3f} {change:>15} "
+            f"{row.get('score') or float('nan'):6.3f}  {rewards}  {flags}"
         )
     if proxy:
         summary = goodhart(rows, proxy)
