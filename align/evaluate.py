@@ -20,7 +20,7 @@ from samplers.grid import generate_grid
 
 # what a training run's metrics.jsonl keeps of each evaluation (per-image outcomes: paired changes
 # between evaluations, as align/goodhart.py reads them)
-RECORDED = ("accuracy", "accuracy_se", "score", "rewards", "outcomes", "exact_outcomes", "kl", "kl_se")
+RECORDED = ("accuracy", "accuracy_se", "score", "score_se", "rewards", "outcomes", "scores", "exact_outcomes", "kl", "kl_se")
 
 
 def paired_difference(base: dict, aligned: dict, key: str = "outcomes") -> tuple[float, float]:

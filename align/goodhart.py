@@ -6,8 +6,8 @@ path_kl        the KL from the base of the policy's whole SDE path on evaluation
                summed over the latent's dimensions, and the path's is the sum over steps (chain rule).
                Gao et al. plot against sqrt(KL); so does `curves`.
 curves         a run's evaluations (gallery.plots.read_evaluations: the base first) as rows of epoch,
-               gold accuracy with its SE, the paired change from the best evaluation before, each reward,
-               the KL and its square root.
+               gold (all-met accuracy and partial-credit score) with SEs, the paired change of one of
+               them from the best evaluation before, each reward, the KL and its square root.
 goodhart       the summary the issue's claims are read from: the proxy's rise, the gold peak and the
                drop after it (paired SE over the same prompts and seeds), the epoch of the first fall
                of 0.02 below the peak, and the first epoch a monitor flagged.
@@ -54,40 +54,51 @@ def path_kl(adapter, policy, prompts: list[str], seeds: int, num_steps: int, noi
     return float(np.mean(totals)), standard_error(totals)
 
 
-def curves(rows: list[dict]) -> list[dict]:
-    """Each evaluation with the paired change of gold accuracy from the best evaluation so far
-    (difference, SE over the same prompts x seeds) and sqrt(KL)."""
+GOLD = {"accuracy": "outcomes", "score": "scores"}  # a gold measure -> its per-image values
+
+
+def curves(rows: list[dict], gold: str = "accuracy") -> list[dict]:
+    """Each evaluation with the paired change of the gold measure (all-met `accuracy`, or the partial
+    credit `score`) from the best evaluation before it (difference, SE over the same prompts x seeds)
+    and sqrt(KL)."""
+    per_image = GOLD[gold]
     out, best = [], None
     for row in rows:
-        entry = {k: row.get(k) for k in ("epoch", "accuracy", "accuracy_se", "rewards", "kl", "kl_se")}
+        entry = {k: row.get(k) for k in ("epoch", "accuracy", "accuracy_se", "score", "score_se", "rewards", "kl", "kl_se")}
         entry["sqrt_kl"] = math.sqrt(row["kl"]) if row.get("kl") is not None else None
-        if best is not None and row.get("outcomes") and best.get("outcomes"):
-            change = np.asarray(row["outcomes"], float) - np.asarray(best["outcomes"], float)
+        if best is not None and row.get(per_image) and best.get(per_image):
+            change = np.asarray(row[per_image], float) - np.asarray(best[per_image], float)
             entry["from_peak"], entry["from_peak_se"] = float(change.mean()), standard_error(change)
-        if best is None or row["accuracy"] > best["accuracy"]:
+        if best is None or row[gold] > best[gold]:
             best = row
         out.append(entry)
     return out
 
 
-def goodhart(rows: list[dict], proxy: str, fall: float = 0.02) -> dict:
-    """The claims of an over-optimisation run, read off its evaluations (see the module's doc)."""
-    peak = max(range(len(rows)), key=lambda i: rows[i]["accuracy"])
+def goodhart(rows: list[dict], proxy: str, gold: str = "accuracy", fall: float = 0.02) -> dict:
+    """The claims of an over-optimisation run, read off its evaluations (see the module's doc): the
+    proxy's first, last and highest value; the gold measure's base, peak, final value and the paired
+    change from peak to final; the first epoch after the peak that is `fall` below it; the first
+    epoch a monitor flagged."""
+    per_image = GOLD[gold]
+    peak = max(range(len(rows)), key=lambda i: rows[i][gold])
     final = rows[-1]
-    change = np.asarray(final["outcomes"], float) - np.asarray(rows[peak]["outcomes"], float)
-    fallen = next(
-        (r["epoch"] for r in rows[peak + 1 :] if r["accuracy"] <= rows[peak]["accuracy"] - fall), None
-    )
+    if final.get(per_image) and rows[peak].get(per_image):
+        change = np.asarray(final[per_image], float) - np.asarray(rows[peak][per_image], float)
+    else:  # evaluations recorded without per-image values: no paired change
+        change = np.full(1, float(final[gold] - rows[peak][gold]))
+    fallen = next((r["epoch"] for r in rows[peak + 1 :] if r[gold] <= rows[peak][gold] - fall), None)
     flagged = next((r["epoch"] for r in rows if r.get("monitor_flags")), None)
     values = [r["rewards"].get(proxy) for r in rows]
     return {
+        "gold": gold,
         "proxy_first": values[0],
         "proxy_last": values[-1],
         "proxy_max": max(values),
-        "gold_base": rows[0]["accuracy"],
-        "gold_peak": rows[peak]["accuracy"],
+        "gold_base": rows[0][gold],
+        "gold_peak": rows[peak][gold],
         "peak_epoch": rows[peak]["epoch"],
-        "gold_final": final["accuracy"],
+        "gold_final": final[gold],
         "final_from_peak": float(change.mean()),
         "final_from_peak_se": standard_error(change),
         "first_fall_epoch": fallen,
@@ -104,8 +115,8 @@ def best_of_n_kl(n: int) -> float:
 def best_of_n_curve(adapter, prompts: list[str], seeds: int, proxy, ns: list[int], batch: int = 64) -> list[dict]:
     """The inference-time curve: for each prompt x seed, candidates k = 0..max(ns)-1 (seed
     s + 1_000_003 k, the ODE sampler), the one the proxy scores highest among the first n is kept;
-    per n, the kept images' gold outcomes (the toy verifier: accuracy, SE) and proxy mean, at KL
-    log n - (n-1)/n."""
+    per n, the kept images' gold values (the toy verifier: all-met accuracy and partial-credit score,
+    each with its SE) and the proxy's mean, at KL log n - (n-1)/n. Toy prompts only."""
     from rewards.scoring import score_images
 
     flat = [(p, s) for p in prompts for s in range(seeds)]
@@ -119,19 +130,21 @@ def best_of_n_curve(adapter, prompts: list[str], seeds: int, proxy, ns: list[int
         ])
         proxies.append(proxy(images, names).float().cpu())
         checks = score_images(images, names)["checks"]
-        outcomes.append(torch.tensor([float(c["all"]) if c is not None else float("nan") for c in checks]))
+        outcomes.append(torch.tensor([[float(c["all"]), float(c["score"])] for c in checks]))
         del images
-    proxies, outcomes = torch.stack(proxies), torch.stack(outcomes)  # [K, B]
+    proxies, outcomes = torch.stack(proxies), torch.stack(outcomes)  # [K, B], [K, B, 2]
     rows = []
     for n in ns:
         chosen = proxies[:n].argmax(0)
-        gold = outcomes[:n].gather(0, chosen[None])[0].numpy()
+        kept = outcomes[:n][chosen, torch.arange(len(flat))].numpy()  # [B, 2]: all met, score
         rows.append({
             "n": n,
             "kl": best_of_n_kl(n),
             "sqrt_kl": math.sqrt(best_of_n_kl(n)),
-            "accuracy": float(np.mean(gold)),
-            "accuracy_se": standard_error(gold),
+            "accuracy": float(np.mean(kept[:, 0])),
+            "accuracy_se": standard_error(kept[:, 0]),
+            "score": float(np.mean(kept[:, 1])),
+            "score_se": standard_error(kept[:, 1]),
             "proxy": float(proxies[:n].max(0).values.mean()),
         })
     return rows

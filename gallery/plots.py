@@ -68,7 +68,7 @@ def plot_reward_curves(runs: Mapping[str, Path], out_dir: Path, relative_to: Pat
     return plots
 
 
-EVALUATED = ("accuracy", "accuracy_se", "score", "rewards", "outcomes", "kl", "kl_se")
+EVALUATED = ("accuracy", "accuracy_se", "score", "score_se", "rewards", "outcomes", "scores", "kl", "kl_se")
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
@@ -87,8 +87,8 @@ def read_evaluations(run_dir: Path) -> list[dict]:
     return rows
 
 
-def plot_overoptimisation(runs: Mapping[str, Path], out: Path) -> Path | None:
-    """Gao et al.'s curves: each run's gold accuracy (solid, ± SE) and every other reward it evaluated
+def plot_overoptimisation(runs: Mapping[str, Path], out: Path, gold: str = "accuracy") -> Path | None:
+    """Gao et al.'s curves: each run's gold `accuracy` or `score` (solid, ± SE) and every reward it evaluated
     (dashed) against sqrt(KL from the base) where the run measured it (eval.kl_seeds), else the epoch.
     None when no run evaluated more than its base."""
     from matplotlib.figure import Figure
@@ -103,9 +103,9 @@ def plot_overoptimisation(runs: Mapping[str, Path], out: Path) -> Path | None:
     for index, (name, rows) in enumerate(evaluations.items()):
         x = [r["kl"] ** 0.5 if by_kl else r["epoch"] for r in rows]
         colour = f"C{index}"
-        gold = [r["accuracy"] for r in rows]
-        axes.errorbar(x, gold, yerr=[r.get("accuracy_se") or 0 for r in rows], color=colour, marker="o",
-                      markersize=3, capsize=2, label=f"{name}: gold accuracy")
+        values = [r[gold] for r in rows]
+        axes.errorbar(x, values, yerr=[r.get(f"{gold}_se") or 0 for r in rows], color=colour, marker="o",
+                      markersize=3, capsize=2, label=f"{name}: gold {gold}")
         for style, reward in zip(("--", ":", "-."), rows[-1].get("rewards") or {}):
             values = [(r.get("rewards") or {}).get(reward) for r in rows]
             axes.plot(x, values, color=colour, linestyle=style, marker=".", label=f"{name}: {reward}")

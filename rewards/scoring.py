@@ -50,16 +50,19 @@ def summarise(prompts: Sequence[str], seeds: Sequence[int], scored: dict) -> tup
     for i in toy:
         kinds[parse_prompt(prompts[i]).kind].append(checks[i]["all"])
     outcomes = [int(checks[i]["all"]) for i in toy]
+    scores = [float(checks[i]["score"]) for i in toy]
     summary = {
         "accuracy": _mean(outcomes),
         "accuracy_se": standard_error(outcomes),
-        "score": _mean(checks[i]["score"] for i in toy),
+        "score": _mean(scores),
+        "score_se": standard_error(scores),
         "categories": {k: v for k, v in categories.items() if not np.isnan(v)},
         "kinds": {k: _mean(v) for k, v in sorted(kinds.items())},
         "rewards": {name: _mean(values) for name, values in rewards.items()},
         "num_images": len(prompts),
         "num_prompts": len(dict.fromkeys(prompts)),
         "outcomes": outcomes,  # all constraints met, per toy image (prompt-major): for paired comparisons
+        "scores": scores,  # the fraction met, per toy image (the same order)
     }
     rows = []
     for prompt in dict.fromkeys(prompts):

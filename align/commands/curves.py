@@ -11,23 +11,24 @@ import json
 from pathlib import Path
 
 
-def format_curve(name: str, rows: list[dict], proxy: str | None) -> str:
+def format_curve(name: str, rows: list[dict], proxy: str | None, gold: str = "accuracy") -> str:
     from align.goodhart import curves, goodhart
 
-    lines = [name, f"{'epoch':>5} {'sqrtKL':>7} {'gold':>13} {'vs best':>15} {'score':>6}  rewards  flags"]
-    for point, row in zip(curves(rows), rows):
+    lines = [name, f"{'epoch':>5} {'sqrtKL':>7} {'accuracy':>13} {'score':>13} {gold + ' vs best':>17}  rewards  flags"]
+    for point, row in zip(curves(rows, gold), rows):
         root = f"{point['sqrt_kl']:7.2f}" if point["sqrt_kl"] is not None else f"{'-':>7}"
         change = (
             f"{point['from_peak']:+.3f}±{point['from_peak_se']:.3f}" if "from_peak" in point else f"{'':>15}"
         )
         rewards = " ".join(f"{k} {v:.4f}" for k, v in (point["rewards"] or {}).items())
         flags = "; ".join(row.get("monitor_flags") or [])
+        score = f"{point['score']:.3f}±{point['score_se']:.3f}" if point.get("score_se") is not None else f"{'-':>13}"
         lines.append(
-            f"{point['epoch']:>5} {root} {point['accuracy']:.3f}±{point['accuracy_se']:.3f} {change:>15} "
-            f"{row.get('score') or float('nan'):6.3f}  {rewards}  {flags}"
+            f"{point['epoch']:>5} {root} {point['accuracy']:.3f}±{point['accuracy_se']:.3f} {score} {change:>17}  "
+            f"{rewards}  {flags}"
         )
     if proxy:
-        summary = goodhart(rows, proxy)
+        summary = goodhart(rows, proxy, gold)
         lines.append("summary: " + json.dumps(summary))
     return "\n".join(lines)
 
@@ -46,7 +47,7 @@ def run(args) -> int:
         rows = read_evaluations(path)
         if args.proxy and rows and args.proxy not in (rows[-1].get("rewards") or {}):
             raise ValueError(f"--proxy {args.proxy}: run {path} evaluated no reward of that name")
-        print(format_curve(name, rows, args.proxy))
+        print(format_curve(name, rows, args.proxy, args.gold))
     if args.plot:
         written = plot_overoptimisation(runs, Path(args.plot))
         print(f"wrote {written}" if written else "no run has an evaluation past its base: nothing to plot")
@@ -60,4 +61,6 @@ def register(subparsers) -> None:
     parser.add_argument("runs", nargs="+", metavar="[NAME=]RUN", help="training run directories")
     parser.add_argument("--proxy", default=None, help="the optimised reward whose rise the summary reads")
     parser.add_argument("--plot", default=None, help="PNG file for the curves")
+    parser.add_argument("--gold", default="accuracy", choices=("accuracy", "score"),
+                        help="the gold measure the summary reads: all-met accuracy, or the partial-credit score")
     parser.set_defaults(run=run)
