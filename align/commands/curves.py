@@ -49,7 +49,7 @@ def run(args) -> int:
             raise ValueError(f"--proxy {args.proxy}: run {path} evaluated no reward of that name")
         print(format_curve(name, rows, args.proxy, args.gold))
     if args.plot:
-        written = plot_overoptimisation(runs, Path(args.plot))
+        written = plot_overoptimisation(runs, Path(args.plot), args.gold)
         print(f"wrote {written}" if written else "no run has an evaluation past its base: nothing to plot")
     return 0
 
