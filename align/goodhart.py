@@ -8,11 +8,11 @@ path_kl        the KL from the base of the policy's whole SDE path on evaluation
 curves         a run's evaluations (gallery.plots.read_evaluations: the base first) as rows of epoch,
                gold (all-met accuracy and partial-credit score) with SEs, the paired change of one of
                them from the best evaluation before, each reward, the KL and its square root.
-goodhart       the summary the issue's claims are read from: the proxy's rise, the gold peak and the
+goodhart       a run's over-optimisation read off its curve: the proxy's rise, the gold peak and the
                drop after it (paired SE over the same prompts and seeds), the epoch of the first fall
                of 0.02 below the peak, and the first epoch a monitor flagged.
-best_of_n_curve  the inference-time curve: the gold accuracy of the proxy's best of n samples, at the
-               best-of-n KL log n - (n - 1) / n.
+best_of_n_curve  the inference-time curve: the gold (accuracy and score) of the proxy's best of n
+               samples, at the best-of-n KL log n - (n - 1) / n.
 
 A run's evaluations are read, and drawn against sqrt(KL), by gallery/plots.py (`align gallery` with the
 run, and `align curves`).
