@@ -157,8 +157,9 @@ def make_run(run_dir: Path, adapter) -> None:
         }
         for e in (1, 2, 3)
     ]
+    metrics[1]["eval"] = {"accuracy": 0.5, "accuracy_se": 0.1, "rewards": {"clip": 2.0}}  # train.eval_every
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
-    summary = {"base": {"accuracy": 0.25, "rewards": {}}, "aligned": {"accuracy": 0.75, "rewards": {}}}
+    summary = {"base": {"accuracy": 0.25, "rewards": {"clip": 1.0}}, "aligned": {"accuracy": 0.75, "rewards": {}}}
     (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -191,10 +192,11 @@ def test_align_gallery_over_a_model_and_a_run_directory(tmp_path, capsys):
         "epoch-000002",
         0.75,
     )
-    assert [p["reward"] for p in data["plots"]] == ["geneval-toy", "clip"]
-    for plot in data["plots"]:
+    assert [p["reward"] for p in data["plots"]] == ["geneval-toy", "clip", "gold and proxy"]
+    for plot in data["plots"][:2]:
         width, height = Image.open(out / plot["image"]).size
         assert (width, height) == (500, 320)
+    assert Image.open(out / data["plots"][2]["image"]).size == (640, 400)  # the base and the epoch-2 evaluation
     # building again into the same folder replaces the gallery
     assert main([*argv, "--prompts", str(tmp_path / "prompts.txt"), "--out", str(out), "--seeds", "2"]) == 0
     assert len(json.loads((out / "gallery.json").read_text())["cells"]) == 2 * 2 * 2
