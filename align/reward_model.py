@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-SEED_OFFSET = 1_000_003  # sample seeds far from the evaluation's 0..n-1
+SEED_OFFSET = 1_000_003  # sample seeds far from the evaluation's 0..n-1, and apart for each --seed
 
 
 def label_samples(adapter, prompts: list[str], gold, count: int, seed: int, num_steps: int | None, batch: int = 64):
     """count images of `adapter` on prompts drawn from `prompts` -> (images, prompts, gold values)."""
     rng = random.Random(seed)
     chosen = [rng.choice(prompts) for _ in range(count)]
-    seeds = [SEED_OFFSET + seed * count + i for i in range(count)]
+    seeds = [SEED_OFFSET * (seed + 1) + i for i in range(count)]  # a smaller count's are a larger's first
     images = torch.cat(
         [
             adapter.generate(chosen[i : i + batch], seeds[i : i + batch], num_steps=num_steps, batch_size=batch)

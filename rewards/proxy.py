@@ -196,6 +196,7 @@ class ProxyReward(Reward):
         """The batch's mean member_spread: how far off the samples the members were fitted on it is."""
         return float(self.member_spread(images, prompts).mean())
 
+
 register_reward(
     "proxy",
     differentiable=True,
