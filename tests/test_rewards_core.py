@@ -101,7 +101,7 @@ def test_registry_names_follow_the_families():
         REWARDS
     )
     assert {"jpeg-compressibility", "jpeg-incompressibility", "ensemble"} <= set(REWARDS)
-    assert all(n.startswith(families) for n in image_rewards if n not in ("ensemble", "remote"))
+    assert all(n.startswith(families) for n in image_rewards if n not in ("ensemble", "remote", "proxy"))
 
 
 def test_unknown_reward_suggests_the_closest_name():
