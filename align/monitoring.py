@@ -33,6 +33,17 @@ def flag_problems(flags: list):
             yield ["flags"], f"entry {i}: window must be a whole number of epochs >= 1, got {window!r}"
 
 
+def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value's mean over the processes of torch.distributed (itself when there is one process)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    total = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return dict(zip(values, (total / dist.get_world_size()).tolist()))
+
+
 class Monitors:
     def __init__(self, settings, rewards: dict):
         self.flags, self.stop = list(settings.flags), settings.stop
@@ -41,9 +52,12 @@ class Monitors:
 
     @torch.no_grad()
     def measure(self, images: torch.Tensor, prompts: list[str]) -> dict[str, float]:
+        """The monitors of this process's samples, averaged over the processes of a distributed run (so
+        that every process raises the same flags, and a stop ends them all at the same epoch)."""
         values = hacking_monitors(images)
         for name, reward in self.proxies.items():
             values[f"{name}/disagreement"] = reward.disagreement(images, prompts)
+        values = mean_over_processes(values, images.device)
         for name, value in values.items():
             self.history.setdefault(name, []).append(value)
         return values

@@ -325,6 +325,9 @@ def test_two_processes_match_one_process(tmp_path):
     assert worst < 1e-4 * max(1.0, scale), worst
     for first, second in zip(metrics(tmp_path / "one"), metrics(tmp_path / "two")):
         assert first["rewards"]["test-pattern"] == pytest.approx(second["rewards"]["test-pattern"], rel=1e-4)
+        # the monitors are the processes' mean (equal halves: a per-pixel mean is the whole batch's), so
+        # that every process raises the same flags and a monitor.stop ends them at the same epoch
+        assert first["monitors"]["saturation"] == pytest.approx(second["monitors"]["saturation"], rel=1e-4)
 
 
 def test_shared_initial_noise_gives_a_group_one_start_and_its_own_sde_draws(tmp_path):
