@@ -28,9 +28,12 @@ def best_of_n(args) -> int:
     adapter = load_model(args.model, device="cpu", dtype="float32", default_steps=args.steps)
     prompts = load_prompts(args.prompts)[: args.max_prompts]
     rows = best_of_n_curve(adapter, prompts, args.seeds, proxy, sorted(set(args.n)))
-    print(f"{'n':>4} {'sqrtKL':>7} {'gold accuracy':>15} {'proxy':>7}")
+    print(f"{'n':>4} {'sqrtKL':>7} {'gold accuracy':>15} {'gold score':>15} {'proxy':>7}")
     for row in rows:
-        print(f"{row['n']:>4} {row['sqrt_kl']:7.3f} {row['accuracy']:8.3f} ± {row['accuracy_se']:.3f} {row['proxy']:7.4f}")
+        print(
+            f"{row['n']:>4} {row['sqrt_kl']:7.3f} {row['accuracy']:8.3f} ± {row['accuracy_se']:.3f} "
+            f"{row['score']:8.3f} ± {row['score_se']:.3f} {row['proxy']:7.4f}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps({"proxy": args.proxy, "model": args.model, "rows": rows}, indent=2) + "\n")
     return 0
