@@ -18,10 +18,6 @@ from rewards.scoring import score_images, standard_error, summarise
 from rewards.toy_world import parse_prompt
 from samplers.grid import generate_grid
 
-# what a training run's metrics.jsonl keeps of each evaluation (per-image outcomes: paired changes
-# between evaluations, as align/goodhart.py reads them)
-RECORDED = ("accuracy", "accuracy_se", "score", "score_se", "rewards", "outcomes", "scores", "exact_outcomes", "kl", "kl_se")
-
 
 def paired_difference(base: dict, aligned: dict, key: str = "outcomes") -> tuple[float, float]:
     """(aligned - base accuracy, its standard error) over the same prompts and seeds: the SE of the

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from align.losses import gaussian_mean_kl
+from align.optimize import candidate_seeds
 from rewards.scoring import standard_error
 from samplers.noise import generators_from_seeds
 
@@ -113,8 +114,8 @@ def best_of_n_kl(n: int) -> float:
 
 @torch.no_grad()
 def best_of_n_curve(adapter, prompts: list[str], seeds: int, proxy, ns: list[int], batch: int = 64) -> list[dict]:
-    """The inference-time curve: for each prompt x seed, candidates k = 0..max(ns)-1 (seed
-    s + 1_000_003 k, the ODE sampler), the one the proxy scores highest among the first n is kept;
+    """The inference-time curve: for each prompt x seed, candidates k = 0..max(ns)-1 (best-of-N's
+    candidate seeds, align.optimize.candidate_seeds; the ODE sampler), the one the proxy scores highest among the first n is kept;
     per n, the kept images' gold values (the toy verifier: all-met accuracy and partial-credit score,
     each with its SE) and the proxy's mean, at KL log n - (n-1)/n. Toy prompts only."""
     from rewards.scoring import score_images
@@ -123,11 +124,7 @@ def best_of_n_curve(adapter, prompts: list[str], seeds: int, proxy, ns: list[int
     names = [p for p, _ in flat]
     proxies, outcomes = [], []
     for k in range(max(ns)):
-        seeds_k = [s + 1_000_003 * k for _, s in flat]
-        images = torch.cat([
-            adapter.generate(names[i : i + batch], seeds_k[i : i + batch], batch_size=batch)
-            for i in range(0, len(flat), batch)
-        ])
+        images = adapter.generate(names, candidate_seeds([s for _, s in flat], k), batch_size=batch)
         proxies.append(proxy(images, names).float().cpu())
         checks = score_images(images, names)["checks"]
         outcomes.append(torch.tensor([[float(c["all"]), float(c["score"])] for c in checks]))

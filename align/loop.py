@@ -19,7 +19,6 @@ import torch
 
 from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.config import ExperimentConfig
-from align.evaluate import RECORDED
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
 from align.monitoring import Monitors
 from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator
@@ -34,6 +33,7 @@ from align.run_files import (
     write_summary,
 )
 from align.sharding import place_for_training, whole
+from gallery.plots import EVALUATED
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Run:
         if not terms:
             raise ValueError("rewards.terms is empty: give at least one reward to optimise")
         self.rewards = RewardSet(terms, config.rewards.normalise, str(device), config.rewards.remote_timeout)
-        self.monitors = Monitors(config.monitor, self.rewards.rewards)
+        self.monitors = Monitors(config.monitor, self.rewards.rewards, self.accelerator)
         self.context = Context(config, self.adapter, self.policy, self.rewards, self.accelerator)
         self.algorithm = algorithm(self.context)
         self.sharding, self.sharded, self.network, self.optimizer = place_for_training(
@@ -379,7 +379,7 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         every = config.train.eval_every
         if run.evaluates and (last or (every and run.epoch % every == 0)):
             run.summary["aligned"] = run.evaluate()
-            record["eval"] = {k: v for k, v in run.summary["aligned"].items() if k in RECORDED}
+            record["eval"] = {k: v for k, v in run.summary["aligned"].items() if k in EVALUATED}
             if run.main:
                 kill_point("evaluated")
                 write_summary(out, run.summary)

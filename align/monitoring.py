@@ -33,20 +33,11 @@ def flag_problems(flags: list):
             yield ["flags"], f"entry {i}: window must be a whole number of epochs >= 1, got {window!r}"
 
 
-def mean_over_processes(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Each value's mean over the processes of torch.distributed (itself when there is one process)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    total = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
-    dist.all_reduce(total)
-    return dict(zip(values, (total / dist.get_world_size()).tolist()))
-
-
 class Monitors:
-    def __init__(self, settings, rewards: dict):
-        self.flags, self.stop = list(settings.flags), settings.stop
+    """`accelerator` (the run's) averages the values over its processes; None: one process."""
+
+    def __init__(self, settings, rewards: dict, accelerator=None):
+        self.flags, self.stop, self.accelerator = list(settings.flags), settings.stop, accelerator
         self.proxies = {name: r for name, r in rewards.items() if callable(getattr(r, "disagreement", None))}
         self.history: dict[str, list[float]] = {}
 
@@ -57,7 +48,9 @@ class Monitors:
         values = hacking_monitors(images)
         for name, reward in self.proxies.items():
             values[f"{name}/disagreement"] = reward.disagreement(images, prompts)
-        values = mean_over_processes(values, images.device)
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            total = torch.tensor(list(values.values()), dtype=torch.float64, device=images.device)
+            values = dict(zip(values, self.accelerator.reduce(total, "mean").tolist()))
         for name, value in values.items():
             self.history.setdefault(name, []).append(value)
         return values

@@ -126,18 +126,21 @@ def reno(
     }
 
 
+def candidate_seeds(seeds: list[int], k: int) -> list[int]:
+    """The seeds of best-of-N's candidate k for images seeded `seeds` (candidate 0: the seeds themselves)."""
+    return [s + 1_000_003 * k for s in seeds]
+
+
 @torch.no_grad()
 def best_of_n(
     adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: OptimizeSettings, n: int
 ) -> dict:
-    """Sample n images per prompt (seeds s, s+1e6, ...) and keep the best by the same reward."""
+    """Sample n images per prompt (candidate_seeds 0..n-1) and keep the best by the same reward."""
     steps = settings.num_steps or adapter.default_steps
     best_total, best_images = None, None
     for k in range(n):
         images = adapter.decode(
-            adapter.sample(
-                prompts, generators_from_seeds([s + 1_000_003 * k for s in seeds]), num_steps=steps
-            ).final
+            adapter.sample(prompts, generators_from_seeds(candidate_seeds(seeds, k)), num_steps=steps).final
         )
         total, _ = weighted_reward(rewards, settings.weights, images, prompts)
         if best_total is None:

@@ -25,14 +25,9 @@ def label_samples(adapter, prompts: list[str], gold, count: int, seed: int, num_
     rng = random.Random(seed)
     chosen = [rng.choice(prompts) for _ in range(count)]
     seeds = [SEED_OFFSET * (seed + 1) + i for i in range(count)]  # a smaller count's are a larger's first
-    images = torch.cat(
-        [
-            adapter.generate(chosen[i : i + batch], seeds[i : i + batch], num_steps=num_steps, batch_size=batch)
-            for i in range(0, count, batch)
-        ]
-    ).float().cpu()
+    images = adapter.generate(chosen, seeds, num_steps=num_steps, batch_size=batch).float().cpu()
     with torch.no_grad():
-        values = torch.cat([gold(images[i : i + batch], chosen[i : i + batch]) for i in range(0, count, batch)])
+        values = gold(images, chosen)  # a reward scores in chunks of its own
     return images, chosen, values.float().cpu()
 
 

@@ -68,17 +68,19 @@ def plot_reward_curves(runs: Mapping[str, Path], out_dir: Path, relative_to: Pat
     return plots
 
 
-EVALUATED = ("accuracy", "accuracy_se", "score", "score_se", "rewards", "outcomes", "scores", "kl", "kl_se")
+# what a training run's metrics.jsonl keeps of each evaluation (align/loop.py), and what is read back:
+# per-image outcomes and scores give paired changes between evaluations (align/goodhart.py)
+EVALUATED = ("accuracy", "accuracy_se", "score", "score_se", "rewards", "outcomes", "scores", "exact_outcomes", "kl", "kl_se")
 
 
 def read_evaluations(run_dir: Path) -> list[dict]:
-    """A run's held-out evaluations in order: the base's (epoch 0, from summary.json; its KL is 0) and
+    """A run's held-out evaluations in order: the base's (epoch 0, from summary.json) and
     each metrics.jsonl record's `eval` (with the epoch's monitor flags)."""
     run_dir = Path(run_dir)
     summary = read_json(run_dir / "summary.json") or {}
     rows = []
     if summary.get("base"):
-        rows.append({"epoch": 0, **{k: summary["base"].get(k) for k in EVALUATED}, "kl": 0.0, "kl_se": 0.0})
+        rows.append({"epoch": 0, **{k: summary["base"].get(k) for k in EVALUATED}})
     path = run_dir / "metrics.jsonl"
     for line in path.read_text().splitlines() if path.is_file() else []:
         record = json.loads(line) if line.strip() else {}
