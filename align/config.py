@@ -24,7 +24,7 @@ ALGORITHM_CONFIGS: Registry = Registry("algorithm", catalogue="align.catalogue")
 @dataclass
 class ModelConfig:
     name: str = "toy"  # `toy`, `tiny:<family>`, a hub id or a local diffusers directory
-    family: str = param("auto", choices=("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo"))
+    family: str = param("auto", choices=("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo", "wan"))
     dtype: str = param("float32", choices=("float32", "float16", "bfloat16"))  # weights; log-probs stay fp32
     resolution: int | None = param(None, min=8)  # pixels; None = the model's native size (memory ~ res^2)
     guidance_scale: float | None = param(None, min=0.0)  # CFG scale; None = the family default

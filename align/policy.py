@@ -51,7 +51,8 @@ class ImagePolicy:
             from peft import LoraConfig
 
             lora = lora or LoraSettings()
-            targets = lora_targets(self.model, lora.target_modules or DEFAULT_TARGETS[adapter.family])
+            defaults = getattr(adapter, "lora_targets", None) or DEFAULT_TARGETS[adapter.family]
+            targets = lora_targets(self.model, lora.target_modules or defaults)
             config = LoraConfig(
                 r=lora.rank,
                 lora_alpha=lora.alpha,

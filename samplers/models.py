@@ -9,7 +9,7 @@ import torch
 from samplers.adapters.base import Adapter
 from samplers.devices import resolve_device, resolve_dtype
 
-FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo")
+FAMILIES = ("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo", "wan")
 
 
 def adapter_class(family: str) -> type[Adapter]:
@@ -18,6 +18,7 @@ def adapter_class(family: str) -> type[Adapter]:
     from samplers.adapters.sd3 import SD3Adapter
     from samplers.adapters.sdxl import SDXLAdapter
     from samplers.adapters.turbo import SDTurboAdapter, SDXLTurboAdapter
+    from samplers.adapters.wan import WanAdapter
 
     classes = {
         "sd": SDAdapter,
@@ -26,6 +27,7 @@ def adapter_class(family: str) -> type[Adapter]:
         "flux": FluxAdapter,
         "sd-turbo": SDTurboAdapter,
         "sdxl-turbo": SDXLTurboAdapter,
+        "wan": WanAdapter,
     }
     if family not in classes:
         raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}")
@@ -45,6 +47,8 @@ def detect_family(pipeline) -> str:
         return "sd3"
     if name.startswith("Flux"):
         return "flux"
+    if name == "WanPipeline":
+        return "wan"
     if name.startswith("StableDiffusionXL"):
         return "sdxl-turbo" if one_step else "sdxl"
     if name.startswith("StableDiffusion"):

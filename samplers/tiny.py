@@ -1,7 +1,7 @@
 """Tiny, seeded, random pipelines of every supported family, built in code (no download).
 
 Addressable as `tiny:sd15`, `tiny:sd2` (v-prediction), `tiny:sdxl`, `tiny:sd3`, `tiny:flux`,
-`tiny:turbo` and `tiny:sdxl-turbo` wherever a model is taken. Same architectures as the real
+`tiny:turbo`, `tiny:sdxl-turbo` and `tiny:wan` (text-to-video, 9 frames) wherever a model is taken. Same architectures as the real
 models, a few thousand times smaller: for tests, benchmarks and first contact.
 """
 
@@ -22,6 +22,8 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
+    WanPipeline,
+    WanTransformer3DModel,
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
@@ -266,6 +268,41 @@ def flux_pipeline(transformer, vae, encoders: list[tuple]) -> FluxPipeline:
     )
 
 
+def build_wan():
+    """Wan 2.1's architecture: a causal 3D VAE (8x in space, 4x in time: 9 frames -> 3 latent frames),
+    a DiT on (1, 2, 2) patches with rotary positions over frames, height and width, a T5 encoder."""
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    )
+    torch.manual_seed(1)
+    vae = AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    ).eval()
+    torch.manual_seed(2)
+    text_encoder, tokenizer = _t5(d_model=32)
+    return WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        transformer=transformer,
+    )
+
+
 # name -> (builder, adapter family, adapter keyword arguments)
 TINY: dict[str, tuple[Callable, str, dict]] = {
     "sd15": (build_sd15, "sd", {}),
@@ -275,4 +312,5 @@ TINY: dict[str, tuple[Callable, str, dict]] = {
     "flux": (build_flux, "flux", {"resolution": RESOLUTION, "max_sequence_length": MAX_LENGTH}),
     "turbo": (build_turbo, "sd-turbo", {}),
     "sdxl-turbo": (build_sdxl_turbo, "sdxl-turbo", {}),
+    "wan": (build_wan, "wan", {"resolution": RESOLUTION, "max_sequence_length": MAX_LENGTH, "default_steps": 10}),
 }

@@ -9,7 +9,9 @@ import socket
 
 import pytest
 
-TINY_MODELS = ["tiny:sd15", "tiny:sd2", "tiny:sdxl", "tiny:sd3", "tiny:flux", "tiny:turbo", "tiny:sdxl-turbo"]
+TINY_MODELS = [
+    "tiny:sd15", "tiny:sd2", "tiny:sdxl", "tiny:sd3", "tiny:flux", "tiny:turbo", "tiny:sdxl-turbo", "tiny:wan"
+]
 
 
 @functools.cache

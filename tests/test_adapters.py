@@ -23,7 +23,8 @@ def test_doctor_passes_at_default_steps_for_sd3_and_sdxl():
 
 def test_images_are_float_in_unit_range(tiny):
     images = tiny.generate(["a red circle", "two blue squares"], [0, 1], num_steps=2)
-    assert images.shape == (2, 3, tiny.resolution, tiny.resolution)
+    frames = (tiny.frames,) if hasattr(tiny, "frames") else ()  # a video model's samples are clips
+    assert images.shape == (2, *frames, 3, tiny.resolution, tiny.resolution)
     assert images.dtype == torch.float32 and images.min() >= 0 and images.max() <= 1
     assert images.std() > 0.01  # something was drawn
 

@@ -179,10 +179,22 @@ class Adapter:
         pipeline is handed the encodings instead of encoding the prompts itself, as a rollout is."""
         raise NotImplementedError
 
-    @staticmethod
-    def _pipeline_text(prompts: list[str], cond: Cond | None) -> dict:
-        """The pipeline's text arguments: the prompts, or their encodings."""
-        return {"prompt": list(prompts)} if cond is None else dict(cond)
+    @torch.no_grad()
+    def _pipeline_call(self, prompts, generators, num_steps: int, cond: Cond | None = None, **extra):
+        """The pipeline's output for `pipeline_images`: the prompts (or their encodings, `cond`), the
+        seeds' generators, the steps, this adapter's guidance and resolution, tensors out; `extra` adds
+        the family's own arguments."""
+        text = {"prompt": list(prompts)} if cond is None else dict(cond)
+        return self.pipeline(
+            **text,
+            generator=generators,
+            num_inference_steps=num_steps,
+            guidance_scale=self.guidance_scale,
+            height=self.resolution,
+            width=self.resolution,
+            output_type="pt",
+            **extra,
+        )
 
     # --- shared behaviour --------------------------------------------------------------------
 

@@ -109,15 +109,5 @@ class FluxAdapter(FlowMatchMixin, Adapter):
         )
         return self._vae_decode(unpacked)
 
-    @torch.no_grad()
     def pipeline_images(self, prompts, generators, num_steps, cond=None):
-        return self.pipeline(
-            **self._pipeline_text(prompts, cond),
-            generator=generators,
-            num_inference_steps=num_steps,
-            guidance_scale=self.guidance_scale,
-            height=self.resolution,
-            width=self.resolution,
-            max_sequence_length=self.max_sequence_length,
-            output_type="pt",
-        ).images.float()
+        return self._pipeline_call(prompts, generators, num_steps, cond, max_sequence_length=self.max_sequence_length).images.float()

@@ -112,17 +112,8 @@ class UNetMixin:
     def _scaled_input(self, x):
         return x.to(self.dtype)
 
-    @torch.no_grad()
     def pipeline_images(self, prompts, generators, num_steps, cond=None):
-        return self.pipeline(
-            **self._pipeline_text(prompts, cond),
-            generator=generators,
-            num_inference_steps=num_steps,
-            guidance_scale=self.guidance_scale,
-            height=self.resolution,
-            width=self.resolution,
-            output_type="pt",
-        ).images.float()
+        return self._pipeline_call(prompts, generators, num_steps, cond).images.float()
 
 
 class SDAdapter(UNetMixin, Adapter):
