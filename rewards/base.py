@@ -1,7 +1,7 @@
 """The Reward protocol and registry.
 
 A reward maps `images [B, 3, H, W] float32 in [0, 1]` and `prompts [B]` to `Tensor[B]` float32,
-higher is better. A differentiable reward keeps the autograd graph from the images; a black-box one
+higher is better; a video reward (`video = True`) maps clips [B, F, 3, H, W] the same way. A differentiable reward keeps the autograd graph from the images; a black-box one
 is computed without it (and says so). Weights load in the constructor, never at import time.
 """
 
@@ -62,14 +62,14 @@ def build_reward(name: str, **kwargs) -> Reward:
     return reward
 
 
-def check_images(images, prompts: Sequence[str], name: str) -> None:
-    """Raise a ValueError naming the reward and the problem for any malformed input."""
+def check_images(images, prompts: Sequence[str], name: str, video: bool = False) -> None:
+    """Raise a ValueError naming the reward and the problem for any malformed input (`video`: clips
+    [B, F, 3, H, W] instead of images)."""
+    layout = "[B, F, 3, H, W] (clips)" if video else "[B, 3, H, W]"
     if not isinstance(images, torch.Tensor):
-        raise ValueError(
-            f"reward {name}: images must be a float tensor [B, 3, H, W], got {type(images).__name__}"
-        )
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"reward {name}: images must have shape [B, 3, H, W], got {list(images.shape)}")
+        raise ValueError(f"reward {name}: images must be a float tensor {layout}, got {type(images).__name__}")
+    if images.ndim != (5 if video else 4) or images.shape[-3] != 3:
+        raise ValueError(f"reward {name}: images must have shape {layout}, got {list(images.shape)}")
     if images.shape[0] == 0:
         raise ValueError(f"reward {name}: empty batch")
     if not images.is_floating_point():
@@ -89,6 +89,7 @@ class Reward(torch.nn.Module):
     """Base class: validates input, chunks the batch, checks the output. Subclasses define `score`."""
 
     differentiable: bool = False
+    video: bool = False  # scores clips [B, F, 3, H, W] (rewards/video.py) rather than images
     name: str = ""
 
     def __init__(self, *, device: str | torch.device = "cpu", chunk_size: int = 32):
@@ -105,7 +106,7 @@ class Reward(torch.nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         name = self.name or type(self).__name__
         prompts = list(prompts)
-        check_images(images, prompts, name)
+        check_images(images, prompts, name, self.video)
         images = images.clamp(0, 1) if self.differentiable else images.detach().clamp(0, 1)
         outputs = []
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):

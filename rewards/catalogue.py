@@ -13,12 +13,14 @@ from rewards import (  # noqa: F401
     ensemble,
     geneval,
     geneval_detector,
+    geneval_video,
     hps,
     jpeg,
     ocr,
     pickscore,
     proxy,
     remote,
+    video,
     vlm_judge,
 )
 from rewards.text import (  # noqa: F401

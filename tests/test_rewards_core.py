@@ -92,10 +92,12 @@ def test_the_catalogue_imports_every_reward_module():
 def test_registry_names_follow_the_families():
     REWARDS.load()
     families = ("aesthetic", "clip", "pickscore", "hps", "dino", "ocr", "discriminator", "jpeg", "geneval", "vlm")
-    image_rewards = [  # the library's image rewards: not the text ones, not those tests register
+    image_rewards = [  # the library's image rewards: not the text or video ones, not those tests register
         n for n, info in REWARDS.items() if info.factory.__module__.split(".")[0] == "rewards"
-        and not info.factory.__module__.startswith("rewards.text")
+        and not info.factory.__module__.startswith(("rewards.text", "rewards.video"))
     ]
+    video_rewards = [n for n, info in REWARDS.items() if getattr(info.factory, "video", False)]
+    assert {"frames", "temporal-consistency", "geneval-toy-video"} <= set(video_rewards)
     assert len(image_rewards) >= 15
     assert {"pickscore", "hps", "dino", "dino-distribution", "ocr", "ocr-ctc", "discriminator"} <= set(
         REWARDS
