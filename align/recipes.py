@@ -35,17 +35,19 @@ def recipe(name: str) -> Path:
 
 
 def load_prompts(split_or_file: str) -> list[str]:
-    """A named split of the toy world, or a text file with one prompt per line (the shipped prompt files,
+    """A named split of the toy world (or the toy video world's, `video-<split>`), or a text file with one prompt per line (the shipped prompt files,
     configs/prompts/*.txt, are found from any directory)."""
+    from rewards.toy_video import VIDEO_SPLITS, video_prompt_splits
     from rewards.toy_world import SPLITS, prompt_splits
 
     if split_or_file in SPLITS:
         return prompt_splits()[split_or_file]
+    if split_or_file in VIDEO_SPLITS:  # the toy video world's: video-train, video-heldout, ...
+        return video_prompt_splits()[split_or_file.removeprefix("video-")]
     path = find_file(split_or_file)
     if path is None:
-        raise ValueError(
-            f"prompts {split_or_file!r}: neither a split ({', '.join(SPLITS)}) nor a file of one prompt per line"
-        )
+        splits = ", ".join(SPLITS + VIDEO_SPLITS)
+        raise ValueError(f"prompts {split_or_file!r}: neither a split ({splits}) nor a file of one prompt per line")
     prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
         raise ValueError(f"prompts file {path} holds no prompt")

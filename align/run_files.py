@@ -125,7 +125,8 @@ def trackers(config, out: Path, main: bool, first_epoch: int) -> list:
 
 
 def log_epoch(trackers: list, record: dict, images: torch.Tensor, prompts: list[str], config) -> None:
-    """An epoch's numbers to every tracker, and every image_every epochs a grid of its first 16 samples."""
+    """An epoch's numbers to every tracker, and every image_every epochs a grid of its first 16 samples
+    (of a video model's, 8 film strips)."""
     epoch = record["epoch"]
     scalars = {
         key: value
@@ -137,7 +138,10 @@ def log_epoch(trackers: list, record: dict, images: torch.Tensor, prompts: list[
     if show:
         from torchvision.utils import make_grid
 
-        grid = make_grid(images[:16].cpu(), nrow=4)
+        if images.ndim == 5:  # clips: the first 8 as film strips, a row of frames each
+            grid = make_grid(images[:8].flatten(0, 1).cpu(), nrow=images.shape[1])
+        else:
+            grid = make_grid(images[:16].cpu(), nrow=4)
     for tracker in trackers:
         tracker.log(scalars, step=epoch)
         if show:

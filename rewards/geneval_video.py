@@ -34,7 +34,7 @@ MOVING = 0.4  # px a frame: below it an object stands still
 SPEED_BANDS = {"slowly": (MOVING, 1.5), "quickly": (1.5, 3.5)}  # px a frame (rendered: 1 and 2)
 
 
-def _largest(objects: list[Detection], colour: str) -> Detection | None:
+def largest(objects: list[Detection], colour: str) -> Detection | None:
     candidates = [o for o in objects if o.colour == colour]
     return max(candidates, key=lambda o: o.area) if candidates else None
 
@@ -76,8 +76,8 @@ def check_clip(prompt: str, frames: list[list[Detection]], resolution: int) -> d
         name: sum(frame[name] for frame in per_frame) >= MAJORITY * len(frames) for name in per_frame[0]
     }
     if scene.relation:
-        first = _track(frames, lambda objects: _centre(_largest(objects, scene.colour)))
-        second = _track(frames, lambda objects: _centre(_largest(objects, scene.colour2)))
+        first = _track(frames, lambda objects: _centre(largest(objects, scene.colour)))
+        second = _track(frames, lambda objects: _centre(largest(objects, scene.colour2)))
         still = second is not None and float(np.hypot(*second)) < MOVING
     else:
         def group(objects):

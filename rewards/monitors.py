@@ -91,7 +91,12 @@ def batch_diversity(images: torch.Tensor, features: torch.Tensor | None = None, 
 
 
 def hacking_monitors(images: torch.Tensor, features: torch.Tensor | None = None) -> dict[str, float]:
+    """The monitors of a batch of images, or of clips [B, F, 3, H, W]: every frame an image, the
+    diversity between the clips' middle frames (frames of one clip are alike by design)."""
     images = images.detach()
+    if images.ndim == 5:
+        middle = images[:, images.shape[1] // 2]
+        return {**hacking_monitors(images.flatten(0, 1)), "diversity": batch_diversity(middle, features)}
     return {
         "saturation": saturation(images),
         "colour_entropy": colour_entropy(images),

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 
 from rewards.geneval import CONSTRAINTS, evaluate_images
+from rewards.geneval_video import VIDEO_CONSTRAINTS, evaluate_clips
+from rewards.toy_video import is_video_prompt, parse_video_prompt
 from rewards.toy_world import is_toy_prompt, parse_prompt
 
 
@@ -20,11 +22,14 @@ def _mean(values) -> float:
 
 
 def score_images(images: torch.Tensor, prompts: Sequence[str], rewards: dict | None = None) -> dict:
-    """Per-image verifiable results (toy prompts) and reward values."""
-    toy = [i for i, p in enumerate(prompts) if is_toy_prompt(p)]
+    """Per-image verifiable results (toy prompts; toy-video prompts where the images are clips
+    [B, F, 3, H, W]) and reward values."""
+    clips = images.ndim == 5
+    toy = [i for i, p in enumerate(prompts) if (is_video_prompt(p) if clips else is_toy_prompt(p))]
     checks = [None] * len(prompts)
     if toy:
-        for i, result in zip(toy, evaluate_images(images[toy], [prompts[i] for i in toy])):
+        verify = evaluate_clips if clips else evaluate_images
+        for i, result in zip(toy, verify(images[toy], [prompts[i] for i in toy])):
             checks[i] = result
     values = {}
     for name, reward in (rewards or {}).items():
@@ -44,11 +49,12 @@ def summarise(prompts: Sequence[str], seeds: Sequence[int], scored: dict) -> tup
     toy = [i for i, c in enumerate(checks) if c is not None]
     categories = {
         name: _mean(checks[i]["constraints"][name] for i in toy if name in checks[i]["constraints"])
-        for name in CONSTRAINTS
+        for name in dict.fromkeys(CONSTRAINTS + VIDEO_CONSTRAINTS)
     }
     kinds = defaultdict(list)
     for i in toy:
-        kinds[parse_prompt(prompts[i]).kind].append(checks[i]["all"])
+        spec = parse_prompt(prompts[i]) if is_toy_prompt(prompts[i]) else parse_video_prompt(prompts[i])
+        kinds[spec.kind].append(checks[i]["all"])
     outcomes = [int(checks[i]["all"]) for i in toy]
     scores = [float(checks[i]["score"]) for i in toy]
     summary = {

@@ -80,6 +80,14 @@ def parse_video_prompt(text: str) -> VideoSpec:
     return spec
 
 
+def is_video_prompt(text: str) -> bool:
+    try:
+        parse_video_prompt(text)
+    except ValueError:
+        return False
+    return True
+
+
 def swap_direction(prompt: str) -> str:
     """The prompt with its direction reversed (left <-> right, up <-> down): the swap test's pair."""
     spec = parse_video_prompt(prompt)
@@ -198,6 +206,9 @@ def all_video_specs() -> list[VideoSpec]:
         if c1 != c2
     ]
     return singles + relations
+
+
+VIDEO_SPLITS = ("video-pretrain", "video-train", "video-heldout", "video-novel")  # as prompt sources
 
 
 def video_prompt_splits(seed: int = 0) -> dict[str, list[str]]:

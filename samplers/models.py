@@ -75,6 +75,10 @@ def load_pipeline(name: str, dtype: torch.dtype = torch.float32):
         from samplers.toy import load_toy_pipeline
 
         return load_toy_pipeline(dtype)
+    if name == "toy-video":
+        from samplers.toy import load_toy_video_pipeline
+
+        return load_toy_video_pipeline(dtype)
     from diffusers import DiffusionPipeline
 
     try:

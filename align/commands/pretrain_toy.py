@@ -8,27 +8,49 @@ from pathlib import Path
 STAGES = ("vae", "data", "diffusion", "export", "clip", "quality")
 
 
+# per world: (stages, diffusion schedule length, stop step, VAE steps, clips or images encoded)
+WORLDS = {
+    "image": (STAGES, 6000, 2250, 2500, 120_000),
+    "video": (STAGES[:4], 6000, 3000, 1500, 20_000),
+}
+
+
 def run(args) -> int:
+    import torch
+
     from align.toy import pretrain
 
     out = Path(args.out)
+    stages, steps, stop_at, vae_steps, count = WORLDS[args.world]
+    if args.stage not in ("all", *stages):
+        raise ValueError(f"--stage {args.stage}: the {args.world} world's stages are {', '.join(stages)}")
     out.mkdir(parents=True, exist_ok=True)
-    stages = STAGES if args.stage == "all" else (args.stage,)
-    for stage in stages:
+    if args.world == "video":
+        from align.toy import video as world
+
+        trainer, dtype = world.VideoDiffusionTrainer, torch.float32  # Wan keeps norms and rope in float32
+    else:
+        world, trainer, dtype = pretrain, pretrain.DiffusionTrainer, torch.float16
+    for stage in stages if args.stage == "all" else (args.stage,):
         if stage == "vae":
-            result = pretrain.train_vae(out, steps=args.vae_steps)
+            result = world.train_vae(out, steps=args.vae_steps or vae_steps)
         elif stage == "data":
-            result = pretrain.build_data(out, count=args.data_count)
+            result = world.build_data(out, count=args.data_count or count)
         elif stage == "diffusion":
             result = pretrain.train_diffusion(
-                out, total_steps=args.steps, stop_at=args.stop_at, minutes=args.minutes, resume=args.resume
+                out,
+                total_steps=args.steps or steps,
+                stop_at=args.stop_at or stop_at,
+                minutes=args.minutes,
+                resume=args.resume,
+                trainer_class=trainer,
             )
             if not result["done"]:
                 print(json.dumps(result))
                 print(f"stopped at step {result['step']}; continue with --stage diffusion --resume")
                 return 0
         elif stage == "export":
-            result = {"pipeline": str(pretrain.export(out))}
+            result = {"pipeline": str(pretrain.export(out, dtype=dtype, trainer_class=trainer))}
         else:
             from align.toy import reward_models
 
@@ -44,16 +66,23 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--out", required=True, help="working directory (checkpoints, data, exported pipeline)"
     )
+    parser.add_argument(
+        "--world",
+        default="image",
+        choices=tuple(WORLDS),
+        help="image: the still toy world's SD3-family model; video: the toy video world's Wan-family model "
+        "(align/toy/video.py; stages vae, data, diffusion, export)",
+    )
     parser.add_argument("--stage", default="all", choices=("all", *STAGES))
     parser.add_argument(
-        "--steps", type=int, default=6000, help="length of the diffusion stage's cosine schedule (batch 64)"
+        "--steps", type=int, default=None, help="length of the diffusion stage's cosine schedule (batch 64; 6000)"
     )
     parser.add_argument(
         "--stop-at",
         type=int,
-        default=2250,
-        help="stop (and export) at this step: the shipped base is step 2,250, where relations are learned "
-        "and every skill still has headroom for alignment",
+        default=None,
+        help="stop (and export) at this step: the shipped image base is step 2,250, where relations are learned "
+        "and every skill still has headroom for alignment (video: 3000)",
     )
     parser.add_argument(
         "--minutes", type=float, default=None, help="stop the diffusion stage after this long"
@@ -61,9 +90,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--resume", action="store_true", help="continue the diffusion stage from its checkpoint"
     )
-    parser.add_argument("--vae-steps", type=int, default=2500)
+    parser.add_argument("--vae-steps", type=int, default=None, help="image 2500, video 1500")
     parser.add_argument(
         "--reward-steps", type=int, default=None, help="steps of the clip/quality stages (default 3000/1500)"
     )
-    parser.add_argument("--data-count", type=int, default=120_000)
+    parser.add_argument("--data-count", type=int, default=None, help="image 120,000 images, video 20,000 clips")
     parser.set_defaults(run=run)

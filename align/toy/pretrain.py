@@ -65,13 +65,27 @@ def train_vae(
     torch.manual_seed(0)
     rng = random.Random(0)
     vae = toy.build_vae()
+
+    def batch() -> torch.Tensor:
+        prompts = balanced_prompts(rng, batch_size)
+        return render_batch(prompts, [rng.randrange(2**31) for _ in prompts]) * 2 - 1
+
+    fit_autoencoder(vae, batch, steps, lr, kl_weight, "vae")
+    report = _calibrate_vae(vae, rng)
+    vae.save_pretrained(out / "vae")
+    (out / "vae" / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def fit_autoencoder(vae, batch, steps: int, lr: float, kl_weight: float, desc: str) -> None:
+    """Train `vae` on `batch()` (inputs in [-1, 1]) for `steps`: L1 + L2 reconstruction of a posterior
+    sample and a small KL, AdamW on a cosine schedule; leaves it in eval mode."""
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    bar = tqdm(range(steps), desc="vae", mininterval=5)
+    bar = tqdm(range(steps), desc=desc, mininterval=5)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr * cosine_lr(step, steps, 100)
-        prompts = balanced_prompts(rng, batch_size)
-        x = render_batch(prompts, [rng.randrange(2**31) for _ in prompts]) * 2 - 1
+        x = batch()
         posterior = vae.encode(x).latent_dist
         reconstruction = vae.decode(posterior.sample()).sample
         loss = (reconstruction - x).abs().mean() + (reconstruction - x).pow(2).mean()
@@ -83,10 +97,6 @@ def train_vae(
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     vae.eval()
-    report = _calibrate_vae(vae, rng)
-    vae.save_pretrained(out / "vae")
-    (out / "vae" / "report.json").write_text(json.dumps(report, indent=2))
-    return report
 
 
 @torch.no_grad()
@@ -151,19 +161,12 @@ class DiffusionTrainer:
         warmup: int = 300,
         seed: int = 0,
     ):
-        from diffusers import AutoencoderKL
-
         self.out, self.total_steps, self.batch_size = out, total_steps, batch_size
         self.lr, self.ema_decay, self.caption_dropout = lr, ema_decay, caption_dropout
         self._average = get_ema_multi_avg_fn(ema_decay)  # torch's EMA rule: a fused lerp per module
         self.warmup, self.sigma_location = warmup, sigma_location
-        vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-        self.pipeline = toy.build_pipeline(seed, vae=vae)
-        self.trainable = {
-            "transformer": self.pipeline.transformer,
-            "text_encoder": self.pipeline.text_encoder,
-            "text_encoder_2": self.pipeline.text_encoder_2,
-        }
+        self.pipeline = self.build_pipeline(seed)
+        self.trainable = {name: getattr(self.pipeline, name) for name in self.trained}
         self.ema = {
             name: copy.deepcopy(module).requires_grad_(False) for name, module in self.trainable.items()
         }
@@ -172,7 +175,7 @@ class DiffusionTrainer:
         data = load_file(str(out / "data.safetensors"))
         self.latents = data["latents"]
         self.prompts = json.loads((out / "data.json").read_text())["prompts"]
-        kinds = {p: parse_prompt(p).kind for p in dict.fromkeys(self.prompts)}
+        kinds = {p: self.kind(p) for p in dict.fromkeys(self.prompts)}
         self.by_kind = {
             kind: [i for i, p in enumerate(self.prompts) if kinds[p] == kind]
             for kind in ("single", "relation")
@@ -181,6 +184,34 @@ class DiffusionTrainer:
         self.step = 0
         self.rng = random.Random(seed)
         torch.manual_seed(seed)
+
+    trained = ("transformer", "text_encoder", "text_encoder_2")  # the pipeline's modules trained here
+
+    def build_pipeline(self, seed: int):
+        from diffusers import AutoencoderKL
+
+        return toy.build_pipeline(seed, vae=AutoencoderKL.from_pretrained(self.out / "vae").eval())
+
+    @staticmethod
+    def kind(prompt: str) -> str:
+        return parse_prompt(prompt).kind
+
+    def predict(self, noisy: torch.Tensor, sigma: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """The transformer's velocity for `noisy` latents at `sigma` [B], conditioned on `prompts`."""
+        embeds, _, pooled, _ = self.pipeline.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            do_classifier_free_guidance=False,
+            max_sequence_length=ADAPTER_DEFAULTS["max_sequence_length"],
+        )
+        return self.pipeline.transformer(
+            hidden_states=noisy,
+            timestep=sigma * 1000,
+            encoder_hidden_states=embeds,
+            pooled_projections=pooled,
+            return_dict=False,
+        )[0]
 
     def sample_indices(self) -> list[int]:
         """A batch of example indices: uniform over the data (half relations), or relations with
@@ -228,25 +259,12 @@ class DiffusionTrainer:
         index = self.sample_indices()
         prompts = ["" if self.rng.random() < self.caption_dropout else self.prompts[i] for i in index]
         x0 = self.latents[index].float()
-        embeds, _, pooled, _ = self.pipeline.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            prompt_3=None,
-            do_classifier_free_guidance=False,
-            max_sequence_length=ADAPTER_DEFAULTS["max_sequence_length"],
-        )
         # logit-normal, as SD3 trains; a positive location puts more weight on the noisy steps that lay out the scene
         sigma = torch.sigmoid(torch.randn(self.batch_size) + self.sigma_location)
         noise = torch.randn_like(x0)
-        view = sigma.view(-1, 1, 1, 1)
+        view = sigma.view(-1, *[1] * (x0.ndim - 1))
         noisy = (1 - view) * x0 + view * noise
-        prediction = self.pipeline.transformer(
-            hidden_states=noisy,
-            timestep=sigma * 1000,
-            encoder_hidden_states=embeds,
-            pooled_projections=pooled,
-            return_dict=False,
-        )[0]
+        prediction = self.predict(noisy, sigma, prompts)
         loss = (prediction - (noise - x0)).pow(2).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -295,9 +313,7 @@ class DiffusionTrainer:
 
 def check_tokenizer(checkpoint: Path, tokenizer) -> None:
     """A checkpoint's text encoders learned the ids of the tokenizer saved with it: refuse another."""
-    from transformers import CLIPTokenizer
-
-    saved = CLIPTokenizer.from_pretrained(str(checkpoint / "tokenizer"))
+    saved = type(tokenizer).from_pretrained(str(checkpoint / "tokenizer"))
     if saved.get_vocab() != tokenizer.get_vocab():
         raise ValueError(
             f"{checkpoint} was trained with another tokenizer; its text encoders would read wrong ids"
@@ -313,11 +329,12 @@ def train_diffusion(
     eval_every: int = 1000,
     checkpoint_every: int = 250,
     stop_at: int | None = None,
+    trainer_class: type[DiffusionTrainer] = DiffusionTrainer,
     **options,
 ) -> dict:
     """Train to `stop_at` (default: the end) of a `total_steps` cosine schedule, in resumable chunks of
     `minutes`. options: DiffusionTrainer's (relation_fraction, sigma_location, lr, warmup, ...)."""
-    trainer = DiffusionTrainer(out, total_steps=total_steps, **options)
+    trainer = trainer_class(out, total_steps=total_steps, **options)
     stop_at = min(stop_at or total_steps, total_steps)
     checkpoint = out / "diffusion" / "checkpoint"
     if resume:
@@ -353,9 +370,14 @@ def train_diffusion(
     return {"step": trainer.step, "done": trainer.step >= stop_at}
 
 
-def export(out: Path, destination: Path | None = None, dtype: torch.dtype = torch.float16) -> Path:
+def export(
+    out: Path,
+    destination: Path | None = None,
+    dtype: torch.dtype = torch.float16,
+    trainer_class: type[DiffusionTrainer] = DiffusionTrainer,
+) -> Path:
     """Write the EMA pipeline (fp16 on disk, half the size) with `save_pretrained`."""
-    trainer = DiffusionTrainer(out, total_steps=1)
+    trainer = trainer_class(out, total_steps=1)
     check_tokenizer(out / "diffusion" / "checkpoint", trainer.pipeline.tokenizer)
     trainer.load(load_state(out / "diffusion" / "checkpoint"))
     pipeline = trainer.ema_pipeline()

@@ -1,0 +1,52 @@
+"""The toy video model's pretraining (align/toy/video.py), end to end at a few steps."""
+
+import torch
+
+from align.toy import video
+from align.toy.pretrain import export
+from rewards.toy_video import FRAMES, RESOLUTION
+from samplers.toy import VIDEO_ADAPTER_DEFAULTS, load_toy_video_pipeline
+
+
+def test_the_shipped_settings_match_the_world_and_the_tokenizer():
+    assert (VIDEO_ADAPTER_DEFAULTS["frames"], VIDEO_ADAPTER_DEFAULTS["resolution"]) == (FRAMES, RESOLUTION)
+    assert VIDEO_ADAPTER_DEFAULTS["max_sequence_length"] == video.MAX_LENGTH
+    tokenizer = video.build_tokenizer()
+    longest = "a purple triangle moving right right of an orange square"
+    ids = tokenizer([longest]).input_ids[0]
+    assert len(ids) == len(longest.split()) + 1 <= video.MAX_LENGTH  # one token a word, and the end
+    assert tokenizer.unk_token_id not in ids
+
+
+def test_the_vae_codes_each_frame_alone():
+    vae = video.build_vae().eval()
+    clip = torch.rand(1, 3, FRAMES, RESOLUTION, RESOLUTION) * 2 - 1
+    changed = clip.clone()
+    changed[:, :, 3] = 0  # frame 3 only
+    with torch.no_grad():
+        a, b = (vae.encode(x).latent_dist.mean for x in (clip, changed))
+    difference = (a - b).abs().amax(dim=(0, 1, 3, 4))
+    assert a.shape == (1, video.LATENT_CHANNELS, FRAMES, 8, 8)
+    assert float(difference[3]) > 0 and float(difference[torch.arange(FRAMES) != 3].max()) == 0
+
+
+def test_pretraining_stages_run_and_the_export_loads_as_the_toy_video_model(tmp_path):
+    report = video.train_vae(tmp_path, steps=2, batch_size=8, calibrate=4)
+    assert len(report["latents_std"]) == video.LATENT_CHANNELS and all(s > 0 for s in report["latents_std"])
+    assert video.build_data(tmp_path, count=4, batch_size=2) == {"count": 4}
+    trainer = video.VideoDiffusionTrainer(tmp_path, total_steps=2, batch_size=2, warmup=1)
+    before = [p.clone() for p in trainer.pipeline.transformer.parameters()]
+    losses = [trainer.train_step(), trainer.train_step()]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.pipeline.transformer.parameters()))
+    trainer.save()
+    destination = export(tmp_path, dtype=torch.float32, trainer_class=video.VideoDiffusionTrainer)
+    pipeline, defaults = load_toy_video_pipeline(path=destination)
+    from samplers.adapters.wan import WanAdapter
+
+    options = {k: v for k, v in defaults.items() if k != "family"} | {"default_steps": 2}
+    adapter = WanAdapter(pipeline, **options)
+    clips = adapter.generate(["a red circle moving left slowly"], [0])
+    assert clips.shape == (1, FRAMES, 3, RESOLUTION, RESOLUTION)
+    swap = video.direction_swap_test(adapter, ["a red circle moving left slowly"], seeds=1)
+    assert swap["pairs"] == 1 and 0 <= swap["flip_fraction"] <= 1
