@@ -27,6 +27,7 @@ class ModelConfig:
     family: str = param("auto", choices=("auto", "sd", "sdxl", "sd3", "flux", "sd-turbo", "sdxl-turbo", "wan"))
     dtype: str = param("float32", choices=("float32", "float16", "bfloat16"))  # weights; log-probs stay fp32
     resolution: int | None = param(None, min=8)  # pixels; None = the model's native size (memory ~ res^2)
+    frames: int | None = param(None, min=1)  # a video model's frames per clip (Wan: 1 + 4k); None = its own
     guidance_scale: float | None = param(None, min=0.0)  # CFG scale; None = the family default
     attention: str = param("auto", choices=("auto", "sdpa", "xformers"))  # auto = SDPA; xformers if it runs
     gradient_checkpointing: bool = False  # recompute activations in backward: ~30% slower, far less memory

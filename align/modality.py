@@ -35,6 +35,7 @@ class ImageModality:
             device=str(device),
             guidance_scale=model.guidance_scale,
             resolution=model.resolution,
+            frames=model.frames,
             attention=model.attention,
             gradient_checkpointing=model.gradient_checkpointing,
         )
@@ -123,5 +124,6 @@ class ImageModality:
             "family": config.model.family if config.model.family != "auto" else None,
             "guidance_scale": self.adapter.guidance_scale,
             "resolution": self.adapter.resolution,
+            "frames": getattr(self.adapter, "frames", None),
             "dtype": config.model.dtype,
         }

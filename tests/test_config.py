@@ -267,3 +267,19 @@ def test_an_old_style_override_on_a_new_style_recipe_takes_effect(capsys):
     with pytest.warns(FutureWarning, match="algorithm.sde_window is now algorithm.window.size"):
         config = load_config(SHIPPED / "toy" / "grpo-demo.yaml", ["algorithm.sde_window=2"])
     assert config.algorithm.window.size == 2 and config.algorithm.window.starts == [0, 1]
+
+
+@pytest.mark.parametrize("recipe", sorted((SHIPPED / "toy-video").glob("*.yaml")), ids=lambda p: p.name)
+def test_align_train_runs_the_toy_video_recipes_on_a_tiny_wan(tmp_path, recipe):
+    """The toy video recipes train an epoch through the CLI on tiny:wan (the toy video model is built by
+    `align pretrain-toy --world video`), clips scored by the motion verifier, evaluated with its categories."""
+    overrides = ["model.name=tiny:wan", "train.num_epochs=1", "train.batch_size=4", "train.micro_batch_size=4"]
+    overrides += ["train.group_size=2", "sampling.num_steps=3", "sampling.eval_num_steps=3", "eval.max_prompts=2"]
+    overrides += ["eval.seeds=1", "train.eval_every=1"]
+    out = tmp_path / "run"
+    assert main(["train", str(recipe), *overrides, "--out", str(out), "--device", "cpu"]) == 0
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 1 and record["skipped_steps"] == 0 and record["step"] >= 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"direction", "speed"} <= set(summary["aligned"]["categories"])
+    assert "temporal-consistency" in summary["aligned"]["rewards"]
