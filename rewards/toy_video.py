@@ -13,6 +13,7 @@ Everything is a deterministic function of a seed. The verifier is rewards/geneva
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 
@@ -215,10 +216,15 @@ def video_prompt_splits(seed: int = 0) -> dict[str, list[str]]:
     """Fixed splits, as the still world's: pretrain, train (alignment; seen in pretraining), heldout
     (64: 24 single, 40 relation, disjoint from both) and novel (32: the still world's unseen
     colour-shape pairs, never in pretraining)."""
+    return {name: list(prompts) for name, prompts in _splits(seed).items()}
+
+
+@functools.cache
+def _splits(seed: int) -> dict[str, tuple[str, ...]]:
     rng = random.Random(seed)
     specs = all_video_specs()
     novel = [s for s in specs if any(pair in NOVEL_PAIRS for pair in s.scene.pairs)]
-    seen = [s for s in specs if s not in set(novel)]
+    seen = [s for s in specs if not any(pair in NOVEL_PAIRS for pair in s.scene.pairs)]
     singles = [s for s in seen if s.kind == "single"]
     relations = [s for s in seen if s.kind == "relation"]
     for group in (singles, relations, novel):
@@ -229,8 +235,8 @@ def video_prompt_splits(seed: int = 0) -> dict[str, list[str]]:
     novel_singles = [s for s in novel if s.kind == "single"][:12]
     novel_relations = [s for s in novel if s.kind == "relation"][:20]
     return {
-        "pretrain": [s.text() for s in pretrain],
-        "train": [s.text() for s in train],
-        "heldout": [s.text() for s in heldout],
-        "novel": [s.text() for s in novel_singles + novel_relations],
+        "pretrain": tuple(s.text() for s in pretrain),
+        "train": tuple(s.text() for s in train),
+        "heldout": tuple(s.text() for s in heldout),
+        "novel": tuple(s.text() for s in novel_singles + novel_relations),
     }

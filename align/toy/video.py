@@ -11,6 +11,7 @@ diffusion (resumable), export; the directional swap test is `direction_swap_test
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from pathlib import Path
@@ -132,9 +133,15 @@ def render_clips(prompts: list[str], seeds: list[int]) -> torch.Tensor:
     return torch.from_numpy(clips).permute(0, 1, 4, 2, 3).contiguous()
 
 
-def balanced_prompts(rng: random.Random, count: int, split: str = "pretrain") -> list[str]:
+@functools.cache
+def _pools(split: str) -> dict[str, list[str]]:
     prompts = video_prompt_splits()[split]
-    pools = {kind: [p for p in prompts if parse_video_prompt(p).kind == kind] for kind in ("single", "relation")}
+    return {kind: [p for p in prompts if parse_video_prompt(p).kind == kind] for kind in ("single", "relation")}
+
+
+def balanced_prompts(rng: random.Random, count: int, split: str = "pretrain") -> list[str]:
+    """Half single-object prompts, half relation prompts, drawn from `split`."""
+    pools = _pools(split)
     return [rng.choice(pools["single" if i % 2 == 0 else "relation"]) for i in range(count)]
 
 
