@@ -3,7 +3,7 @@
 OUT/
   index.html     the page (opens from disk: data, script and style are inline)
   gallery.json   every prompt, seed, model, config and score, per-model summary rows, runs, plots
-  images/<column>/<prompt>-s<seed>.png
+  images/<column>/<prompt>-s<seed>.png   (a video model's clips: .gif, looping at 8 frames a second)
   plots/reward-<name>.png   reward curves of the runs (from their metrics.jsonl)
   plots/overoptimisation.png  gold accuracy and the other evaluated rewards against sqrt(KL from the
                  base), where a run evaluated during training (train.eval_every)
@@ -27,6 +27,7 @@ from gallery.page import write_page
 from gallery.plots import plot_overoptimisation, plot_reward_curves, read_json
 from rewards.base import to_pil
 from rewards.scoring import score_images, summarise
+from rewards.toy_video import is_video_prompt, parse_video_prompt
 from rewards.toy_world import is_toy_prompt, parse_prompt
 from samplers.grid import generate_grid
 
@@ -36,8 +37,26 @@ GALLERY_FILES = ("index.html", "gallery.json", "images", "plots")  # all a galle
 
 
 def prompt_category(prompt: str) -> str:
-    """The toy grammar's kind (single / relation), or `other` for free text."""
-    return parse_prompt(prompt).kind if is_toy_prompt(prompt) else "other"
+    """The toy grammar's kind (single / relation; the toy video grammar's too), or `other` for free text."""
+    if is_toy_prompt(prompt):
+        return parse_prompt(prompt).kind
+    return parse_video_prompt(prompt).kind if is_video_prompt(prompt) else "other"
+
+
+CLIP_FRAME_MS = 125  # a clip's frames in the gallery: 8 a second, looping
+
+
+def save_picture(images, index: int, path_stem: Path) -> str:
+    """Image `index` of a batch as PNG, or clip `index` of clips [B, F, 3, H, W] as a looping animated GIF
+    (every browser plays it in an <img>); the file's suffix."""
+    if images.ndim == 5:
+        frames = to_pil(images[index])
+        frames[0].save(
+            path_stem.with_suffix(".gif"), save_all=True, append_images=frames[1:], duration=CLIP_FRAME_MS, loop=0
+        )
+        return ".gif"
+    to_pil(images[index : index + 1])[0].save(path_stem.with_suffix(".png"))
+    return ".png"
 
 
 def mark_best(cells: list[dict], reward: str | None) -> None:
@@ -109,10 +128,10 @@ def write_column(
     summary, _ = summarise(flat_prompts, flat_seeds, scored)
     (out / folder).mkdir(parents=True, exist_ok=True)
     cells = []
-    for i, picture in enumerate(to_pil(images)):
+    for i in range(len(images)):
         prompt = i // seeds  # generate_grid is prompt-major
-        image = f"{folder}/{prompt:04d}-s{flat_seeds[i]}.png"
-        picture.save(out / image)
+        stem = f"{folder}/{prompt:04d}-s{flat_seeds[i]}"
+        image = stem + save_picture(images, i, out / stem)
         cells.append(
             {
                 "prompt": prompt,

@@ -252,3 +252,48 @@ def test_screenshot_shows_the_grid(browser, gallery_dir, tmp_path):
     assert shot.std() > 20  # images and text, not a blank page
     if os.environ.get("GALLERY_SCREENSHOT"):
         shutil.copy(path, os.environ["GALLERY_SCREENSHOT"])
+
+
+class RenderedClips:
+    """A stand-in video model: the toy video world's own clips (something visibly moves)."""
+
+    guidance_scale, default_steps = 1.0, 1
+
+    def __init__(self, reverse: bool = False):
+        self.reverse = reverse
+
+    def generate(self, prompts, seeds, num_steps=None, batch_size=16):
+        import torch
+
+        from rewards.toy_video import make_clip
+
+        clips = torch.stack([torch.from_numpy(make_clip(p, s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)])
+        return clips.flip(1) if self.reverse else clips
+
+    def describe(self):
+        return {"name": "rendered", "reverse": self.reverse}
+
+
+def test_a_video_gallery_shows_clips_that_play(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    from rewards.base import build_reward
+    from rewards.toy_video import FRAMES
+
+    prompts = ["a red circle moving left quickly", "a blue square moving up left of a yellow circle"]
+    models = {"rendered": RenderedClips(), "reversed": RenderedClips(reverse=True)}
+    out = tmp_path / "video-gallery"
+    data = build_gallery(models, prompts, 1, {"motion": build_reward("geneval-toy-video")}, out)
+    assert all(c["image"].endswith(".gif") for c in data["cells"])
+    assert all(Image.open(out / c["image"]).n_frames == FRAMES for c in data["cells"])
+    rendered = [c for c in data["cells"] if c["model"] == "rendered"]
+    assert all(c["best"] and c["checks"]["all"] for c in rendered)  # the verifier prefers the true motion
+    assert {p["category"] for p in data["prompts"]} == {"single", "relation"}
+    open_page(browser, out)
+    image = browser.find_elements(By.CSS_SELECTOR, "#grid td.cell img.thumb")[0]
+    wait_for(lambda: browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) == 32)
+    shots = set()
+    for _ in range(8):  # over a second: a clip that plays shows more than one frame
+        shots.add(image.screenshot_as_png)
+        time.sleep(0.13)
+    assert len(shots) > 1
