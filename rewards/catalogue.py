@@ -21,6 +21,7 @@ from rewards import (  # noqa: F401
     proxy,
     remote,
     video,
+    video_reward,
     vlm_judge,
 )
 from rewards.text import (  # noqa: F401

@@ -114,7 +114,8 @@ VLM_SPECIAL += ["<|image_pad|>", "<|video_pad|>"]
 VLM_CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
     "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|>"
-    "<|vision_end|>{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "<|vision_end|>{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -148,7 +149,7 @@ def tiny_qwen25_vl(directory: str | Path, seed: int = 0) -> str:
     processor = Qwen2_5_VLProcessor(
         image_processor=images,
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=32 * 32, max_pixels=64 * 64),
         chat_template=VLM_CHAT_TEMPLATE,
     )
     processor.save_pretrained(directory)
@@ -173,4 +174,27 @@ def tiny_qwen25_vl(directory: str | Path, seed: int = 0) -> str:
     )
     torch.manual_seed(seed)
     Qwen2_5_VLForConditionalGeneration(config).save_pretrained(directory)
+    return str(directory)
+
+
+def tiny_video_reward(directory: str | Path, seed: int = 0, reward_tokens: bool = True) -> str:
+    """A VideoAlign-style reward model at toy size -> `directory`: the tiny Qwen2.5-VL above, VideoAlign's
+    reward tokens added to its tokenizer (`reward_tokens`), and a random `rm_head` [3, 32] saved beside
+    the backbone as VideoAlign saves it (rewards/video_reward.py)."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rewards.video_reward import DIMENSIONS, REWARD_TOKENS
+
+    tiny_qwen25_vl(directory, seed)
+    if reward_tokens:
+        processor = AutoProcessor.from_pretrained(directory)
+        processor.tokenizer.add_special_tokens({"additional_special_tokens": list(REWARD_TOKENS)})
+        model = AutoModelForImageTextToText.from_pretrained(directory)
+        model.resize_token_embeddings(len(processor.tokenizer))
+        processor.save_pretrained(directory)
+        model.save_pretrained(directory)
+    generator = torch.Generator().manual_seed(seed + 1)
+    head = {"rm_head.weight": torch.randn(len(DIMENSIONS), 32, generator=generator), "rm_head.bias": torch.zeros(3)}
+    save_file(head, str(Path(directory) / "reward_head.safetensors"))
     return str(directory)
