@@ -187,14 +187,14 @@ def run(args) -> int:
 def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Path) -> int:
     """ReNO against best-of-N at equal evaluations: images, summary, curves and the table."""
     from align.optimize import compare_with_best_of_n
-    from rewards.base import to_pil
+    from gallery.build import save_picture
 
     def keep(iteration, images, values):
         if iteration % settings.keep_every == 0 or iteration == settings.iterations:
-            for i, picture in enumerate(to_pil(images)):
+            for i in range(len(images)):
                 folder = out / "iterations" / f"{i:03d}"
                 folder.mkdir(parents=True, exist_ok=True)
-                picture.save(folder / f"iter_{iteration:03d}.png")
+                save_picture(images, i, folder / f"iter_{iteration:03d}")
 
     compared = compare_with_best_of_n(adapter, prompts, seeds, rewards, settings, report, on_iteration=keep)
     optimised, n = compared["optimised"], compared["best_of_n"]
@@ -203,8 +203,8 @@ def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Pat
         results[method] = compared["summaries"][method]
         folder = out / "images" / method
         folder.mkdir(parents=True, exist_ok=True)
-        for i, picture in enumerate(to_pil(images)):
-            picture.save(folder / f"{i:03d}.png")
+        for i in range(len(images)):
+            save_picture(images, i, folder / f"{i:03d}")
     results["settings"] = {
         "iterations": optimised["iterations"],
         "best_of_n": n,
@@ -225,7 +225,8 @@ def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Pat
 
 def _run_search(args, adapter, prompts, seeds, rewards, report, weights, out: Path) -> int:
     from align.search import SearchSettings, compare_with_search
-    from rewards.base import build_reward, to_pil
+    from gallery.build import save_picture
+    from rewards.base import build_reward
 
     settings = SearchSettings(
         budget=args.budget,
@@ -249,8 +250,8 @@ def _run_search(args, adapter, prompts, seeds, rewards, report, weights, out: Pa
         results[method] = compared["summaries"][method]
         folder = out / "images" / method
         folder.mkdir(parents=True, exist_ok=True)
-        for i, picture in enumerate(to_pil(images)):
-            picture.save(folder / f"{i:03d}_{seeds[i]}.png")
+        for i in range(len(images)):
+            save_picture(images, i, folder / f"{i:03d}_{seeds[i]}")
     result = compared["result"]
     results["settings"] = {
         "method": args.method,
