@@ -35,8 +35,8 @@ def recipe(name: str) -> Path:
 
 
 def load_prompts(split_or_file: str) -> list[str]:
-    """A named split of the toy world (or the toy video world's, `video-<split>`), or a text file with one prompt per line (the shipped prompt files,
-    configs/prompts/*.txt, are found from any directory)."""
+    """A named split of the toy world (or the toy video world's, `video-<split>`), or a text file with one
+    prompt per line (the shipped prompt files, configs/prompts/*.txt, are found from any directory)."""
     from rewards.toy_video import VIDEO_SPLITS, video_prompt_splits
     from rewards.toy_world import SPLITS, prompt_splits
 

@@ -1,8 +1,9 @@
 """The Reward protocol and registry.
 
 A reward maps `images [B, 3, H, W] float32 in [0, 1]` and `prompts [B]` to `Tensor[B]` float32,
-higher is better; a video reward (`video = True`) maps clips [B, F, 3, H, W] the same way. A differentiable reward keeps the autograd graph from the images; a black-box one
-is computed without it (and says so). Weights load in the constructor, never at import time.
+higher is better; a video reward (`video = True`) maps clips [B, F, 3, H, W] the same way. A
+differentiable reward keeps the autograd graph from the images; a black-box one is computed without it
+(and says so). Weights load in the constructor, never at import time.
 """
 
 from __future__ import annotations
