@@ -155,22 +155,27 @@ def swap_test(adapter, prompts: Sequence[str], seeds: int = 2, num_steps: int | 
             continue
         detected += 1
         flips += int(np.sign(before) != np.sign(after) and before != 0 and after != 0)
-    by_seed = images.view(len(relations), seeds, *images.shape[1:])
-    seed_difference = float((by_seed[:, 1:] - by_seed[:, :-1]).abs().mean()) if seeds > 1 else float("nan")
     return {
         "flip_fraction": flips / len(flat),
         "flip_fraction_detected": flips / detected if detected else float("nan"),
         "pairs": len(flat),
         "detected": detected,
-        "pixel_difference": float((images - swapped).abs().mean()),
-        "seed_difference": seed_difference,
+        **grid_differences(images, swapped, seeds),
     }
 
 
 def format_swap_test(result: dict) -> str:
+    what, found = result.get("flips", ("placement", "both objects found in both images"))
     return (
-        f"swap test: placement flips in {result['flip_fraction']:.3f} of {result['pairs']} pairs, "
-        f"{result['flip_fraction_detected']:.3f} of the {result['detected']} with both objects found in both "
-        f"images; mean |image - swapped| {result['pixel_difference']:.4f}, "
-        f"between seeds {result['seed_difference']:.4f}"
+        f"swap test: {what} flips in {result['flip_fraction']:.3f} of {result['pairs']} pairs, "
+        f"{result['flip_fraction_detected']:.3f} of the {result['detected']} with {found}; "
+        f"mean |image - swapped| {result['pixel_difference']:.4f}, between seeds {result['seed_difference']:.4f}"
     )
+
+
+def grid_differences(images: torch.Tensor, swapped: torch.Tensor, seeds: int) -> dict:
+    """What a swap changed beside what a change of seed changes: mean |image - swapped| and mean |seed s -
+    seed s+1| of the same prompt, over a prompt-major grid (clips or images)."""
+    by_seed = images.view(-1, seeds, *images.shape[1:])
+    seed_difference = float((by_seed[:, 1:] - by_seed[:, :-1]).abs().mean()) if seeds > 1 else float("nan")
+    return {"pixel_difference": float((images - swapped).abs().mean()), "seed_difference": seed_difference}

@@ -90,7 +90,8 @@ class ImageModality:
     @staticmethod
     def evaluate_model(args) -> dict:
         """`align evaluate` on an image model: fixed seeds, the toy verifier where the prompts are the
-        toy world's, each `args.reward` averaged; with --swap-test, the relation-word test too."""
+        toy world's, each `args.reward` averaged; with --swap-test, the relation-word test too (for a video
+        model, the direction-word test)."""
         from align.evaluate import evaluate, format_rows, format_swap_test, swap_test, write_evaluation
         from align.runs import load_model
         from rewards.base import build_reward
@@ -113,7 +114,12 @@ class ImageModality:
         print(format_rows(rows))
         print(format_summary(summary, f"{args.model} on {args.prompts} ({summary['num_images']} images)"))
         if args.swap_test:
-            summary["swap_test"] = swap_test(adapter, prompts, seeds=args.seeds)
+            if getattr(adapter, "frames", None):  # a video model: the direction words instead
+                from align.toy.video import direction_swap_test
+
+                summary["swap_test"] = direction_swap_test(adapter, prompts, seeds=args.seeds)
+            else:
+                summary["swap_test"] = swap_test(adapter, prompts, seeds=args.seeds)
             print(format_swap_test(summary["swap_test"]))
         if args.out:
             write_evaluation(Path(args.out), summary, rows)

@@ -50,3 +50,35 @@ def test_pretraining_stages_run_and_the_export_loads_as_the_toy_video_model(tmp_
     assert clips.shape == (1, FRAMES, 3, RESOLUTION, RESOLUTION)
     swap = video.direction_swap_test(adapter, ["a red circle moving left slowly"], seeds=1)
     assert swap["pairs"] == 1 and 0 <= swap["flip_fraction"] <= 1
+
+
+class Rendered:
+    """A stand-in video model drawing the world's own clips; `deaf` ignores the direction word."""
+
+    guidance_scale, default_steps, frames = 1.0, 1, FRAMES
+
+    def __init__(self, deaf: bool = False):
+        self.deaf = deaf
+
+    def generate(self, prompts, seeds, num_steps=None, batch_size=16):
+        from rewards.toy_video import VideoSpec, make_clip, parse_video_prompt
+
+        def heard(prompt):
+            spec = parse_video_prompt(prompt)
+            return VideoSpec(spec.scene, "left", spec.speed) if self.deaf else spec
+
+        clips = [torch.from_numpy(make_clip(heard(p), s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)]
+        return torch.stack(clips)
+
+
+def test_the_direction_swap_test_flips_for_a_model_that_listens_and_not_for_one_that_does_not():
+    from align.evaluate import format_swap_test
+    from rewards.toy_video import video_prompt_splits
+
+    prompts = video_prompt_splits()["heldout"][::8]
+    listening = video.direction_swap_test(Rendered(), prompts, seeds=2)
+    assert listening["pairs"] == 2 * len(prompts) and listening["detected"] == listening["pairs"]
+    assert listening["flip_fraction"] == 1.0 and listening["pixel_difference"] > 0
+    deaf = video.direction_swap_test(Rendered(deaf=True), prompts, seeds=2)
+    assert deaf["flip_fraction"] == 0.0 and deaf["pixel_difference"] == 0.0 < deaf["seed_difference"]
+    assert format_swap_test(listening).startswith(f"swap test: direction flips in 1.000 of {listening['pairs']} pairs")

@@ -266,7 +266,8 @@ class VideoDiffusionTrainer(DiffusionTrainer):
 def direction_swap_test(adapter, prompts, seeds: int = 2, num_steps: int | None = None) -> dict:
     """Does the model listen to the direction word? Each prompt and its direction swap (left <-> right,
     up <-> down) are drawn with the same seeds; a pair *flips* when the first object's velocity along
-    the prompt's axis changes sign. {"flip_fraction", "flip_fraction_detected", "pairs", "detected"}."""
+    the prompt's axis changes sign. The keys of align.evaluate.swap_test's result."""
+    from align.evaluate import grid_differences
     from rewards.geneval import detect
     from rewards.geneval_video import largest, velocity
     from samplers.grid import generate_grid
@@ -294,4 +295,6 @@ def direction_swap_test(adapter, prompts, seeds: int = 2, num_steps: int | None 
         "flip_fraction_detected": flips / detected if detected else float("nan"),
         "pairs": len(flat),
         "detected": detected,
+        "flips": ("direction", "the first object tracked in both clips"),
+        **grid_differences(clips, swapped, seeds),
     }
