@@ -76,11 +76,14 @@ def curves(rows: list[dict], gold: str = "accuracy") -> list[dict]:
     return out
 
 
-def goodhart(rows: list[dict], proxy: str, gold: str = "accuracy", fall: float = 0.02) -> dict:
+def goodhart(
+    rows: list[dict], proxy: str, gold: str = "accuracy", fall: float = 0.02, flagged_epochs: list[int] | None = None
+) -> dict:
     """The claims of an over-optimisation run, read off its evaluations (see the module's doc): the
     proxy's first, last and highest value; the gold measure's base, peak, final value and the paired
     change from peak to final; the first epoch after the peak that is `fall` below it; the first
-    epoch a monitor flagged."""
+    epoch a monitor flagged (of `flagged_epochs`, every epoch's, where given: flags rise between
+    evaluations too; else of the evaluated epochs)."""
     per_image = GOLD[gold]
     peak = max(range(len(rows)), key=lambda i: rows[i][gold])
     final = rows[-1]
@@ -89,7 +92,9 @@ def goodhart(rows: list[dict], proxy: str, gold: str = "accuracy", fall: float =
     else:  # evaluations recorded without per-image values: no paired change
         change = np.full(1, float(final[gold] - rows[peak][gold]))
     fallen = next((r["epoch"] for r in rows[peak + 1 :] if r[gold] <= rows[peak][gold] - fall), None)
-    flagged = next((r["epoch"] for r in rows if r.get("monitor_flags")), None)
+    if flagged_epochs is None:
+        flagged_epochs = [r["epoch"] for r in rows if r.get("monitor_flags")]
+    flagged = min(flagged_epochs, default=None)
     values = [r["rewards"].get(proxy) for r in rows]
     return {
         "gold": gold,

@@ -89,6 +89,13 @@ def read_evaluations(run_dir: Path) -> list[dict]:
     return rows
 
 
+def read_flagged_epochs(run_dir: Path) -> list[int]:
+    """The epochs whose monitors raised a flag (every epoch's record, evaluated or not)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return [r["epoch"] for r in records if r.get("monitor_flags")]
+
+
 def plot_overoptimisation(runs: Mapping[str, Path], out: Path, gold: str = "accuracy") -> Path | None:
     """Gao et al.'s curves: each run's gold `accuracy` or `score` (solid, ± SE) and every reward it evaluated
     (dashed) against sqrt(KL from the base) where the run measured it (eval.kl_seeds), else the epoch.

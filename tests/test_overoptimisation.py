@@ -200,7 +200,9 @@ def test_align_train_runs_every_overoptimisation_recipe(tmp_path, small_proxy, r
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["kl"] == 0.0
 
 
-def test_a_flag_with_stop_ends_the_run_evaluated_and_checkpointed_and_a_resume_adds_nothing(tmp_path, small_proxy):
+def test_a_flag_with_stop_ends_the_run_evaluated_and_checkpointed_and_a_resume_adds_nothing(
+    tmp_path, small_proxy, capsys
+):
     out = tmp_path / "run"
     recipe = str(SHIPPED / "toy" / "overopt-proxy.yaml")
     flags = ["monitor.flags=[{monitor: saturation, above: 0.0}]", "monitor.stop=true", "train.num_epochs=3"]
@@ -209,6 +211,9 @@ def test_a_flag_with_stop_ends_the_run_evaluated_and_checkpointed_and_a_resume_a
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped"]["epoch"] == 1 and summary["stopped"]["flags"][0].startswith("saturation above 0.0")
     assert summary["aligned"]["epoch"] == 1 and "kl" not in summary["aligned"]
+    printed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("stopped at epoch 1: saturation above 0.0") for line in printed)
+    assert json.loads(printed[-1]).keys() == {"base", "aligned"}  # the stop is a line of its own, not a null
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1]
     assert main(["train", recipe, *overrides, "--out", str(out), "--resume", str(out), "--device", "cpu"]) == 0
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
@@ -219,10 +224,16 @@ def test_align_curves_prints_the_summary_and_the_gallery_draws_the_plot(tmp_path
     run.mkdir()
     rows = _rows([0.5, 0.75, 0.5], [0.6, 0.7, 0.8], flags=(2,))
     (run / "summary.json").write_text(json.dumps({"base": rows[0]}))
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": r["epoch"], "eval": r, "monitor_flags": r["monitor_flags"]}) + "\n" for r in rows[1:]))
+    records = [{"epoch": r["epoch"], "eval": r, "monitor_flags": r["monitor_flags"]} for r in rows[1:]]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main(["curves", f"unshaped={run}", "--proxy", "proxy", "--plot", str(tmp_path / "c.png")]) == 0
     out = capsys.readouterr().out
     assert '"gold_peak": 0.75' in out and '"first_flag_epoch": 10' in out and "-0.250±" in out
+    # a flag between evaluations (epoch 7, not evaluated) is the first flag, not the next evaluated one
+    records.insert(1, {"epoch": 7, "monitor_flags": ["saturation rose 1.2x"]})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main(["curves", str(run), "--proxy", "proxy"]) == 0
+    assert '"first_flag_epoch": 7' in capsys.readouterr().out
     assert (tmp_path / "c.png").stat().st_size > 10_000
     assert main(["curves", str(run), "--proxy", "clip"]) == 2
     assert plot_overoptimisation({"x": run}, tmp_path / "d.png") is not None

@@ -11,7 +11,9 @@ import json
 from pathlib import Path
 
 
-def format_curve(name: str, rows: list[dict], proxy: str | None, gold: str = "accuracy") -> str:
+def format_curve(
+    name: str, rows: list[dict], proxy: str | None, gold: str = "accuracy", flagged_epochs: list[int] | None = None
+) -> str:
     from align.goodhart import curves, goodhart
 
     lines = [name, f"{'epoch':>5} {'sqrtKL':>7} {'accuracy':>13} {'score':>13} {gold + ' vs best':>17}  rewards  flags"]
@@ -28,13 +30,13 @@ def format_curve(name: str, rows: list[dict], proxy: str | None, gold: str = "ac
             f"{rewards}  {flags}"
         )
     if proxy:
-        summary = goodhart(rows, proxy, gold)
+        summary = goodhart(rows, proxy, gold, flagged_epochs=flagged_epochs)
         lines.append("summary: " + json.dumps(summary))
     return "\n".join(lines)
 
 
 def run(args) -> int:
-    from gallery.plots import plot_overoptimisation, read_evaluations
+    from gallery.plots import plot_overoptimisation, read_evaluations, read_flagged_epochs
 
     runs = {}
     for spec in args.runs:
@@ -47,7 +49,7 @@ def run(args) -> int:
         rows = read_evaluations(path)
         if args.proxy and rows and args.proxy not in (rows[-1].get("rewards") or {}):
             raise ValueError(f"--proxy {args.proxy}: run {path} evaluated no reward of that name")
-        print(format_curve(name, rows, args.proxy, args.gold))
+        print(format_curve(name, rows, args.proxy, args.gold, read_flagged_epochs(path)))
     if args.plot:
         written = plot_overoptimisation(runs, Path(args.plot), args.gold)
         print(f"wrote {written}" if written else "no run has an evaluation past its base: nothing to plot")

@@ -19,8 +19,10 @@ def run(args) -> int:
     for key in ("base", "aligned"):
         if key in summary:
             print(format_summary(summary[key], f"{key} (epoch {summary[key].get('epoch', 0)})"))
+    if "stopped" in summary:  # monitor.stop ended the run at a flag
+        print(f"stopped at epoch {summary['stopped']['epoch']}: {'; '.join(summary['stopped']['flags'])}")
     print(f"run directory: {args.out}")
-    print(json.dumps({k: summary[k].get("accuracy") for k in summary if isinstance(summary[k], dict)}))
+    print(json.dumps({k: summary[k].get("accuracy") for k in ("base", "aligned") if k in summary}))
     return 0
 
 
