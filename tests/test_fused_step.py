@@ -62,7 +62,12 @@ def test_the_compiled_step_has_no_graph_break_and_never_recompiles(adapters):
     with torch.compiler.set_stance("fail_on_recompile"):  # every later step and rollout reuses it
         compiled = sample(adapter, "compiled")
     assert (compiled.latents - eager.latents).abs().max() <= 1e-5
-    assert torch.allclose(compiled.log_probs, eager.log_probs, rtol=1e-6)
+    # the log-prob sums the latent's terms in the order the compiled kernel chooses (its vector width is
+    # the CPU's): equal within a few float32 roundings of the batch's largest log-prob, where a value
+    # that nets out near zero from terms of thousands has no relative precision to compare (this AMD
+    # EPYC's kernel differs from eager by 1.2e-4 at 3,767, 34.9531 against 34.9532)
+    scale = float(eager.log_probs.abs().max())
+    assert (compiled.log_probs - eager.log_probs).abs().max() <= 4 * torch.finfo(torch.float32).eps * scale
 
 
 @pytest.mark.parametrize("model", ["tiny:sd3", "tiny:sd15"])
