@@ -33,7 +33,8 @@ def run(args) -> int:
         world, trainer, dtype = pretrain, pretrain.DiffusionTrainer, torch.float16
     for stage in stages if args.stage == "all" else (args.stage,):
         if stage == "vae":
-            result = world.train_vae(out, steps=args.vae_steps or vae_steps)
+            options = {"resume": args.resume} if args.world == "video" else {}
+            result = world.train_vae(out, steps=args.vae_steps or vae_steps, **options)
         elif stage == "data":
             result = world.build_data(out, count=args.data_count or count)
         elif stage == "diffusion":
@@ -88,7 +89,9 @@ def register(subparsers) -> None:
         "--minutes", type=float, default=None, help="stop the diffusion stage after this long"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue the diffusion stage from its checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the diffusion stage from its checkpoint (video: the vae stage from OUT/vae too)",
     )
     parser.add_argument("--vae-steps", type=int, default=None, help="image 2500, video 1500")
     parser.add_argument(

@@ -149,11 +149,23 @@ def balanced_prompts(rng: random.Random, count: int, split: str = "pretrain") ->
 
 
 def train_vae(
-    out: Path, steps: int = 1500, batch_size: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6, calibrate: int = 128
+    out: Path,
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    kl_weight: float = 1e-6,
+    calibrate: int = 128,
+    resume: bool = False,
 ) -> dict:
+    """The VAE stage: `steps` on single frames of random clips, from scratch or (`resume`) from OUT/vae,
+    then calibrated and saved to OUT/vae with its report."""
+    from diffusers import AutoencoderKLWan
+
     torch.manual_seed(0)
     rng = random.Random(0)
-    vae = build_vae()
+    if resume and not (out / "vae").is_dir():
+        raise ValueError(f"--resume: no VAE at {out / 'vae'}; run the vae stage without --resume first")
+    vae = AutoencoderKLWan.from_pretrained(out / "vae").train() if resume else build_vae()
 
     def batch() -> torch.Tensor:
         prompts = balanced_prompts(rng, batch_size // 4)
