@@ -97,3 +97,15 @@ def test_the_vae_stage_resumes_from_its_saved_vae_and_refuses_without_one(tmp_pa
     second = AutoencoderKLWan.from_pretrained(tmp_path / "vae").state_dict()
     moved = [k for k in first if not torch.equal(first[k], second[k])]  # a fresh stage would repeat `first` exactly
     assert moved and all(not bool(w.any()) for w in video.causal_past_taps(AutoencoderKLWan.from_pretrained(tmp_path / "vae")))
+
+
+def test_the_trainer_evaluates_the_video_world_s_splits_and_direction_swap(tmp_path, monkeypatch):
+    video.train_vae(tmp_path, steps=1, batch_size=4, calibrate=2)
+    video.build_data(tmp_path, count=2, batch_size=2)
+    trainer = video.VideoDiffusionTrainer(tmp_path, total_steps=1, batch_size=2)
+    few = {name: prompts[:1] for name, prompts in video.video_prompt_splits().items()}
+    monkeypatch.setattr(video.VideoDiffusionTrainer, "splits", staticmethod(lambda: few))
+    monkeypatch.setitem(video.VIDEO_ADAPTER_DEFAULTS, "default_steps", 2)
+    results = trainer.evaluate(seeds=1)
+    assert results["swap"]["flips"][0] == "direction" and results["swap"]["pairs"] == 1
+    assert {"direction", "speed"} <= set(results["heldout"]["categories"])

@@ -291,21 +291,33 @@ class DiffusionTrainer:
             tokenizer_3=None,
         )
 
-    def evaluate(self, seeds: int = 2) -> dict:
-        from align.evaluate import evaluate, swap_test
+    def eval_adapter(self):
+        """The EMA pipeline as the shipped model is sampled."""
         from samplers.adapters.sd3 import SD3Adapter
 
-        adapter = SD3Adapter(
-            self.ema_pipeline(),
-            max_sequence_length=1,
-            guidance_scale=DEFAULT_GUIDANCE,
-            default_steps=DEFAULT_STEPS,
-        )
+        settings = {"guidance_scale": DEFAULT_GUIDANCE, "default_steps": DEFAULT_STEPS}
+        return SD3Adapter(self.ema_pipeline(), max_sequence_length=1, **settings)
+
+    @staticmethod
+    def splits() -> dict[str, list[str]]:
+        return prompt_splits()
+
+    @staticmethod
+    def swap_test(adapter, prompts: list[str], seeds: int) -> dict:
+        from align.evaluate import swap_test  # the relation words (video: align.toy.video's direction words)
+
+        return swap_test(adapter, prompts, seeds=seeds)
+
+    def evaluate(self, seeds: int = 2) -> dict:
+        """The EMA model's held-out and novel accuracy, and its swap test, at `seeds` seeds."""
+        from align.evaluate import evaluate
+
+        adapter, splits = self.eval_adapter(), self.splits()
         results = {"step": self.step}
         for split in ("heldout", "novel"):
-            summary, _, _ = evaluate(adapter, prompt_splits()[split], seeds=seeds)
+            summary, _, _ = evaluate(adapter, splits[split], seeds=seeds)
             results[split] = {k: summary[k] for k in ("accuracy", "score", "categories", "kinds")}
-        results["swap"] = swap_test(adapter, prompt_splits()["heldout"], seeds=seeds)
+        results["swap"] = self.swap_test(adapter, splits["heldout"], seeds)
         for module in self.ema.values():
             module.requires_grad_(False)
         return results

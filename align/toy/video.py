@@ -258,20 +258,19 @@ class VideoDiffusionTrainer(DiffusionTrainer):
             vae=self.pipeline.vae, transformer=self.ema["transformer"], text_encoder=self.ema["text_encoder"]
         )
 
-    def evaluate(self, seeds: int = 2) -> dict:
-        from align.evaluate import evaluate
+    def eval_adapter(self):
         from samplers.adapters.wan import WanAdapter
 
         options = {k: v for k, v in VIDEO_ADAPTER_DEFAULTS.items() if k != "family"}
-        adapter = WanAdapter(self.ema_pipeline(), guidance_scale=DEFAULT_GUIDANCE, **options)
-        results = {"step": self.step}
-        for split in ("heldout", "novel"):
-            summary, _, _ = evaluate(adapter, video_prompt_splits()[split], seeds=seeds)
-            results[split] = {k: summary[k] for k in ("accuracy", "score", "categories", "kinds")}
-        results["swap"] = direction_swap_test(adapter, video_prompt_splits()["heldout"], seeds=seeds)
-        for module in self.ema.values():
-            module.requires_grad_(False)
-        return results
+        return WanAdapter(self.ema_pipeline(), guidance_scale=DEFAULT_GUIDANCE, **options)
+
+    @staticmethod
+    def splits() -> dict[str, list[str]]:
+        return video_prompt_splits()
+
+    @staticmethod
+    def swap_test(adapter, prompts: list[str], seeds: int) -> dict:
+        return direction_swap_test(adapter, prompts, seeds=seeds)
 
 
 @torch.no_grad()
