@@ -109,3 +109,24 @@ def test_the_trainer_evaluates_the_video_world_s_splits_and_direction_swap(tmp_p
     results = trainer.evaluate(seeds=1)
     assert results["swap"]["flips"][0] == "direction" and results["swap"]["pairs"] == 1
     assert {"direction", "speed"} <= set(results["heldout"]["categories"])
+
+
+def test_the_shipped_video_vae_codes_frames_alone_and_the_verifier_reads_its_reconstructions():
+    """The VAE stage's output ships as the toy video pipeline's VAE (2 x 600 steps of 64 frames)."""
+    import random
+
+    from diffusers import AutoencoderKLWan
+
+    from rewards.geneval_video import evaluate_clips
+    from samplers.toy import VIDEO_PIPELINE_DIR
+
+    vae = AutoencoderKLWan.from_pretrained(VIDEO_PIPELINE_DIR / "vae").eval()
+    assert all(not bool(w.any()) for w in video.causal_past_taps(vae))
+    rng = random.Random(11)
+    prompts = video.balanced_prompts(rng, 16, split="heldout")
+    clips = video.render_clips(prompts, [rng.randrange(2**31) for _ in prompts])
+    with torch.no_grad():
+        latents = vae.encode(clips.transpose(1, 2) * 2 - 1).latent_dist.mean
+        reconstructed = (vae.decode(latents).sample / 2 + 0.5).clamp(0, 1).transpose(1, 2)
+    assert float((reconstructed - clips).abs().mean()) < 0.01
+    assert sum(r["all"] for r in evaluate_clips(reconstructed, prompts)) >= 15  # of 16

@@ -177,6 +177,7 @@ def train_vae(
     if any(bool(w.any()) for w in causal_past_taps(vae)):
         raise RuntimeError("the VAE's past taps moved off zero: it would mix frames")
     report = _calibrate_vae(vae, rng, calibrate)
+    vae.register_to_config(_name_or_path="vae")  # the working directory's path must not ship with it
     vae.save_pretrained(out / "vae")
     (out / "vae" / "report.json").write_text(json.dumps(report, indent=2))
     return report
