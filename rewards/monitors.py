@@ -94,14 +94,13 @@ def hacking_monitors(images: torch.Tensor, features: torch.Tensor | None = None)
     """The monitors of a batch of images, or of clips [B, F, 3, H, W]: every frame an image, the
     diversity between the clips' middle frames (frames of one clip are alike by design)."""
     images = images.detach()
-    if images.ndim == 5:
-        middle = images[:, images.shape[1] // 2]
-        return {**hacking_monitors(images.flatten(0, 1)), "diversity": batch_diversity(middle, features)}
+    compared = images[:, images.shape[1] // 2] if images.ndim == 5 else images  # one frame a clip
+    frames = images.flatten(0, 1) if images.ndim == 5 else images
     return {
-        "saturation": saturation(images),
-        "colour_entropy": colour_entropy(images),
-        "edge_density": edge_density(images),
-        "high_frequency": high_frequency_energy(images),
-        "grid_energy": grid_energy(images),
-        "diversity": batch_diversity(images, features),
+        "saturation": saturation(frames),
+        "colour_entropy": colour_entropy(frames),
+        "edge_density": edge_density(frames),
+        "high_frequency": high_frequency_energy(frames),
+        "grid_energy": grid_energy(frames),
+        "diversity": batch_diversity(compared, features),
     }

@@ -263,11 +263,9 @@ class RenderedClips:
         self.reverse = reverse
 
     def generate(self, prompts, seeds, num_steps=None, batch_size=16):
-        import torch
+        from align.toy.video import render_clips
 
-        from rewards.toy_video import make_clip
-
-        clips = torch.stack([torch.from_numpy(make_clip(p, s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)])
+        clips = render_clips(prompts, seeds)
         return clips.flip(1) if self.reverse else clips
 
     def describe(self):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from align.toy.video import render_clips
 from rewards.base import build_reward
 from rewards.geneval_video import evaluate_clips, velocity
 from rewards.toy_video import (
@@ -14,10 +15,6 @@ from rewards.toy_video import (
     swap_direction,
     video_prompt_splits,
 )
-
-
-def clips_of(prompts, seeds):
-    return torch.stack([torch.from_numpy(make_clip(p, s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)])
 
 
 def test_grammar_round_trips_and_names_what_is_wrong():
@@ -61,7 +58,7 @@ def test_velocity_is_the_least_squares_slope():
 def test_the_verifier_passes_every_rendered_clip_and_fails_still_and_reversed_ones():
     splits = video_prompt_splits()
     prompts = splits["heldout"][::4] + splits["novel"][::4]
-    clips = clips_of(prompts, range(len(prompts)))
+    clips = render_clips(prompts, range(len(prompts)))
     assert all(r["all"] for r in evaluate_clips(clips, prompts))
     still = evaluate_clips(clips[:, :1].expand_as(clips), prompts)
     assert not any(r["constraints"]["direction"] or r["constraints"]["speed"] for r in still)
@@ -70,14 +67,14 @@ def test_the_verifier_passes_every_rendered_clip_and_fails_still_and_reversed_on
     assert not any(r["constraints"]["direction"] for r in reversed_)
     assert all(r["constraints"]["speed"] for r in reversed_)  # as fast, the other way
     quick = [p.replace("slowly", "quickly") for p in prompts if p.endswith("slowly")]
-    slow_clips = clips_of([p.replace("quickly", "slowly") for p in quick], range(len(quick)))
+    slow_clips = render_clips([p.replace("quickly", "slowly") for p in quick], range(len(quick)))
     wrong_speed = evaluate_clips(slow_clips, quick)
     assert all(r["constraints"]["direction"] and not r["constraints"]["speed"] for r in wrong_speed)
 
 
 def test_video_reward_scores_clips_and_refuses_images():
     prompts = ["a red circle moving left slowly", "two blue squares moving up quickly"]
-    clips = clips_of(prompts, [0, 1])
+    clips = render_clips(prompts, [0, 1])
     verifier = build_reward("geneval-toy-video-all")
     assert verifier(clips, prompts).tolist() == [1.0, 1.0]
     assert verifier(clips, prompts[::-1]).tolist() == [0.0, 0.0]
@@ -87,7 +84,7 @@ def test_video_reward_scores_clips_and_refuses_images():
 
 def test_frame_reward_aggregates_an_image_reward_over_frames_of_the_still_scene():
     prompts = ["a red circle moving left slowly", "a green triangle moving up left of a yellow circle"]
-    clips = clips_of(prompts, [0, 1])
+    clips = render_clips(prompts, [0, 1])
     broken = clips.clone()
     broken[1, -1] = broken[1, -1, :, :, :].flip(-1)  # the last frame mirrored: the relation breaks there
     for aggregate, expected in [("mean", [1.0, 1 - 0.25 / FRAMES]), ("min", [1.0, 0.75]), ("last", [1.0, 0.75])]:
@@ -99,7 +96,7 @@ def test_frame_reward_aggregates_an_image_reward_over_frames_of_the_still_scene(
 
 def test_temporal_consistency_is_one_for_a_still_clip_and_falls_with_flicker_and_is_differentiable():
     prompts = ["a red circle moving left slowly"] * 3
-    clip = clips_of(prompts[:1], [0])
+    clip = render_clips(prompts[:1], [0])
     still = clip[:, :1].expand_as(clip)
     flicker = clip.clone()
     flicker[0, 1::2] = 1 - flicker[0, 1::2]

@@ -61,14 +61,13 @@ class Rendered:
         self.deaf = deaf
 
     def generate(self, prompts, seeds, num_steps=None, batch_size=16):
-        from rewards.toy_video import VideoSpec, make_clip, parse_video_prompt
+        from rewards.toy_video import VideoSpec, parse_video_prompt
 
         def heard(prompt):
             spec = parse_video_prompt(prompt)
             return VideoSpec(spec.scene, "left", spec.speed) if self.deaf else spec
 
-        clips = [torch.from_numpy(make_clip(heard(p), s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)]
-        return torch.stack(clips)
+        return video.render_clips([heard(p) for p in prompts], seeds)
 
 
 def test_the_direction_swap_test_flips_for_a_model_that_listens_and_not_for_one_that_does_not():

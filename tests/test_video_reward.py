@@ -4,15 +4,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from align.toy.video import render_clips
 from rewards.base import build_reward
 from rewards.tiny import tiny_video_reward
-from rewards.toy_video import make_clip
 
 PROMPTS = ["a red circle moving left slowly", "a green triangle moving up left of a yellow circle"]
-
-
-def clips_of(prompts, seeds):
-    return torch.stack([torch.from_numpy(make_clip(p, s)[0]).permute(0, 3, 1, 2) for p, s in zip(prompts, seeds)])
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["reward-tokens", "last-token"])
@@ -22,7 +18,7 @@ def model_dir(request, tmp_path_factory):
 
 def test_three_dimensions_weighted_and_each_clip_scored_as_if_alone(model_dir):
     reward = build_reward("video-reward", model=model_dir, weights={"VQ": 1.0, "TA": 2.0})
-    clips = clips_of(PROMPTS, [0, 1])
+    clips = render_clips(PROMPTS, [0, 1])
     dims = reward.dimensions(clips, PROMPTS)
     assert dims.shape == (2, 3) and bool(torch.isfinite(dims).all())
     torch.testing.assert_close(reward(clips, PROMPTS), dims[:, 0] + 2 * dims[:, 2])
@@ -34,7 +30,7 @@ def test_three_dimensions_weighted_and_each_clip_scored_as_if_alone(model_dir):
 
 def test_each_dimension_reads_its_own_head_row(model_dir, tmp_path):
     reward = build_reward("video-reward", model=model_dir)
-    clips = clips_of(PROMPTS[:1], [0])
+    clips = render_clips(PROMPTS[:1], [0])
     before = reward.dimensions(clips, PROMPTS[:1])
     with torch.no_grad():
         reward.head.weight[1] += 1.0  # MQ's row only

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -31,6 +30,7 @@ from align.checkpoint import (
     set_rng_state,
 )
 from align.toy import model as toy
+from align.toy.stages import cosine_lr, fit_autoencoder, write_data
 from rewards.toy_world import make_example, parse_prompt, prompt_splits
 from samplers.toy import ADAPTER_DEFAULTS, DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -47,13 +47,6 @@ def balanced_prompts(rng: random.Random, count: int, split: str = "pretrain") ->
     singles = [p for p in prompts if parse_prompt(p).kind == "single"]
     relations = [p for p in prompts if parse_prompt(p).kind == "relation"]
     return [rng.choice(singles if i % 2 == 0 else relations) for i in range(count)]
-
-
-def cosine_lr(step: int, total: int, warmup: int, floor: float = 0.1) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 # --- stage 1: the VAE ---------------------------------------------------------------------------
@@ -75,28 +68,6 @@ def train_vae(
     vae.save_pretrained(out / "vae")
     (out / "vae" / "report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def fit_autoencoder(vae, batch, steps: int, lr: float, kl_weight: float, desc: str) -> None:
-    """Train `vae` on `batch()` (inputs in [-1, 1]) for `steps`: L1 + L2 reconstruction of a posterior
-    sample and a small KL, AdamW on a cosine schedule; leaves it in eval mode."""
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
-    bar = tqdm(range(steps), desc=desc, mininterval=5)
-    for step in bar:
-        for group in optimizer.param_groups:
-            group["lr"] = lr * cosine_lr(step, steps, 100)
-        x = batch()
-        posterior = vae.encode(x).latent_dist
-        reconstruction = vae.decode(posterior.sample()).sample
-        loss = (reconstruction - x).abs().mean() + (reconstruction - x).pow(2).mean()
-        loss = loss + kl_weight * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    vae.eval()
 
 
 @torch.no_grad()
@@ -128,17 +99,12 @@ def build_data(out: Path, count: int = 120_000, batch_size: int = 256) -> dict:
     from diffusers import AutoencoderKL
 
     vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-    rng = random.Random(1)
-    prompts = balanced_prompts(rng, count)
-    seeds = list(range(count))
-    latents = []
-    for start in tqdm(range(0, count, batch_size), desc="data", mininterval=5):
-        images = render_batch(prompts[start : start + batch_size], seeds[start : start + batch_size])
-        raw = vae.encode(images * 2 - 1).latent_dist.mean
-        latents.append(((raw - vae.config.shift_factor) * vae.config.scaling_factor).half())
-    save_file({"latents": torch.cat(latents)}, str(out / "data.safetensors"))
-    (out / "data.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}))
-    return {"count": count}
+
+    def encode(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        raw = vae.encode(render_batch(prompts, seeds) * 2 - 1).latent_dist.mean
+        return (raw - vae.config.shift_factor) * vae.config.scaling_factor
+
+    return write_data(out, balanced_prompts(random.Random(1), count), encode, batch_size, "data")
 
 
 # --- stage 3: rectified flow on latents --------------------------------------------------------

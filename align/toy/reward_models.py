@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from align.toy.pretrain import balanced_prompts, cosine_lr, render_batch
+from align.toy.pretrain import balanced_prompts, render_batch
+from align.toy.stages import cosine_lr
 from rewards.toy_world import BACKGROUND
 
 CLIP_CONFIG = {

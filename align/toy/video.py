@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from align.toy import model as still_model
-from align.toy.pretrain import DiffusionTrainer, fit_autoencoder
+from align.toy.pretrain import DiffusionTrainer
+from align.toy.stages import fit_autoencoder, write_data
 from rewards.toy_video import (
     DIRECTIONS,
     FRAMES,
@@ -211,22 +211,16 @@ def _calibrate_vae(vae, rng: random.Random, count: int = 128) -> dict:
 @torch.no_grad()
 def build_data(out: Path, count: int = 20_000, batch_size: int = 64) -> dict:
     from diffusers import AutoencoderKLWan
-    from safetensors.torch import save_file
 
     vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
     mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
     std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    rng = random.Random(1)
-    prompts = balanced_prompts(rng, count)
-    seeds = list(range(count))
-    latents = []
-    for start in tqdm(range(0, count, batch_size), desc="video data", mininterval=5):
-        clips = render_clips(prompts[start : start + batch_size], seeds[start : start + batch_size])
-        raw = vae.encode(clips.transpose(1, 2) * 2 - 1).latent_dist.mean
-        latents.append(((raw - mean) / std).half())
-    save_file({"latents": torch.cat(latents)}, str(out / "data.safetensors"))
-    (out / "data.json").write_text(json.dumps({"prompts": prompts, "seeds": seeds}))
-    return {"count": count}
+
+    def encode(prompts: list[str], seeds: list[int]) -> torch.Tensor:
+        raw = vae.encode(render_clips(prompts, seeds).transpose(1, 2) * 2 - 1).latent_dist.mean
+        return (raw - mean) / std
+
+    return write_data(out, balanced_prompts(random.Random(1), count), encode, batch_size, "video data")
 
 
 # --- stage 3: rectified flow on clip latents -----------------------------------------------------
