@@ -22,6 +22,12 @@ class OptimizeSettings:
     # the disagreement guard: an image whose proxy ensemble's members (rewards/proxy.py) disagree by more
     # than this std stops moving, and no such iterate is kept as its best; None: off
     max_disagreement: float | None = None
+    # a warm start: each image starts from the best of this many candidate noises by the objective
+    # (candidate_seeds 0..k-1, best-of-N's first k); they count in the budget best-of-N is given
+    warm_start: int = 1
+    # the trade guard: an iterate is kept only if no reward term falls below its value at the start, so
+    # an ensemble's members cannot be traded for each other (one overrated term bought with another)
+    no_trade: bool = False
 
 
 @dataclass

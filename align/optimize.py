@@ -11,8 +11,11 @@ Gradients flow through every sampling step (checkpointed) and the decoder; one-s
 models make an iteration one forward and one backward pass.
 
 Baselines at an equal budget of generated images: the first sample (base), and best-of-N with N
-equal to the number of images ReNO generates (one per iteration). Exploration (after CARINOX)
-spends the budget on several starting noises and keeps the best.
+equal to the number of images ReNO generates (one per iteration, and the warm start's candidates).
+Exploration (after CARINOX) spends the budget on several starting noises and keeps the best; a warm
+start picks each image's starting noise as the best of k candidates (best-of-N's own first k).
+Guards against reward hacking: the disagreement guard (an image stops once its proxy ensemble's members
+disagree) and the trade guard (an iterate is kept only where no reward term fell below its start).
 """
 
 from __future__ import annotations
@@ -74,9 +77,7 @@ def reno(
     """Optimise one noise per prompt. Returns per-iteration rewards [I+1, B], best noises and images."""
     steps = settings.num_steps or adapter.default_steps
     start = time.perf_counter()
-    noise = (
-        adapter.initial_noise(generators_from_seeds(seeds), len(prompts), steps).detach().requires_grad_(True)
-    )
+    noise = starting_noise(adapter, prompts, seeds, rewards, settings, steps).requires_grad_(True)
     if not 0.0 <= settings.momentum < 1.0:
         raise ValueError(f"momentum must lie in [0, 1), got {settings.momentum}")
     optimizer = torch.optim.SGD(
@@ -84,6 +85,7 @@ def reno(
     )
     history, best_total, best_noise, best_images = [], None, None, None
     frozen = torch.zeros(len(prompts), dtype=torch.bool, device=noise.device)
+    first_values = None
     for iteration in range(settings.iterations + 1):
         images = _images(adapter, noise, prompts, steps, grad=True)
         total, values = weighted_reward(rewards, settings.weights, images, prompts)
@@ -93,8 +95,12 @@ def reno(
                 frozen |= disagreement(rewards, images, prompts).to(frozen.device) > settings.max_disagreement
             if best_total is None:
                 best_total, best_noise, best_images = current.clone(), noise.detach().clone(), images.detach()
+                first_values = {name: value.detach().clone() for name, value in values.items()}
             else:
                 better = (current > best_total) & ~frozen
+                if settings.no_trade:  # every term at least where it started
+                    for name, value in values.items():
+                        better &= value.detach() >= first_values[name]
                 best_total = torch.where(better, current, best_total)
                 best_noise[better] = noise.detach()[better]
                 best_images = best_images.clone()
@@ -132,6 +138,25 @@ def candidate_seeds(seeds: list[int], k: int) -> list[int]:
 
 
 @torch.no_grad()
+def starting_noise(adapter, prompts, seeds, rewards: dict, settings: OptimizeSettings, steps: int) -> torch.Tensor:
+    """x_T per image: its seed's own (warm_start 1), or the best by the objective of best-of-N's first
+    `warm_start` candidates (the same noises, so the warm start is best-of-k's pick exactly)."""
+    best_noise, best_total = None, None
+    for k in range(max(1, settings.warm_start)):
+        noise = adapter.initial_noise(generators_from_seeds(candidate_seeds(seeds, k)), len(prompts), steps)
+        if settings.warm_start <= 1:
+            return noise
+        total, _ = weighted_reward(rewards, settings.weights, _images(adapter, noise, prompts, steps, False), prompts)
+        if best_total is None:
+            best_noise, best_total = noise.clone(), total
+            continue
+        better = total > best_total
+        best_total = torch.where(better, total, best_total)
+        best_noise[better.to(best_noise.device)] = noise[better.to(noise.device)]
+    return best_noise
+
+
+@torch.no_grad()
 def best_of_n(
     adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: OptimizeSettings, n: int
 ) -> dict:
@@ -156,6 +181,8 @@ def explore(adapter, prompts, seeds, rewards, settings: OptimizeSettings, on_ite
     """CARINOX-style exploration: `settings.explore` starting noises share the iteration budget;
     the best result per prompt is kept."""
     count = settings.explore
+    if settings.warm_start > 1:
+        raise ValueError("explore and warm_start both choose starting noises; give one of them")
     share = OptimizeSettings(**{**settings.__dict__, "iterations": max(1, settings.iterations // count - 1)})
     results = [
         reno(adapter, prompts, [s + 7_919 * k for s in seeds], rewards, share, on_iteration)
@@ -172,9 +199,9 @@ def explore(adapter, prompts, seeds, rewards, settings: OptimizeSettings, on_ite
     return best
 
 
-def images_generated(iterations: int) -> int:
-    """Images ReNO decodes for `iterations` gradient steps (the initial one included)."""
-    return iterations + 1
+def images_generated(iterations: int, warm_start: int = 1) -> int:
+    """Images ReNO decodes for `iterations` gradient steps: the start's candidates and one an iteration."""
+    return iterations + max(1, warm_start)
 
 
 def compare_with_best_of_n(
@@ -195,7 +222,7 @@ def compare_with_best_of_n(
         base = adapter.generate(prompts, seeds, num_steps=settings.num_steps)
     optimiser = explore if settings.explore > 1 else reno
     optimised = optimiser(adapter, prompts, seeds, rewards, settings, on_iteration=on_iteration)
-    n = images_generated(optimised["iterations"])
+    n = images_generated(optimised["iterations"], settings.warm_start)
     baseline = best_of_n(adapter, prompts, seeds, rewards, settings, n)
     images = {"base": base, "best_of_n": baseline["images"], "optimized": optimised["images"].detach()}
     summaries = score_against(images, prompts, seeds, report or rewards, "best_of_n")

@@ -171,6 +171,44 @@ def test_the_disagreement_guard_freezes_an_image_once_its_ensemble_disagrees_and
         assert guarded["reward"][b] <= totals[:k, b].max() + 1e-4 and guarded["reward"][b] < free["reward"][b]
 
 
+def test_a_warm_start_is_best_of_ks_pick_and_counts_in_best_of_ns_budget():
+    from align.optimize import compare_with_best_of_n
+
+    adapter = tiny_adapter("tiny:sd3")
+    prompts, seeds = ["a red circle", "two blue squares", "a green triangle"], [0, 1, 2]
+    rewards = {"bright": Brightness()}
+    warm = OptimizeSettings(iterations=0, num_steps=4, warm_start=5)
+    picked = best_of_n(adapter, prompts, seeds, rewards, warm, n=5)
+    start = reno(adapter, prompts, seeds, rewards, warm)
+    assert torch.allclose(start["reward"], picked["reward"], atol=1e-4)  # the start is best-of-5's image
+    assert torch.allclose(start["images"], picked["images"], atol=1e-5)
+    cold = reno(adapter, prompts, seeds, rewards, OptimizeSettings(iterations=0, num_steps=4))
+    assert (start["reward"] >= cold["reward"] - 1e-4).all() and (start["reward"] > cold["reward"] + 0.01).any()
+    compared = compare_with_best_of_n(adapter, prompts, seeds, rewards, OptimizeSettings(iterations=2, lr=5.0, num_steps=4, warm_start=5))
+    assert compared["best_of_n"] == 7  # five candidates and two steps
+    with pytest.raises(ValueError, match="explore and warm_start"):
+        compare_with_best_of_n(adapter, prompts, seeds, rewards, OptimizeSettings(iterations=4, explore=2, warm_start=3))
+
+
+class Darkness(Brightness):
+    def score(self, images, prompts):
+        return 100 * (1 - images.mean(dim=(1, 2, 3)))
+
+
+def test_the_trade_guard_keeps_no_iterate_that_lowered_a_term():
+    """Brightness at weight 2 against darkness at 1: the total climbs by trading darkness for brightness;
+    with the guard, no kept image is darker-scored than the start, so the start is kept."""
+    adapter = tiny_adapter("tiny:sd3")
+    prompts, seeds = ["a red circle", "two blue squares"], [0, 1]
+    rewards = {"bright": Brightness(), "dark": Darkness()}
+    settings = dict(iterations=4, lr=5.0, grad_clip=1.0, num_steps=4, weights={"bright": 2.0, "dark": 1.0})
+    free = reno(adapter, prompts, seeds, rewards, OptimizeSettings(**settings))
+    guarded = reno(adapter, prompts, seeds, rewards, OptimizeSettings(**settings, no_trade=True))
+    start = torch.tensor(free["history"][0]["total"])
+    assert (free["reward"] > start + 0.1).all()  # the unguarded run trades
+    assert torch.allclose(guarded["reward"], start, atol=1e-4)  # every iterate lowered darkness
+
+
 def test_optimize_passes_reward_args_from_the_command_line_and_the_recipe(tmp_path, capsys):
     import json
 
@@ -183,12 +221,12 @@ def test_optimize_passes_reward_args_from_the_command_line_and_the_recipe(tmp_pa
     recipe = tmp_path / "guard.yaml"
     recipe.write_text(yaml.safe_dump({"model": "toy", "rewards": {"proxy": 1.0}, "iterations": 1, "steps": 3,
                                       "reward_args": {"proxy": {"path": str(tmp_path / "proxy"), "mode": "worst"}},
-                                      "max_disagreement": 0.5}))
+                                      "max_disagreement": 0.5, "warm_start": 2, "no_trade": True}))
     args = ["optimize", "--config", str(recipe), "--prompt", "a red circle", "--out", str(tmp_path / "r")]
     assert main([*args, "--reward-arg", "proxy.members=[1]"]) == 0
     settings = json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]
     assert settings["reward_args"] == {"proxy": {"path": str(tmp_path / "proxy"), "mode": "worst", "members": [1]}}
-    assert settings["max_disagreement"] == 0.5
+    assert (settings["max_disagreement"], settings["warm_start"], settings["no_trade"], settings["best_of_n"]) == (0.5, 2, True, 3)
     recipe.write_text(yaml.safe_dump({"model": "toy", "rewards": {"proxy": 1.0}, "reward_args": {"clip-toy": {"x": 1}}}))
     assert main(["optimize", "--config", str(recipe), "--out", str(tmp_path / "s")]) == 2
     assert "reward_args.clip-toy: give {key: value} for a reward the recipe names" in capsys.readouterr().err

@@ -24,38 +24,18 @@ def parse_rewards(specs: list[str]) -> dict[str, float]:
 
 
 METHODS = ("reno", "tree", "prune", "guidance")
-RECIPE_KEYS = {
-    "model",
-    "steps",
-    "rewards",
-    "iterations",
-    "lr",
-    "regularisation",
-    "grad_clip",
-    "momentum",
-    "explore",
-    "seconds",
-    "method",
-    "seeds",
-    "budget",
-    "noise_level",
-    "sde",
-    "window",
-    "selection",
-    "prune_at",
-    "keep",
-    "guidance",
-    "eval_rewards",
-    "reward_args",
-    "max_disagreement",
-}
+RENO_KEYS = ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore", "max_disagreement", "warm_start", "no_trade")
+SEARCH_KEYS = ("budget", "noise_level", "sde", "window", "selection", "prune_at", "keep", "guidance")
+RECIPE_KEYS = {"model", "steps", "rewards", "seconds", "method", "seeds", "eval_rewards", "reward_args", *RENO_KEYS, *SEARCH_KEYS}
+
+
 def _defaults() -> dict:
     """Every default of `align optimize`, read off the settings classes (align/noise_settings.py)."""
     from align.noise_settings import OptimizeSettings, SearchSettings
 
     reno, search = OptimizeSettings(), SearchSettings()
     return {
-        **{k: getattr(reno, k) for k in ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore", "max_disagreement")},
+        **{k: getattr(reno, k) for k in RENO_KEYS},
         **{k: getattr(search, k) for k in ("noise_level", "window", "selection", "keep", "guidance")},
         "prune_at": list(search.prune_at),
         "method": "reno",
@@ -162,16 +142,10 @@ def run(args) -> int:
             raise ValueError(f"--sde {args.sde} steps flow models; {args.model} samples by DDIM (drop --sde)")
         adapter.sde = args.sde
     settings = OptimizeSettings(
-        iterations=args.iterations,
+        **{key: getattr(args, key) for key in RENO_KEYS},
         seconds=args.seconds,
-        lr=args.lr,
-        regularisation=args.regularisation,
-        grad_clip=args.grad_clip,
-        momentum=args.momentum,
         num_steps=args.steps,
-        explore=args.explore,
         keep_every=args.keep_every,
-        max_disagreement=args.max_disagreement,
         weights=weights,
     )
     out = Path(args.out)
@@ -212,7 +186,7 @@ def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Pat
         "weights": settings.weights,
         "reward_args": args.reward_args,
         "num_prompts": len(prompts),
-        "max_disagreement": settings.max_disagreement,
+        **{key: getattr(settings, key) for key in ("max_disagreement", "warm_start", "no_trade")},
         "frozen": optimised.get("frozen", 0),
     }
     (out / "summary.json").write_text(json.dumps(results, indent=2))
@@ -346,9 +320,9 @@ def _noise_arguments(parser) -> None:
     parser.add_argument("--momentum", type=float, default=None, help=f"Nesterov momentum of the noise SGD ({DEFAULTS['momentum']}; 0: plain steps)")
     parser.add_argument("--max-disagreement", type=float, default=None, help="guard: freeze an image once its proxy ensemble's member std exceeds this")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's)")
-    parser.add_argument(
-        "--explore", type=int, default=1, help="starting noises sharing the budget (keep best)"
-    )
+    parser.add_argument("--explore", type=int, default=None, help="starting noises sharing the budget (keep best)")
+    parser.add_argument("--warm-start", type=int, default=None, help="start each image from the best of K candidate noises (counted in best-of-N's budget)")
+    parser.add_argument("--no-trade", action="store_const", const=True, default=None, help="guard: keep an iterate only if no reward term fell below its start")
     parser.add_argument("--keep-every", type=int, default=10)
 
 
