@@ -137,44 +137,34 @@ def candidate_seeds(seeds: list[int], k: int) -> list[int]:
     return [s + 1_000_003 * k for s in seeds]
 
 
-@torch.no_grad()
 def starting_noise(adapter, prompts, seeds, rewards: dict, settings: OptimizeSettings, steps: int) -> torch.Tensor:
-    """x_T per image: its seed's own (warm_start 1), or the best by the objective of best-of-N's first
-    `warm_start` candidates (the same noises, so the warm start is best-of-k's pick exactly)."""
-    best_noise, best_total = None, None
-    for k in range(max(1, settings.warm_start)):
-        noise = adapter.initial_noise(generators_from_seeds(candidate_seeds(seeds, k)), len(prompts), steps)
-        if settings.warm_start <= 1:
-            return noise
-        total, _ = weighted_reward(rewards, settings.weights, _images(adapter, noise, prompts, steps, False), prompts)
-        if best_total is None:
-            best_noise, best_total = noise.clone(), total
-            continue
-        better = total > best_total
-        best_total = torch.where(better, total, best_total)
-        best_noise[better.to(best_noise.device)] = noise[better.to(noise.device)]
-    return best_noise
+    """x_T per image: its seed's own (warm_start 1), or best-of-N's pick among its first `warm_start`
+    candidates by the objective (the same noises, so the warm start is best-of-k's image exactly)."""
+    if settings.warm_start <= 1:
+        return adapter.initial_noise(generators_from_seeds(seeds), len(prompts), steps)
+    return best_of_n(adapter, prompts, seeds, rewards, settings, settings.warm_start)["noise"]
 
 
 @torch.no_grad()
 def best_of_n(
     adapter, prompts: list[str], seeds: list[int], rewards: dict, settings: OptimizeSettings, n: int
 ) -> dict:
-    """Sample n images per prompt (candidate_seeds 0..n-1) and keep the best by the same reward."""
+    """Sample n images per prompt (candidate_seeds 0..n-1) and keep the best by the same reward, with
+    the noise it came from."""
     steps = settings.num_steps or adapter.default_steps
-    best_total, best_images = None, None
+    best_total, best_images, best_noise = None, None, None
     for k in range(n):
-        images = adapter.decode(
-            adapter.sample(prompts, generators_from_seeds(candidate_seeds(seeds, k)), num_steps=steps).final
-        )
+        noise = adapter.initial_noise(generators_from_seeds(candidate_seeds(seeds, k)), len(prompts), steps)
+        images = adapter.decode(adapter.sample(prompts, None, num_steps=steps, noise=noise).final)
         total, _ = weighted_reward(rewards, settings.weights, images, prompts)
         if best_total is None:
-            best_total, best_images = total.clone(), images.clone()
+            best_total, best_images, best_noise = total.clone(), images.clone(), noise.clone()
         else:
             better = total > best_total
             best_total = torch.where(better, total, best_total)
             best_images[better] = images[better]
-    return {"images": best_images, "reward": best_total}
+            best_noise[better.to(best_noise.device)] = noise[better.to(noise.device)]
+    return {"images": best_images, "reward": best_total, "noise": best_noise}
 
 
 def explore(adapter, prompts, seeds, rewards, settings: OptimizeSettings, on_iteration=None) -> dict:
