@@ -26,19 +26,13 @@ def paired(before, after) -> str:
     return f"{float(before.mean()):.3f} -> {float(after.mean()):.3f}  ({float(change.mean()):+.3f} +- {se:.3f})"
 
 
-def main() -> None:
+def on_batch(config, passes: int, negate: bool = False) -> dict:
+    """{trained, next: (reward before [B], after [B]); advantages [B] or None; steps; skipped} for
+    `passes` passes of the recipe's optimiser steps on epoch 0's batch alone."""
     import torch
 
-    from align.config import load_config
     from align.loop import Run, _chunks, plan_epoch
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*", help="key=value, as `align train` takes them")
-    parser.add_argument("--passes", type=int, default=20)
-    parser.add_argument("--negate", action="store_true", help="flip the advantages' sign")
-    args = parser.parse_args()
-    config = load_config(args.config, args.overrides)
     run = Run(config, tempfile.mkdtemp())
 
     def batch(epoch: int):
@@ -51,25 +45,49 @@ def main() -> None:
     trained, other = batch(0), batch(1)
     before, other_before = reward(trained), reward(other)
     advantages = getattr(trained, "advantages", None)
-    if args.negate:
+    if negate:
         if advantages is None:
-            raise SystemExit(f"--negate: {config.algorithm.name} has no advantages to flip")
+            raise ValueError(f"negate: {config.algorithm.name} has no advantages to flip")
         trained.advantages = advantages = -advantages
     generator = torch.Generator().manual_seed(config.train.seed)
     stats, skipped = {}, {}
-    for _ in range(args.passes):  # the loop's own optimiser step, on this one batch
+    for _ in range(passes):  # the loop's own optimiser step, on this one batch
         for chunk in _chunks(run.algorithm.micro_batches(trained, generator), config.train.steps_per_pass):
             run._optimiser_step(trained, chunk, stats, skipped)
-    after, other_after = reward(batch(0)), reward(batch(1))
-    print(f"{config.model.name}, {config.algorithm.name}: {run.step} optimiser steps on one batch of {len(before)}")
+    return {
+        "trained": (before, reward(batch(0))),
+        "next": (other_before, reward(batch(1))),
+        "advantages": advantages,
+        "steps": run.step,
+        "skipped": skipped,
+    }
+
+
+def main() -> None:
+    from align.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*", help="key=value, as `align train` takes them")
+    parser.add_argument("--passes", type=int, default=20)
+    parser.add_argument("--negate", action="store_true", help="flip the advantages' sign")
+    args = parser.parse_args()
+    config = load_config(args.config, args.overrides)
+    try:
+        result = on_batch(config, args.passes, args.negate)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    before, after = result["trained"]
+    print(f"{config.model.name}, {config.algorithm.name}: {result['steps']} optimiser steps on one batch of {len(before)}")
     print(f"  trained batch, reward  {paired(before, after)}")
-    print(f"  next batch, reward     {paired(other_before, other_after)}")
+    print(f"  next batch, reward     {paired(*result['next'])}")
+    advantages = result["advantages"]
     if advantages is not None and advantages.ndim == 1:
         change = after - before
         for name, rows in (("positive", advantages > 0), ("negative", advantages < 0)):
             print(f"  trained samples with {name} advantage: {float(change[rows].mean()):+.3f}")
-    if skipped:
-        print(f"  skipped steps: {skipped}")
+    if result["skipped"]:
+        print(f"  skipped steps: {result['skipped']}")
 
 
 if __name__ == "__main__":
