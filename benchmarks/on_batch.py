@@ -21,17 +21,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def paired(before, after) -> str:
-    change = after - before
-    se = float(change.std() / len(change) ** 0.5)
-    return f"{float(before.mean()):.3f} -> {float(after.mean()):.3f}  ({float(change.mean()):+.3f} +- {se:.3f})"
+    from align.evaluate import paired_difference
+
+    change, se = paired_difference({"outcomes": before.tolist()}, {"outcomes": after.tolist()})
+    return f"{float(before.mean()):.3f} -> {float(after.mean()):.3f}  ({change:+.3f} +- {se:.3f})"
 
 
 def on_batch(config, passes: int, negate: bool = False) -> dict:
     """{trained, next: (reward before [B], after [B]); advantages [B] or None; steps; skipped} for
-    `passes` passes of the recipe's optimiser steps on epoch 0's batch alone."""
+    `passes` passes of the recipe's optimiser steps on epoch 0's batch alone. The reward is the recipe's
+    weighted sum of its terms (a weight-0 term, watched only, counts for nothing)."""
     import torch
 
     from align.loop import Run, _chunks, plan_epoch
+    from rewards.combine import weighted_sum
 
     run = Run(config, tempfile.mkdtemp())
 
@@ -39,8 +42,8 @@ def on_batch(config, passes: int, negate: bool = False) -> dict:
         plan = plan_epoch(run.prompts, config, epoch, 0, 1)
         return run.algorithm.collect(epoch, plan.prompts, plan.group_ids, plan.seeds)
 
-    def reward(collected) -> torch.Tensor:
-        return sum(collected.values.values())
+    def reward(collected) -> torch.Tensor:  # the recipe's weighted reward, before any normalisation
+        return weighted_sum(collected.values, run.rewards.weights)
 
     trained, other = batch(0), batch(1)
     before, other_before = reward(trained), reward(other)

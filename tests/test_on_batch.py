@@ -1,5 +1,6 @@
 """benchmarks/on_batch.py: re-sampling an epoch's prompts at its seeds reproduces its rewards exactly
-(what the check's paired change rests on), and a step on the batch moves them."""
+(what the check's paired change rests on), a step on the batch moves them, and the reward read is the
+recipe's weighted one."""
 
 import importlib.util
 from pathlib import Path
@@ -32,3 +33,5 @@ def test_resampling_reproduces_and_a_step_moves_the_rewards():
     assert torch.equal(before, still["trained"][0])  # the same batch as before the step
     assert float((after - before).abs().max()) > 0  # lr 0.01 moves the samples' rewards
     assert torch.equal(moved["advantages"], -still["advantages"])  # --negate flipped them
+    doubled = on_batch(load_config(ROOT / "configs/tiny/flow-grpo.yaml", ["rewards.terms.0.weight=2.0"]), passes=0)
+    assert torch.allclose(doubled["trained"][0], 2 * still["trained"][0])  # the recipe's weighted reward
