@@ -130,6 +130,12 @@ class TrainConfig:
     keep_checkpoints: int = param(2, min=1)
     eval_every: int = param(0, min=0)  # epochs; 0 = at the start and the end only
     prompts: str = "train"  # a prompt split of the toy world or a text file, one prompt per line
+    # a curriculum (competence-based, Platanios et al. 2019): epoch 0 draws its prompts from the easiest
+    # curriculum_start of them, a share rising linearly to all of them at curriculum_epochs. Needs prompts
+    # with difficulties (a text task that defines one, arithmetic's is the sum; or a .jsonl's `difficulty`).
+    # 1.0 = none: an easy start gives a weak policy reward to climb from, at the cost of epochs on easy prompts
+    curriculum_start: float = param(1.0, gt=0.0, max=1.0)
+    curriculum_epochs: int = param(0, min=0)
 
     def check(self):
         if self.batch_size % self.group_size:
@@ -139,6 +145,11 @@ class TrainConfig:
                     f"batch_size {self.batch_size} is not divisible by group_size {self.group_size}; "
                     "make batch_size a multiple of group_size"
                 ),
+            )
+        if self.curriculum_start < 1.0 and not self.curriculum_epochs:
+            yield (
+                ["curriculum_epochs"],
+                "curriculum_start < 1 needs curriculum_epochs > 0: the epoch by which every prompt is drawn",
             )
         if self.batch_size % self.micro_batch_size:
             yield (

@@ -11,7 +11,6 @@ import contextlib
 import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import torch
 
 from align.algorithms.base import ALGORITHMS, Collected, Context
 from align.config import ExperimentConfig
+from align.epochs import chunks, plan_epoch, training_prompts
 from align.faults import LOCK_NAME, RunFault, disk_full, is_disk_full, kill_point, run_lock
 from align.monitoring import Monitors
 from align.optimisation import EMA, GradientAgreement, lr_scheduler, make_accelerator
@@ -34,48 +34,6 @@ from align.run_files import (
 )
 from align.sharding import place_for_training, whole
 from gallery.plots import EVALUATED
-
-
-@dataclass
-class EpochPlan:
-    prompts: list[str]  # this process's prompts, group_size copies each
-    group_ids: torch.Tensor  # global group index of each sample
-    seeds: list[int]  # one sampling seed per sample (global sample index based)
-
-
-def plan_epoch(
-    prompts: list[str], config: ExperimentConfig, epoch: int, process: int, processes: int
-) -> EpochPlan:
-    """Prompts of an epoch: a seeded shuffled stream of the prompt set, cut into whole groups;
-    process k takes the k-th contiguous block of groups. Seeds depend only on the global index,
-    so a batch reproduces identically on any number of processes."""
-    train = config.train
-    groups_per_process = train.batch_size // train.group_size
-    total = groups_per_process * processes
-    stream, cycle = [], 0
-    while len(stream) < (epoch + 1) * total:
-        order = list(prompts)
-        random.Random(train.seed * 1_000_003 + cycle).shuffle(order)
-        stream += order
-        cycle += 1
-    chosen = stream[epoch * total : (epoch + 1) * total]
-    first = process * groups_per_process
-    local, group_ids, seeds = [], [], []
-    for g in range(first, first + groups_per_process):
-        for j in range(train.group_size):
-            local.append(chosen[g])
-            group_ids.append(g)
-            seeds.append(train.seed * 10_000_019 + epoch * 1_000_003 + g * train.group_size + j)
-    return EpochPlan(local, torch.tensor(group_ids), seeds)
-
-
-def _chunks(units: list, count: int) -> list[list]:
-    """`units` cut into `count` contiguous, nearly equal chunks (fewer if there are fewer units)."""
-    count = max(1, min(count, len(units)))
-    size, extra = divmod(len(units), count)
-    bounds = [i * size + min(i, extra) for i in range(count + 1)]
-    return [units[bounds[i] : bounds[i + 1]] for i in range(count)]
-
 
 # torch >= 2.6 computes the gradients' total norm on its own (get_total_norm) and clips with a given norm
 # (clip_grads_with_norm_), so the NaN check's norm serves the clip; older torch takes separate passes.
@@ -117,7 +75,7 @@ class Run:
         self.adapter.network = torch.compile(self.network) if config.model.compile else self.network
         decay = config.train.ema_decay
         self.ema = EMA(self.policy.named_parameters(), decay, config.train.ema_device) if decay else None
-        self.prompts = self.modality.prompts(config.train.prompts)
+        self.prompts = training_prompts(self.modality, config.train)
         self.epoch = 0  # epochs completed
         self.step = 0  # optimiser steps taken
         self.summary: dict = {}
@@ -154,7 +112,7 @@ class Run:
         stats: dict[str, list[float]] = {}
         skipped: dict[str, int] = {}  # optimiser steps skipped for a NaN or inf, by source
         for _ in range(config.train.inner_epochs):
-            for chunk in _chunks(self.algorithm.micro_batches(batch, generator), config.train.steps_per_pass):
+            for chunk in chunks(self.algorithm.micro_batches(batch, generator), config.train.steps_per_pass):
                 if finite_rewards:
                     self._optimiser_step(batch, chunk, stats, skipped)
                 else:

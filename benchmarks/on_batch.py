@@ -33,7 +33,8 @@ def on_batch(config, passes: int, negate: bool = False) -> dict:
     weighted sum of its terms (a weight-0 term, watched only, counts for nothing)."""
     import torch
 
-    from align.loop import Run, _chunks, plan_epoch
+    from align.epochs import chunks, plan_epoch
+    from align.loop import Run
     from rewards.combine import weighted_sum
 
     run = Run(config, tempfile.mkdtemp())
@@ -55,7 +56,7 @@ def on_batch(config, passes: int, negate: bool = False) -> dict:
     generator = torch.Generator().manual_seed(config.train.seed)
     stats, skipped = {}, {}
     for _ in range(passes):  # the loop's own optimiser step, on this one batch
-        for chunk in _chunks(run.algorithm.micro_batches(trained, generator), config.train.steps_per_pass):
+        for chunk in chunks(run.algorithm.micro_batches(trained, generator), config.train.steps_per_pass):
             run._optimiser_step(trained, chunk, stats, skipped)
     return {
         "trained": (before, reward(batch(0))),

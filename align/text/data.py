@@ -76,3 +76,25 @@ def load_text_prompts(source: str) -> list[str]:
     if not prompts:
         raise ValueError(f"{source}: no prompts")
     return prompts
+
+
+def load_prompt_difficulties(source: str) -> list[float]:
+    """One difficulty per prompt of `source`, in load_text_prompts' order, for a curriculum: a text task's
+    own (arithmetic: the sum) or a .jsonl's numeric `difficulty` on every line."""
+    path = Path(source)
+    fix = "give a task split whose task defines one (arithmetic:train) or a .jsonl with a numeric `difficulty` per line"
+    if path.suffix == ".jsonl":
+        difficulties = []
+        for number, record in _json_lines(path):
+            value = record.get("difficulty") if isinstance(record, dict) else None
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{path}:{number}: no numeric `difficulty` for the curriculum; {fix}")
+            difficulties.append(float(value))
+        return difficulties
+    if path.suffix != ".txt":
+        from rewards.text.tasks import lookup_task, task_problems
+
+        task = lookup_task(source.partition(":")[0])
+        if task.difficulty is not None:
+            return [task.difficulty(problem["prompt"]) for problem in task_problems(source)]
+    raise ValueError(f"train.curriculum_start: the prompts {source!r} have no difficulties; {fix}")

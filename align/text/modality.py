@@ -50,6 +50,12 @@ class TextModality:
 
         return load_text_prompts(source)
 
+    @staticmethod
+    def difficulties(source: str) -> list[float]:
+        from align.text.data import load_prompt_difficulties
+
+        return load_prompt_difficulties(source)
+
     def evaluate(self, run) -> dict:
         from align.text.evaluate import eval_references
 

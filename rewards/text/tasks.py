@@ -23,6 +23,8 @@ class TextTask:
     problems: Callable[[str], list[dict]]  # split -> [{"prompt", "answer"}]
     answer: Callable[[str], str | None]  # prompt -> its answer, None when not a task prompt
     splits: tuple[str, ...]
+    # prompt -> how hard it is (larger = harder), for a curriculum (train.curriculum_start); None = unknown
+    difficulty: Callable[[str], float] | None = None
 
 
 TEXT_TASKS: Registry = Registry("text task")
@@ -63,8 +65,14 @@ def arithmetic_pairs(split: str = "train") -> list[dict]:
     return pairs
 
 
+def arithmetic_difficulty(prompt: str) -> float:
+    """The sum's size: "3 + 4" is easier for a small model to answer at its first token than "17 + 19"."""
+    a, _, b = ARITHMETIC_PROMPT.fullmatch(prompt.strip()).groups()
+    return float(int(a) + int(b))
+
+
 TEXT_TASKS["arithmetic"] = TextTask(
-    "arithmetic", arithmetic_problems, arithmetic_answer, tuple(ARITHMETIC_SPLITS)
+    "arithmetic", arithmetic_problems, arithmetic_answer, tuple(ARITHMETIC_SPLITS), arithmetic_difficulty
 )
 
 
