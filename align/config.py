@@ -67,6 +67,20 @@ class RewardTerm:
     name: str  # a registered reward (`align rewards list`)
     weight: float = 1.0  # its weight in the combined reward
     args: dict[str, Any] = field(default_factory=dict)  # passed to the reward's factory
+    # [start, end] epochs: the weight is 0 before epoch `start` and rises linearly to `weight` at `end`, a
+    # curriculum of objectives (the right sum paid first, the bare-answer format asked for later); [] = always
+    ramp: list[int] = field(default_factory=list)
+
+    def check(self):
+        if self.ramp and (len(self.ramp) != 2 or not 0 <= self.ramp[0] <= self.ramp[1]):
+            yield ["ramp"], f"ramp {self.ramp} is not [start, end] epochs with 0 <= start <= end; e.g. [0, 20]"
+
+    def weight_at(self, epoch: int) -> float:
+        """The term's weight in epoch `epoch` (0-based), its ramp applied."""
+        if not self.ramp or epoch >= self.ramp[1]:
+            return self.weight
+        start, end = self.ramp
+        return 0.0 if epoch < start else self.weight * (epoch - start + 1) / (end - start + 1)
 
 
 @dataclass

@@ -99,6 +99,9 @@ class Run:
             self.prompts, config, epoch, self.accelerator.process_index, self.accelerator.num_processes
         )
         start = time.perf_counter()
+        ramped = [term for term in config.rewards.terms if term.ramp]
+        if ramped:  # a curriculum of objectives: this epoch's weights
+            self.rewards.weights.update({term.name: term.weight_at(epoch) for term in ramped})
         kept = self.algorithm.state_dict()
         batch = self.algorithm.collect(
             epoch, plan.prompts, plan.group_ids.to(self.accelerator.device), plan.seeds
@@ -130,6 +133,9 @@ class Run:
         }
         if skipped:
             record["skipped_by"] = skipped
+        if ramped:  # recorded, then back to the full weights that evaluations score with
+            record["reward_weights"] = dict(self.rewards.weights)
+            self.rewards.weights.update({term.name: term.weight for term in ramped})
         if batch.values is not None:  # offline preference data has no rewards of its own
             record["rewards"] = {
                 name: {"mean": float(v.mean()), "std": float(v.std()) if v.numel() > 1 else 0.0}

@@ -68,3 +68,26 @@ def test_a_curriculum_needs_its_epochs_and_difficulties(tmp_path):
     images = SimpleNamespace(prompts=lambda source: ["a red circle"])  # a modality without difficulties
     with pytest.raises(ValueError, match="only text prompts"):
         training_prompts(images, config.train)
+
+
+def test_a_ramped_reward_weight_rises_from_zero_and_evaluations_score_with_the_full_weight(tmp_path):
+    from align.cli import main
+
+    with pytest.raises(ConfigError, match=r"ramp \[3, 1\]"):
+        config_from_data({"rewards": {"terms": [{"name": "clip-toy", "ramp": [3, 1]}]}})
+    term = text_config().rewards.terms[0]
+    term.weight, term.ramp = 0.3, [1, 3]
+    assert [term.weight_at(e) for e in range(5)] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.3])
+
+    recipe = "configs/text/smollm2-grpo-arithmetic.yaml"
+    overrides = ["model.name=tiny:llama", "train.num_epochs=3", "train.batch_size=8", "train.micro_batch_size=8",
+                 "eval.max_prompts=4", "algorithm.max_new_tokens=4", "rewards.terms.1.ramp=[1, 2]",
+                 "train.curriculum_start=0.2", "train.curriculum_epochs=2"]
+    assert main(["train", recipe, *overrides, "--out", str(tmp_path / "run"), "--device", "cpu"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    format_weights = [r["reward_weights"]["text-format"] for r in records if "reward_weights" in r]
+    assert format_weights == pytest.approx([0.0, 0.15, 0.3])
+    assert all(r["reward_weights"]["text-exact"] == 1.0 for r in records if "reward_weights" in r)
+    aligned = json.loads((tmp_path / "run" / "summary.json").read_text())["aligned"]
+    weights = {"text-exact": 1.0, "text-format": 0.3, "text-numeric": 1.0}
+    assert aligned["score"] == pytest.approx(sum(weights[n] * v for n, v in aligned["rewards"].items()), abs=1e-6)
