@@ -28,6 +28,11 @@ class OptimizeSettings:
     # the trade guard: an iterate is kept only if no reward term falls below its value at the start, so
     # an ensemble's members cannot be traded for each other (one overrated term bought with another)
     no_trade: bool = False
+    # the augmentation guard (expectation over transformation): the objective is each reward's mean over
+    # this many copies of the image, the first as it is and the others shifted by up to `augment_shift`
+    # pixels (edges replicated), so a step cannot buy reward with a pattern one shift undoes; 0/1: off
+    augment: int = 0
+    augment_shift: int = 2
 
 
 @dataclass

@@ -60,6 +60,28 @@ def weighted_reward(rewards: dict, weights: dict, images, prompts) -> tuple[torc
     return total, values
 
 
+def shifted_copies(images: torch.Tensor, count: int, shift: int, generator: torch.Generator) -> torch.Tensor:
+    """[B, C, H, W] -> [count * B, C, H, W]: the images as they are, then count - 1 copies each moved by
+    a random whole-pixel offset in [-shift, shift] on both axes (edges replicated); differentiable."""
+    height, width = images.shape[-2:]
+    padded = torch.nn.functional.pad(images, (shift, shift, shift, shift), mode="replicate")
+    offsets = torch.randint(0, 2 * shift + 1, (count - 1, 2), generator=generator).tolist()
+    moved = [padded[..., top : top + height, left : left + width] for top, left in offsets]
+    return torch.cat([images, *moved])
+
+
+def augmented_reward(rewards: dict, settings, images, prompts, generator) -> tuple[torch.Tensor, dict]:
+    """weighted_reward, each reward its mean over settings.augment copies of the image (shifted_copies)."""
+    if settings.augment <= 1:
+        return weighted_reward(rewards, settings.weights, images, prompts)
+    copies = shifted_copies(images, settings.augment, settings.augment_shift, generator)
+    values = {
+        name: reward(copies, list(prompts) * settings.augment).view(settings.augment, -1).mean(0)
+        for name, reward in rewards.items()
+    }
+    return sum(settings.weights.get(name, 1.0) * value for name, value in values.items()), values
+
+
 def disagreement(rewards: dict, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """[B]: the largest member spread of any proxy ensemble among the rewards (0 where there is none)."""
     spreads = [r.member_spread(images, prompts) for r in rewards.values() if hasattr(r, "member_spread")]
@@ -86,9 +108,10 @@ def reno(
     history, best_total, best_noise, best_images = [], None, None, None
     frozen = torch.zeros(len(prompts), dtype=torch.bool, device=noise.device)
     first_values = None
+    shifts = torch.Generator().manual_seed(0)  # the augmentation guard's offsets, the same every run
     for iteration in range(settings.iterations + 1):
         images = _images(adapter, noise, prompts, steps, grad=True)
-        total, values = weighted_reward(rewards, settings.weights, images, prompts)
+        total, values = augmented_reward(rewards, settings, images, prompts, shifts)
         with torch.no_grad():
             current = total.detach()
             if settings.max_disagreement is not None and iteration > 0:

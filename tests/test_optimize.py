@@ -1,5 +1,6 @@
 """ReNO noise optimisation: the regulariser's arithmetic, gradients reaching the noise, improvement."""
 
+import json
 import math
 
 import pytest
@@ -253,3 +254,51 @@ def test_noise_optimisation_and_reward_guidance_run_on_a_video_model(tmp_path, c
     assert all("temporal-consistency" in summary[m]["rewards"] for m in methods)
     clips = sorted((out / "images").rglob("*.gif"))
     assert len(clips) == 3 and all(Image.open(c).n_frames == 9 for c in clips)
+
+
+class LeftColumn(Reward):
+    """100 x the mean of the image's first pixel column: a reward one shift of the image undoes."""
+
+    differentiable = True
+
+    def score(self, images, prompts):
+        return 100 * images[..., 0].mean(dim=(1, 2))
+
+
+def test_shifted_copies_are_the_image_then_whole_pixel_moves_of_it():
+    from align.optimize import shifted_copies
+
+    images = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6).requires_grad_(True)
+    copies = shifted_copies(images, 4, 2, torch.Generator().manual_seed(0))
+    assert copies.shape == (8, 3, 6, 6) and torch.equal(copies[:2], images)
+    padded = torch.nn.functional.pad(images.detach(), (2, 2, 2, 2), mode="replicate")
+    for k in range(1, 4):  # each copy is one window of the replicated-edge padding, the same for the batch
+        windows = [(t, s) for t in range(5) for s in range(5)
+                   if torch.equal(copies[2 * k : 2 * k + 2], padded[..., t : t + 6, s : s + 6])]
+        assert windows
+    copies.sum().backward()
+    assert images.grad.abs().sum() > 0
+
+
+def test_the_augmentation_guard_climbs_each_rewards_mean_over_the_shifted_copies(tmp_path):
+    from align.cli import main
+    from align.optimize import augmented_reward, shifted_copies
+
+    prompts = ["a red circle", "two blue squares"]
+    images = torch.rand(2, 3, 16, 16)
+    settings = OptimizeSettings(augment=3, augment_shift=2, weights={"col": 2.0})
+    total, values = augmented_reward({"col": LeftColumn()}, settings, images, prompts, torch.Generator().manual_seed(0))
+    copies = shifted_copies(images, 3, 2, torch.Generator().manual_seed(0))
+    expected = LeftColumn()(copies, prompts * 3).view(3, 2).mean(0)
+    assert torch.allclose(values["col"], expected) and torch.allclose(total, 2 * expected)
+    plain = augmented_reward({"col": LeftColumn()}, OptimizeSettings(), images, prompts, None)[0]
+    assert torch.allclose(plain, LeftColumn()(images, prompts))  # augment 0: the reward as it is
+
+    adapter = tiny_adapter("tiny:sd3")
+    guarded = reno(adapter, prompts, [0, 1], {"col": LeftColumn()},
+                   OptimizeSettings(iterations=3, lr=5.0, grad_clip=1.0, num_steps=4, augment=4))
+    start = torch.tensor(guarded["history"][0]["total"])
+    assert (guarded["reward"] > start).all()  # it climbs the shift-averaged objective
+    assert main(["optimize", "toy", "--reward", "clip-toy", "--iterations", "1", "--steps", "3", "--augment", "3",
+                 "--augment-shift", "1", "--prompt", "a red circle", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["settings"]["augment"] == 3

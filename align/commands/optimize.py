@@ -24,7 +24,7 @@ def parse_rewards(specs: list[str]) -> dict[str, float]:
 
 
 METHODS = ("reno", "tree", "prune", "guidance")
-RENO_KEYS = ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore", "max_disagreement", "warm_start", "no_trade")
+RENO_KEYS = ("iterations", "lr", "regularisation", "grad_clip", "momentum", "explore", "max_disagreement", "warm_start", "no_trade", "augment", "augment_shift")
 SEARCH_KEYS = ("budget", "noise_level", "sde", "window", "selection", "prune_at", "keep", "guidance")
 RECIPE_KEYS = {"model", "steps", "rewards", "seconds", "method", "seeds", "eval_rewards", "reward_args", *RENO_KEYS, *SEARCH_KEYS}
 
@@ -186,7 +186,7 @@ def _run_reno(args, adapter, prompts, seeds, rewards, report, settings, out: Pat
         "weights": settings.weights,
         "reward_args": args.reward_args,
         "num_prompts": len(prompts),
-        **{key: getattr(settings, key) for key in ("max_disagreement", "warm_start", "no_trade")},
+        **{key: getattr(settings, key) for key in ("max_disagreement", "warm_start", "no_trade", "augment")},
         "frozen": optimised.get("frozen", 0),
     }
     (out / "summary.json").write_text(json.dumps(results, indent=2))
@@ -323,6 +323,8 @@ def _noise_arguments(parser) -> None:
     parser.add_argument("--explore", type=int, default=None, help="starting noises sharing the budget (keep best)")
     parser.add_argument("--warm-start", type=int, default=None, help="start each image from the best of K candidate noises (counted in best-of-N's budget)")
     parser.add_argument("--no-trade", action="store_const", const=True, default=None, help="guard: keep an iterate only if no reward term fell below its start")
+    parser.add_argument("--augment", type=int, default=None, help="guard: average each reward over K copies of the image, K-1 of them shifted")
+    parser.add_argument("--augment-shift", type=int, default=None, help=f"pixels of the guard's shifts (default {DEFAULTS['augment_shift']})")
     parser.add_argument("--keep-every", type=int, default=10)
 
 
