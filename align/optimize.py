@@ -54,8 +54,10 @@ def _images(adapter, noise, prompts, num_steps, grad: bool):
     return adapter.decode(trajectory.final)
 
 
-def weighted_reward(rewards: dict, weights: dict, images, prompts) -> tuple[torch.Tensor, dict]:
-    values = {name: reward(images, prompts) for name, reward in rewards.items()}
+def weighted_reward(rewards: dict, weights: dict, images, prompts, copies: int = 1) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the rewards [B] and each reward's values; with `copies`, images and prompts are
+    that many stacked copies of a batch of B and each reward is its mean over them."""
+    values = {name: reward(images, prompts).reshape(copies, -1).mean(0) for name, reward in rewards.items()}
     total = sum(weights.get(name, 1.0) * value for name, value in values.items())
     return total, values
 
@@ -75,11 +77,7 @@ def augmented_reward(rewards: dict, settings, images, prompts, generator) -> tup
     if settings.augment <= 1:
         return weighted_reward(rewards, settings.weights, images, prompts)
     copies = shifted_copies(images, settings.augment, settings.augment_shift, generator)
-    values = {
-        name: reward(copies, list(prompts) * settings.augment).view(settings.augment, -1).mean(0)
-        for name, reward in rewards.items()
-    }
-    return sum(settings.weights.get(name, 1.0) * value for name, value in values.items()), values
+    return weighted_reward(rewards, settings.weights, copies, list(prompts) * settings.augment, settings.augment)
 
 
 def disagreement(rewards: dict, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
