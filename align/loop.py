@@ -324,6 +324,15 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         if run.main:
             kill_point("evaluated")
             write_summary(out, run.summary)
+    warm_start = getattr(run.modality, "warm_start", None)  # a text run's rejection-sampling fine-tuning
+    if warm_start is not None and run.epoch == 0 and "rft" not in run.summary:
+        warmed = warm_start(run)
+        if warmed is not None:
+            run.summary["rft"] = warmed
+            if run.ema is not None:  # the average starts from the warm-started weights
+                run.ema = EMA(run.policy.named_parameters(), config.train.ema_decay, config.train.ema_device)
+            if run.main:
+                write_summary(out, run.summary)
     show = config.logging.progress if progress is None else progress
     from tqdm import tqdm
 

@@ -35,6 +35,8 @@ def save_run_checkpoint(run) -> Path:
             "trainable": run.policy.trainable_state(),
             "optimizer": run.optimizer.state_dict(),
             "ema": run.ema.shadow if run.ema is not None else None,
+            # a text run's KL anchor after its warm start (anchor_reference); None: the base model
+            "reference": getattr(run.policy, "reference_state", None),
             "rng": rng_state(),
         }
         # not the summary: it reports evaluations (NaN accuracy for prompts the toy world cannot judge)
@@ -188,6 +190,8 @@ def load_run_checkpoint(run, directory: Path) -> None:
         if state["ema"] is None:
             raise ValueError(f"{directory} was saved without EMA but train.ema_decay > 0")
         run.ema.load(state["ema"])
+    if state.get("reference") is not None:
+        run.policy.reference_state = state["reference"]
     set_rng_state(state["rng"])
     _restore_run_state(run, state)
 

@@ -35,6 +35,17 @@ def eval_references(source: str):
     return References(source.partition(":")[0])
 
 
+def judge_answers(texts: Sequence[str], targets: Sequence[Sequence[str]]) -> tuple[list[int], list[int]]:
+    """(final, exact) per answer, 1 right and 0 wrong. exact: the whole answer is one of its references;
+    final: where every reference is a number, the answer's last number is one of them, else exact."""
+    exact = [int(normalise_answer(t) in {normalise_answer(r) for r in refs}) for t, refs in zip(texts, targets)]
+    numbers = [[parse_number(r) for r in refs] for refs in targets]
+    if not all(None not in row for row in numbers):
+        return exact, exact
+    found = [extract_number(t, "last") for t in texts]
+    return [int(f in row) for f, row in zip(found, numbers)], exact
+
+
 @torch.no_grad()
 def generate_texts(policy, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 64) -> dict:
     """Greedy completions: {"texts": [...], "tokens": [B] completion lengths}."""
@@ -66,13 +77,7 @@ def evaluate_text(
     texts = generated["texts"]
     summary = {"accuracy": float("nan"), "exact_accuracy": float("nan"), "score": float("nan"), "rewards": {}}
     if references is not None:
-        targets = references(prompts)
-        exact = [int(normalise_answer(t) in {normalise_answer(r) for r in refs}) for t, refs in zip(texts, targets)]
-        final = exact
-        numbers = [[parse_number(r) for r in refs] for refs in targets]
-        if all(None not in row for row in numbers):
-            found = [extract_number(t, "last") for t in texts]
-            final = [int(f in row) for f, row in zip(found, numbers)]
+        final, exact = judge_answers(texts, references(prompts))
         # per-prompt outcomes (1 right, 0 wrong), in prompt order: what paired differences are taken over
         summary.update(outcomes=final, exact_outcomes=exact)
         for key, outcomes in (("accuracy", final), ("exact_accuracy", exact)):

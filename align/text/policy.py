@@ -128,6 +128,7 @@ class TextPolicy:
                 module.p = 0.0
         self.network = None  # the distributed wrapper of `model`, when the loop makes one
         self.reference_model = reference_model
+        self.reference_state: dict[str, torch.Tensor] | None = None  # see anchor_reference
         self.tokenizer = tokenizer
         self.tokenizer.padding_side = "left"
         self.use_chat_template = has_template if chat_template is None else chat_template
@@ -156,6 +157,15 @@ class TextPolicy:
     named_parameters = ImagePolicy.named_parameters
     trainable_state = ImagePolicy.trainable_state
     load_trainable_state = ImagePolicy.load_trainable_state
+    swapped = ImagePolicy.swapped
+
+    def anchor_reference(self) -> None:
+        """Make the current LoRA the reference (the KL anchor), as a pipeline anchors RL to its SFT model:
+        its tensors are kept aside (`reference_state`, checkpointed with the run) and swapped in for
+        reference passes."""
+        if not self.is_lora:
+            raise ValueError("only a LoRA policy can move its reference; set train.trainable=lora")
+        self.reference_state = self.trainable_state()
 
     def save_weights(self, directory: Path) -> None:
         """The LoRA adapter in peft's format (`lora/`), or the whole model (`model/`), with the tokenizer."""
@@ -165,8 +175,12 @@ class TextPolicy:
 
     @contextlib.contextmanager
     def reference(self):
-        """Inside, `self.model` is the reference policy: the adapter disabled (or the frozen copy)."""
-        if self.is_lora:
+        """Inside, `self.model` is the reference policy: the anchored weights (`anchor_reference`), else the
+        adapter disabled (or the frozen copy)."""
+        if self.reference_state is not None:
+            with torch.no_grad(), self.swapped(self.reference_state):
+                yield self.model
+        elif self.is_lora:
             with self.model.disable_adapter():
                 yield self.model
         elif self.reference_model is not None:

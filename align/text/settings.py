@@ -24,6 +24,17 @@ class TextSettings:
     logprob_backend: str = param("auto", choices=BACKENDS)  # auto: chunked (cce: cut-cross-entropy)
     logprob_chunk_size: int = param(512, min=1)  # logit rows held at once: memory (rows x vocab) vs speed
     eval_max_new_tokens: int | None = param(None, min=1)  # greedy evaluation budget; None = max_new_tokens
+    # rejection-sampling fine-tuning before the first epoch (align/text/rft.py): the model answers each
+    # training prompt greedily, then rft_samples - 1 times at rft_temperature (eval_max_new_tokens each);
+    # the answers its references judge right are fine-tuned on (token NLL) for rft_epochs passes, with an
+    # AdamW of its own at rft_lr, and become the KL anchor. rft_target: answer, as sampled (RFT / STaR);
+    # reference, the reference in its place (the form the instruction asks for). 0 epochs = none
+    rft_epochs: int = param(0, min=0)
+    rft_samples: int = param(1, min=1)
+    rft_temperature: float = param(0.7, gt=0.0)
+    rft_target: str = param("reference", choices=("answer", "reference"))
+    rft_lr: float = param(5e-4, gt=0.0)
+    rft_batch_size: int = param(16, min=1)
 
 
 @dataclass
