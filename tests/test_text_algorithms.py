@@ -308,11 +308,19 @@ def test_the_text_demo_prints_its_results_table(tmp_path):
     exact, _ = paired_difference(base, aligned, "exact_outcomes")
     final, _ = paired_difference(base, aligned, "outcomes")
     assert table[2].startswith(f"| base tiny:llama | {base['exact_accuracy']:.3f} +- ")
+    # the warm start's row, between them: its own evaluation, paired with the base
+    warm = json.loads((tmp_path / "run" / "summary.json").read_text())["rft"]
+    solved, evaluated = warm["solved_prompts"], warm["evaluation"]
+    exact_warm, _ = paired_difference(base, evaluated, "exact_outcomes")
     assert table[3].startswith(
+        f"| RFT warm start ({solved} solved prompts) | {evaluated['exact_accuracy']:.3f} +- "
+        f"{evaluated['exact_accuracy_se']:.3f} | {exact_warm:+.3f} +- "
+    )
+    assert table[4].startswith(
         f"| GRPO, 1 epochs | {aligned['exact_accuracy']:.3f} +- {aligned['exact_accuracy_se']:.3f} | {exact:+.3f} +- "
     )
-    assert f"| {aligned['accuracy']:.3f} +- {aligned['accuracy_se']:.3f} | {final:+.3f} +- " in table[3]
-    assert table[4].startswith("run directory: ") and len(table) == 5
+    assert f"| {aligned['accuracy']:.3f} +- {aligned['accuracy_se']:.3f} | {final:+.3f} +- " in table[4]
+    assert table[5].startswith("run directory: ") and len(table) == 6
     saved = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert saved["aligned"]["outcomes"] == aligned["outcomes"]
 

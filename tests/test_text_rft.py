@@ -104,7 +104,7 @@ def test_a_run_records_the_warm_start_and_its_evaluation(tmp_path, half_right):
     assert written["rft"]["settings"]["epochs"] == 4 and written["rft"]["pairs"] == 2
 
 
-def test_the_warm_start_refuses_prompts_it_cannot_judge_or_never_solves(tmp_path):
+def test_the_warm_start_refuses_prompts_it_cannot_judge_and_says_when_it_solves_none(tmp_path):
     text_file = tmp_path / "prompts.txt"
     text_file.write_text("\n".join(PROMPTS) + "\n")
     config = _config(text_file)
@@ -115,5 +115,8 @@ def test_the_warm_start_refuses_prompts_it_cannot_judge_or_never_solves(tmp_path
     never = tmp_path / "never.jsonl"
     never.write_text("".join(json.dumps({"prompt": p, "answer": "never said"}) + "\n" for p in PROMPTS))
     run = Run(_config(never), tmp_path / "b")
-    with pytest.raises(ValueError, match="found no right answer to any of the 4 training prompts"):
-        run.modality.warm_start(run)
+    base = run.policy.trainable_state()
+    with pytest.warns(UserWarning, match="found no right answer to any of the 4 training prompts"):
+        stats = run.modality.warm_start(run)  # nothing to learn: the run goes on from the base, and says so
+    assert stats["solved_prompts"] == stats["pairs"] == 0 and stats["nll"] == []
+    assert all(torch.equal(base[n], value) for n, value in run.policy.trainable_state().items())

@@ -66,16 +66,18 @@ DEMO_CONFIG = {
         "normalisation": "token",
         "logprob_backend": "chunked",
         "eval_max_new_tokens": 16,
+        "rft_epochs": 3,
     },
     "train": {
         "seed": 0,
         "lr": 5e-4,
         "lr_schedule": "cosine",
         "lr_final_fraction": 0.1,
+        "warmup_epochs": 10,
         "batch_size": 32,
         "group_size": 4,
         "micro_batch_size": 32,
-        "num_epochs": 100,
+        "num_epochs": 80,
         "mixed_precision": "no",
         "prompts": "arithmetic:train",
     },
@@ -125,7 +127,12 @@ def run_text_demo(
         f"\n{minutes:.1f} minutes. Held-out accuracy, exact answer (only the number, right) and final number right:"
     )
     label = {"smollm2": "SmolLM2-135M-Instruct"}.get(config.model.name, config.model.name)
-    echo(text_results_table([(f"base {label}", base), (f"GRPO, {config.train.num_epochs} epochs", aligned)]))
+    rows = [(f"base {label}", base)]
+    warm = summary.get("rft")
+    if warm is not None:  # the warm start's own evaluation, before GRPO
+        rows.append((f"RFT warm start ({warm['solved_prompts']} solved prompts)", warm["evaluation"]))
+        echo(format_text_summary(warm["evaluation"], "after the rejection-sampling fine-tuning"))
+    echo(text_results_table(rows + [(f"GRPO, {config.train.num_epochs} epochs", aligned)]))
     result = {"base": base, "aligned": aligned, "minutes": minutes, "model": config.model.name}
     if out is not None:
         echo(f"run directory: {out}")

@@ -19,6 +19,7 @@ Only prompts the model solved are taught, so what it learns is its own skill in 
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
@@ -119,20 +120,23 @@ def rejection_sampling_fine_tune(run) -> dict | None:
         )
     pairs = found[settings.rft_target]
     sampled = time.perf_counter()
-    if not pairs:
-        raise ValueError(
-            f"algorithm.rft_epochs > 0 found no right answer to any of the {len(prompts)} training prompts "
-            "to fine-tune on; draw more (algorithm.rft_samples) or set algorithm.rft_epochs=0"
+    nll: list[float] = []
+    if not pairs:  # nothing to learn from: the run goes on from the base, and says so
+        warnings.warn(
+            f"rejection-sampling fine-tuning found no right answer to any of the {len(prompts)} training "
+            "prompts and fine-tuned on nothing; draw more (algorithm.rft_samples) or set algorithm.rft_epochs=0",
+            stacklevel=2,
         )
-    with run.accelerator.autocast():
-        nll = fine_tune(
-            policy,
-            pairs,
-            epochs=settings.rft_epochs,
-            lr=settings.rft_lr,
-            batch_size=settings.rft_batch_size,
-            seed=config.train.seed,
-        )
+    else:
+        with run.accelerator.autocast():
+            nll = fine_tune(
+                policy,
+                pairs,
+                epochs=settings.rft_epochs,
+                lr=settings.rft_lr,
+                batch_size=settings.rft_batch_size,
+                seed=config.train.seed,
+            )
     solved = len({prompt for prompt, _ in found["reference"]})
     return {
         "prompts": len(prompts),
