@@ -328,9 +328,11 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
     if warm_start is not None and run.epoch == 0 and "rft" not in run.summary:
         warmed = warm_start(run)
         if warmed is not None:
-            run.summary["rft"] = warmed
             if run.ema is not None:  # the average starts from the warm-started weights
                 run.ema = EMA(run.policy.named_parameters(), config.train.ema_decay, config.train.ema_device)
+            if run.evaluates:
+                warmed["evaluation"] = run.evaluate()
+            run.summary["rft"] = warmed
             if run.main:
                 write_summary(out, run.summary)
     show = config.logging.progress if progress is None else progress

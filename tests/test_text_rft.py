@@ -39,7 +39,7 @@ def test_right_answers_keep_what_the_references_judge_right_as_sampled_and_as_th
     assert found["reference"] == [(PROMPTS[0], "3"), (PROMPTS[2], "11"), (PROMPTS[3], "15"), (PROMPTS[1], "7")]
 
 
-def _config(prompts_file, **algorithm):
+def _config(prompts_file, train=None, **algorithm):
     data = {
         "model": {"name": "tiny:llama"},
         "lora": {"rank": 8, "alpha": 16.0},
@@ -47,7 +47,7 @@ def _config(prompts_file, **algorithm):
         "algorithm": {"name": "text-grpo", "max_new_tokens": 4, "kl_coef": 0.1, "logprob_chunk_size": 16,
                       "rft_epochs": 4, "rft_lr": 1e-2, "rft_batch_size": 4} | algorithm,
         "train": {"seed": 0, "lr": 1e-3, "batch_size": 8, "group_size": 4, "micro_batch_size": 8,
-                  "num_epochs": 1, "prompts": str(prompts_file)},
+                  "num_epochs": 1, "prompts": str(prompts_file)} | (train or {}),
         "eval": {"prompts": str(prompts_file)},
         "logging": {"tensorboard": False, "progress": False},
     }  # fmt: skip
@@ -76,7 +76,6 @@ def test_the_warm_start_fine_tunes_on_the_solved_prompts_and_anchors_the_kl_ther
     assert stats["prompts"] == 4 and stats["solved_prompts"] == 2 and stats["pairs"] == 2
     nll = stats["nll"]  # mean token NLL of each pass: falling, it learns them
     assert len(nll) == 4 and all(b < a for a, b in zip(nll, nll[1:])) and nll[-1] < 0.75 * nll[0], nll
-    assert stats["evaluation"]["num_prompts"] == 4 and len(stats["evaluation"]["outcomes"]) == 4
     moved = run.policy.trainable_state()
     assert any(not torch.equal(base[n], moved[n]) for n in base)
     # the KL anchor is the fine-tuned LoRA: the first GRPO loss has no KL; with the base as anchor it would
@@ -98,7 +97,11 @@ def test_the_warm_start_fine_tunes_on_the_solved_prompts_and_anchors_the_kl_ther
 def test_a_run_records_the_warm_start_and_its_evaluation(tmp_path, half_right):
     path, _ = half_right
     summary = train(_config(path), tmp_path / "run")
-    assert summary["rft"]["solved_prompts"] == 2 and summary["rft"]["evaluation"]["num_prompts"] == 4
+    warm = summary["rft"]
+    assert warm["solved_prompts"] == 2 and warm["evaluation"]["num_prompts"] == len(warm["evaluation"]["outcomes"]) == 4
+    # an EMA of the weights starts from the warm-started ones: the warm start's evaluation is the same
+    averaged = train(_config(path, train={"ema_decay": 0.5}), tmp_path / "ema")["rft"]["evaluation"]
+    assert averaged["examples"] == warm["evaluation"]["examples"] and averaged["score"] == warm["evaluation"]["score"]
     assert summary["base"]["exact_accuracy"] == 0.5  # the base said those two already
     written = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert written["rft"]["settings"]["epochs"] == 4 and written["rft"]["pairs"] == 2

@@ -71,16 +71,12 @@ class TextModality:
 
     def warm_start(self, run) -> dict | None:
         """Before the first epoch: rejection-sampling fine-tuning where the algorithm asks for it
-        (align/text/rft.py), then the KL anchor moved to the fine-tuned weights and the evaluation of
-        them; the statistics and that evaluation (summary.json's "rft"), or None."""
+        (align/text/rft.py), then the KL anchor moved to the fine-tuned weights; its statistics, or None."""
         from align.text.rft import rejection_sampling_fine_tune
 
         stats = rejection_sampling_fine_tune(run)
-        if stats is None:
-            return None
-        self.policy.anchor_reference()
-        if run.evaluates:
-            stats["evaluation"] = run.evaluate()
+        if stats is not None:
+            self.policy.anchor_reference()
         return stats
 
     @staticmethod
