@@ -14,6 +14,9 @@ the prompt's reference in place of the right answer, the form the instruction as
 answers "What is 8 + 11? Reply with only the number." with "8 + 11 = 19", and learns to say "19" at the
 first token from the sums it could already do (self-distillation of the restated sum into the bare one).
 Only prompts the model solved are taught, so what it learns is its own skill in the asked-for form.
+The fine-tuned LoRA then becomes the KL anchor of the run (TextPolicy.anchor_reference, called by the
+text modality's `warm_start`): anchored to the base, GRPO's KL pulled the bare answers back toward the
+restated ones and the run collapsed (docs/tuning.md).
 """
 
 from __future__ import annotations
