@@ -312,6 +312,23 @@ def train(
             raise disk_full(out, run.checkpoint_bytes()) from error
 
 
+def _warm_start(run: Run) -> None:
+    """A text run's rejection-sampling fine-tuning before its first epoch (the modality's `warm_start`),
+    the EMA restarted from its weights, evaluated and recorded as summary.json's "rft"."""
+    warm_start = getattr(run.modality, "warm_start", None)
+    warmed = warm_start(run) if warm_start is not None else None
+    if warmed is None:
+        return
+    train = run.config.train
+    if run.ema is not None:  # the average starts from the warm-started weights
+        run.ema = EMA(run.policy.named_parameters(), train.ema_decay, train.ema_device)
+    if run.evaluates:
+        warmed["evaluation"] = run.evaluate()
+    run.summary["rft"] = warmed
+    if run.main:
+        write_summary(run.out, run.summary)
+
+
 def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> dict:
     config, out = run.config, run.out
     if checkpoint is not None:
@@ -324,17 +341,8 @@ def _train(run: Run, checkpoint: Path | None, *, stop_after, progress, base) -> 
         if run.main:
             kill_point("evaluated")
             write_summary(out, run.summary)
-    warm_start = getattr(run.modality, "warm_start", None)  # a text run's rejection-sampling fine-tuning
-    if warm_start is not None and run.epoch == 0 and "rft" not in run.summary:
-        warmed = warm_start(run)
-        if warmed is not None:
-            if run.ema is not None:  # the average starts from the warm-started weights
-                run.ema = EMA(run.policy.named_parameters(), config.train.ema_decay, config.train.ema_device)
-            if run.evaluates:
-                warmed["evaluation"] = run.evaluate()
-            run.summary["rft"] = warmed
-            if run.main:
-                write_summary(out, run.summary)
+    if run.epoch == 0 and "rft" not in run.summary:
+        _warm_start(run)
     show = config.logging.progress if progress is None else progress
     from tqdm import tqdm
 
