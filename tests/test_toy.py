@@ -244,6 +244,27 @@ def test_toy_clip_ranks_the_true_caption_first_on_heldout_images():
 CLIP_TOP1_FLOOR = 0.8
 
 
+def test_count_variants_are_the_other_counts_of_a_single_object_prompt():
+    from align.toy.reward_models import count_variants
+
+    assert count_variants("two red circles") == ["a red circle", "three red circles"]
+    assert count_variants("an orange square") == ["two orange squares", "three orange squares"]
+    assert count_variants("a red circle left of a blue square") == []
+
+
+def test_toy_clip_reads_the_count_of_clean_renders():
+    """Of each held-out single-object render's three count captions the toy CLIP prefers the right one
+    0.85 of the time over 4 seeds (chance 1/3): what ReNO's images fool is a CLIP that reads count."""
+    from align.toy.reward_models import clip_count_top1
+    from rewards.clip_score import _toy_clip_dir
+
+    top1 = clip_count_top1(_toy_clip_dir(), "heldout", seeds=1)
+    assert top1 >= CLIP_COUNT_FLOOR, top1
+
+
+CLIP_COUNT_FLOOR = 0.75
+
+
 def test_world_rng_is_local():
     state = random.getstate()
     make_example("a red circle", 0)

@@ -9,6 +9,7 @@ Both are differentiable and learned, so both can be over-optimised, as real ones
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from align.toy.pretrain import balanced_prompts, render_batch
 from align.toy.stages import cosine_lr
-from rewards.toy_world import BACKGROUND
+from rewards.toy_world import BACKGROUND, COUNTS, parse_prompt
 
 CLIP_CONFIG = {
     "embed_dim": 64,
@@ -40,6 +41,15 @@ def _new_clip():
 
 def _normalise(images: torch.Tensor) -> torch.Tensor:
     return (images - 0.5) / 0.25
+
+
+def count_variants(prompt: str) -> list[str]:
+    """The other counts of a single-object prompt ("two red circles" -> "a red circle", "three red
+    circles"): captions that differ from it in count alone. None for a relation prompt."""
+    spec = parse_prompt(prompt)
+    if spec.kind != "single":
+        return []
+    return [dataclasses.replace(spec, count=n).text() for n in COUNTS if n != spec.count]
 
 
 def train_clip(out: Path, steps: int = 3000, batch_size: int = 128, lr: float = 1e-3) -> dict:
@@ -76,7 +86,10 @@ def train_clip(out: Path, steps: int = 3000, batch_size: int = 128, lr: float = 
     save_file(state, str(directory / "open_clip_model.safetensors"))
     config = {"model_cfg": CLIP_CONFIG, "preprocess_cfg": PREPROCESS}
     (directory / "open_clip_config.json").write_text(json.dumps(config, indent=2))
-    report = {"heldout_top1_of_8": clip_top1(f"local-dir:{directory}")}
+    report = {
+        "heldout_top1_of_8": clip_top1(f"local-dir:{directory}"),
+        "heldout_count_top1_of_3": clip_count_top1(f"local-dir:{directory}"),
+    }
     (directory / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
@@ -97,6 +110,25 @@ def clip_top1(model: str, split: str = "heldout", seeds: int = 4, candidates: in
         for i, prompt in enumerate(prompts):
             others = rng.sample([p for p in prompts if p != prompt], candidates - 1)
             texts = text_embeddings(clip, tokenizer, [prompt, *others], "cpu")
+            hits.append(int((texts @ image_features[i]).argmax() == 0))
+    return float(np.mean(hits))
+
+
+@torch.no_grad()
+def clip_count_top1(model: str, split: str = "heldout", seeds: int = 4) -> float:
+    """Fraction of the split's single-object images whose caption scores highest among its count variants
+    ("a red circle", "two red circles", "three red circles"): whether the CLIP reads how many. Chance 1/3."""
+    from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
+    from rewards.toy_world import prompt_splits
+
+    clip, tokenizer, normalisation = load_open_clip(model, None, "cpu")
+    prompts = [p for p in prompt_splits()[split] if count_variants(p)]
+    hits = []
+    for seed in range(seeds):
+        images = render_batch(prompts, [20_000 + seed * 1000 + i for i in range(len(prompts))])
+        image_features = image_embeddings(clip, images, normalisation)
+        for i, prompt in enumerate(prompts):
+            texts = text_embeddings(clip, tokenizer, [prompt, *count_variants(prompt)], "cpu")
             hits.append(int((texts @ image_features[i]).argmax() == 0))
     return float(np.mean(hits))
 
