@@ -73,20 +73,20 @@ def fine_tune(policy, pairs, *, epochs: int, lr: float, batch_size: int, seed: i
     means = []
     for _ in range(epochs):
         order = torch.randperm(len(pairs), generator=generator).tolist()
-        total, tokens_seen = torch.zeros(()), 0
+        total, tokens_seen = [], []  # on the device: one host sync a pass, none a step
         for start in range(0, len(order), batch_size):
             rows = [pairs[i] for i in order[start : start + batch_size]]
             tokens = policy.encode_prompts([prompt for prompt, _ in rows])
             tokens.update(policy.encode_completions([completion for _, completion in rows]))
             mask = tokens["completion_mask"]
             nll = -(policy.token_log_probs(tokens) * mask).sum()
-            count = int(mask.sum())
+            count = mask.sum()
             (nll / count).backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            total += nll.detach().cpu()
-            tokens_seen += count
-        means.append(float(total) / max(tokens_seen, 1))
+            total.append(nll.detach())
+            tokens_seen.append(count)
+        means.append(float(torch.stack(total).sum() / torch.stack(tokens_seen).sum()))
     return means
 
 
