@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from align.toy.reward_models import clip_count_top1, count_variants
+from align.toy.reward_models import clip_count_top1, count_variants, prefers_own_caption
 from rewards.clip_score import _toy_clip_dir
 from rewards.geneval import evaluate_images
-from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
+from rewards.open_clip_models import image_embeddings, load_open_clip
 
 
 def read_png(path: Path) -> torch.Tensor:
@@ -37,12 +37,10 @@ def count_preferences(clip, tokenizer, normalisation, images, prompts) -> dict[s
     features = image_embeddings(clip, images, normalisation)
     rows: dict[str, list[int]] = {"count right": [], "count wrong": []}
     for feature, prompt, verdict in zip(features, prompts, verdicts):
-        if not count_variants(prompt):
-            continue
-        texts = text_embeddings(clip, tokenizer, [prompt, *count_variants(prompt)], "cpu")
-        rows["count right" if verdict["constraints"]["count"] else "count wrong"].append(
-            int((texts @ feature).argmax() == 0)
-        )
+        rivals = count_variants(prompt)
+        if rivals:
+            verdict_key = "count right" if verdict["constraints"]["count"] else "count wrong"
+            rows[verdict_key].append(prefers_own_caption(clip, tokenizer, feature, prompt, rivals))
     return rows
 
 

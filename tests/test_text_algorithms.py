@@ -290,7 +290,7 @@ def test_the_shipped_pairs_are_the_arithmetic_train_splits():
 
 def test_the_text_demo_prints_its_results_table(tmp_path):
     """`align demo --text` ends on the README's table: the held-out accuracies of the run it trained, with
-    the paired changes (a tiny Llama for one epoch in place of SmolLM2's 100)."""
+    the paired changes (a tiny Llama for one epoch in place of SmolLM2's 80)."""
     from align.evaluate import paired_difference
     from align.text.demo import run_text_demo
 

@@ -57,7 +57,7 @@ def _config(prompts_file, train=None, **algorithm):
 @pytest.fixture
 def half_right(tmp_path):
     """A prompts file whose references are the tiny model's own greedy answers for half the prompts (those it
-    'solves') and a string it never says for the rest; (path, the solved prompts)."""
+    'solves': 0 and 2) and a string it never says for the rest."""
     probe = tmp_path / "probe.jsonl"
     probe.write_text("".join(json.dumps({"prompt": p, "answer": "?"}) + "\n" for p in PROMPTS))
     run = Run(_config(probe, rft_epochs=0), tmp_path / "probe")
@@ -65,12 +65,11 @@ def half_right(tmp_path):
     path = tmp_path / "prompts.jsonl"
     lines = [{"prompt": p, "answer": s if i % 2 == 0 else "never said"} for i, (p, s) in enumerate(zip(PROMPTS, said))]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    return path, {PROMPTS[0], PROMPTS[2]}
+    return path
 
 
 def test_the_warm_start_fine_tunes_on_the_solved_prompts_and_anchors_the_kl_there(tmp_path, half_right):
-    path, solved = half_right
-    run = Run(_config(path), tmp_path / "run")
+    run = Run(_config(half_right), tmp_path / "run")
     base = {name: value.clone() for name, value in run.policy.trainable_state().items()}
     stats = run.modality.warm_start(run)
     assert stats["prompts"] == 4 and stats["solved_prompts"] == 2 and stats["pairs"] == 2
@@ -89,18 +88,17 @@ def test_the_warm_start_fine_tunes_on_the_solved_prompts_and_anchors_the_kl_ther
     run.policy.reference_state = anchor
     # the anchor is part of the run's checkpoint: a resumed run keeps it
     directory = save_run_checkpoint(run)
-    resumed = Run(_config(path), tmp_path / "resumed")
+    resumed = Run(_config(half_right), tmp_path / "resumed")
     load_run_checkpoint(resumed, directory)
     assert all(torch.equal(anchor[n], resumed.policy.reference_state[n]) for n in anchor)
 
 
 def test_a_run_records_the_warm_start_and_its_evaluation(tmp_path, half_right):
-    path, _ = half_right
-    summary = train(_config(path), tmp_path / "run")
+    summary = train(_config(half_right), tmp_path / "run")
     warm = summary["rft"]
     assert warm["solved_prompts"] == 2 and warm["evaluation"]["num_prompts"] == len(warm["evaluation"]["outcomes"]) == 4
     # an EMA of the weights starts from the warm-started ones: the warm start's evaluation is the same
-    averaged = train(_config(path, train={"ema_decay": 0.5}), tmp_path / "ema")["rft"]["evaluation"]
+    averaged = train(_config(half_right, train={"ema_decay": 0.5}), tmp_path / "ema")["rft"]["evaluation"]
     assert averaged["examples"] == warm["evaluation"]["examples"] and averaged["score"] == warm["evaluation"]["score"]
     assert summary["base"]["exact_accuracy"] == 0.5  # the base said those two already
     written = json.loads((tmp_path / "run" / "summary.json").read_text())

@@ -21,6 +21,7 @@ restated ones and the run collapsed (docs/tuning.md).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 
@@ -30,14 +31,9 @@ from align.text.evaluate import eval_references, judge_answers
 
 
 def rft_settings(settings) -> dict:
-    return {
-        "epochs": settings.rft_epochs,
-        "samples": settings.rft_samples,
-        "temperature": settings.rft_temperature,
-        "target": settings.rft_target,
-        "lr": settings.rft_lr,
-        "batch_size": settings.rft_batch_size,
-    }
+    """The algorithm's rft_* settings without their prefix: {"epochs": 3, "samples": 1, ...}."""
+    names = [field.name for field in dataclasses.fields(settings) if field.name.startswith("rft_")]
+    return {name.removeprefix("rft_"): getattr(settings, name) for name in names}
 
 
 @torch.no_grad()

@@ -94,43 +94,46 @@ def train_clip(out: Path, steps: int = 3000, batch_size: int = 128, lr: float = 
     return report
 
 
+def prefers_own_caption(clip, tokenizer, feature: torch.Tensor, prompt: str, rivals: list[str]) -> int:
+    """1 where the image feature scores its own caption above every rival caption, else 0."""
+    from rewards.open_clip_models import text_embeddings
+
+    texts = text_embeddings(clip, tokenizer, [prompt, *rivals], "cpu")
+    return int((texts @ feature).argmax() == 0)
+
+
 @torch.no_grad()
-def clip_top1(model: str, split: str = "heldout", seeds: int = 4, candidates: int = 8) -> float:
-    """Fraction of held-out images whose true caption scores highest among `candidates` captions."""
-    from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
-    from rewards.toy_world import prompt_splits
+def _caption_top1(model: str, prompts: list[str], seeds: int, first_seed: int, rivals) -> float:
+    """Fraction of clean renders of `prompts` (`seeds` each) that prefer their caption over `rivals(prompt)`."""
+    from rewards.open_clip_models import image_embeddings, load_open_clip
 
     clip, tokenizer, normalisation = load_open_clip(model, None, "cpu")
-    prompts = prompt_splits()[split]
-    rng = random.Random(3)
     hits = []
     for seed in range(seeds):
-        images = render_batch(prompts, [10_000 + seed * 1000 + i for i in range(len(prompts))])
-        image_features = image_embeddings(clip, images, normalisation)
-        for i, prompt in enumerate(prompts):
-            others = rng.sample([p for p in prompts if p != prompt], candidates - 1)
-            texts = text_embeddings(clip, tokenizer, [prompt, *others], "cpu")
-            hits.append(int((texts @ image_features[i]).argmax() == 0))
+        images = render_batch(prompts, [first_seed + seed * 1000 + i for i in range(len(prompts))])
+        for feature, prompt in zip(image_embeddings(clip, images, normalisation), prompts):
+            hits.append(prefers_own_caption(clip, tokenizer, feature, prompt, rivals(prompt)))
     return float(np.mean(hits))
 
 
-@torch.no_grad()
+def clip_top1(model: str, split: str = "heldout", seeds: int = 4, candidates: int = 8) -> float:
+    """Fraction of held-out images whose true caption scores highest among `candidates` captions."""
+    from rewards.toy_world import prompt_splits
+
+    prompts = prompt_splits()[split]
+    rng = random.Random(3)
+    return _caption_top1(
+        model, prompts, seeds, 10_000, lambda prompt: rng.sample([p for p in prompts if p != prompt], candidates - 1)
+    )
+
+
 def clip_count_top1(model: str, split: str = "heldout", seeds: int = 4) -> float:
     """Fraction of the split's single-object images whose caption scores highest among its count variants
     ("a red circle", "two red circles", "three red circles"): whether the CLIP reads how many. Chance 1/3."""
-    from rewards.open_clip_models import image_embeddings, load_open_clip, text_embeddings
     from rewards.toy_world import prompt_splits
 
-    clip, tokenizer, normalisation = load_open_clip(model, None, "cpu")
     prompts = [p for p in prompt_splits()[split] if count_variants(p)]
-    hits = []
-    for seed in range(seeds):
-        images = render_batch(prompts, [20_000 + seed * 1000 + i for i in range(len(prompts))])
-        image_features = image_embeddings(clip, images, normalisation)
-        for i, prompt in enumerate(prompts):
-            texts = text_embeddings(clip, tokenizer, [prompt, *count_variants(prompt)], "cpu")
-            hits.append(int((texts @ image_features[i]).argmax() == 0))
-    return float(np.mean(hits))
+    return _caption_top1(model, prompts, seeds, 20_000, count_variants)
 
 
 def degrade(images: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
