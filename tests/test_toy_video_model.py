@@ -155,3 +155,46 @@ def test_the_shipped_toy_video_model_loads_offline_and_draws_the_colours_it_is_a
 
 
 VIDEO_COLOUR_FLOOR = 0.30
+
+
+def test_the_motion_and_direction_terms_weigh_what_moves_and_the_direction_word(tmp_path):
+    """motion_weight adds the error of the velocity's frame differences (none for an error constant in
+    time); direction_weight a logistic loss on how much better the prompt predicts than its direction
+    swap (log 2 for a model deaf to the word), skipping caption-dropped samples."""
+    import math
+
+    from rewards.toy_video import swap_direction
+
+    video.train_vae(tmp_path, steps=1, batch_size=4, calibrate=2)
+    video.build_data(tmp_path, count=2, batch_size=2)
+    trainer = video.VideoDiffusionTrainer(tmp_path, total_steps=1, batch_size=2, motion_weight=2.0)
+    target = torch.randn(2, video.LATENT_CHANNELS, FRAMES, 8, 8)
+    prompts = ["a red circle moving left slowly", "two blue squares moving up quickly"]
+    offset = torch.zeros_like(target)
+    trainer.predict = lambda noisy, sigma, p: target + offset
+    offset[:] = 0.5  # the same error in every frame: no motion term
+    assert math.isclose(float(trainer.loss(target, torch.ones(2), prompts, target)), 0.25, rel_tol=1e-6)
+    offset[:, :, 4] = 1.5  # one frame off by 1 more: 2 of the 8 frame differences carry it
+    loss = float(trainer.loss(target, torch.ones(2), prompts, target))
+    assert math.isclose(loss, (0.25 * 8 + 2.25) / 9 + 2.0 * 2 / 8, rel_tol=1e-5)
+
+    trainer.motion_weight, trainer.direction_weight, trainer.direction_temperature = 0.0, 1.0, 0.1
+    swapped = [swap_direction(p) for p in prompts]
+
+    def exact_for(chosen):  # the target for prompts in `chosen`, off by 1 for any other
+        def predict(noisy, sigma, p):
+            return target[: len(p)] + torch.tensor([0.0 if q in chosen else 1.0 for q in p]).view(-1, 1, 1, 1, 1)
+
+        return predict
+
+    trainer.predict = exact_for(prompts)
+    gap = float(trainer.loss(target, torch.ones(2), prompts, target))  # a squared-error gap of 1, over 0.1
+    assert math.isclose(gap, math.log1p(math.exp(-10)), rel_tol=1e-5)
+    trainer.predict = exact_for(swapped)  # prefers the swapped word
+    assert math.isclose(float(trainer.loss(target, torch.ones(2), prompts, target)), 1 + math.log1p(math.exp(10)), rel_tol=1e-5)
+    trainer.predict = lambda noisy, sigma, p: target[: len(p)] + 0.5  # deaf to the word
+    assert math.isclose(float(trainer.loss(target, torch.ones(2), prompts, target)), 0.25 + math.log(2), rel_tol=1e-5)
+    seen = []
+    trainer.predict = lambda noisy, sigma, p: seen.append(list(p)) or exact_for(prompts)(noisy, sigma, p)
+    trainer.loss(target, torch.ones(2), ["", prompts[1]], target)
+    assert seen[1] == [swapped[1]]  # the caption-dropped sample has no swap

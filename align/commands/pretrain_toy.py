@@ -29,8 +29,12 @@ def run(args) -> int:
         from align.toy import video as world
 
         trainer, dtype = world.VideoDiffusionTrainer, torch.float32  # Wan keeps norms and rope in float32
+        terms = {"motion_weight": args.motion_weight, "direction_weight": args.direction_weight}
     else:
         world, trainer, dtype = pretrain, pretrain.DiffusionTrainer, torch.float16
+        if args.motion_weight or args.direction_weight:
+            raise ValueError("--motion-weight and --direction-weight are the video world's; add --world video")
+        terms = {}
     for stage in stages if args.stage == "all" else (args.stage,):
         if stage == "vae":
             options = {"resume": args.resume} if args.world == "video" else {}
@@ -45,6 +49,7 @@ def run(args) -> int:
                 minutes=args.minutes,
                 resume=args.resume,
                 trainer_class=trainer,
+                **terms,
             )
             if not result["done"]:
                 print(json.dumps(result))
@@ -92,6 +97,18 @@ def register(subparsers) -> None:
         "--resume",
         action="store_true",
         help="continue the diffusion stage from its checkpoint (video: the vae stage from OUT/vae too)",
+    )
+    parser.add_argument(
+        "--motion-weight",
+        type=float,
+        default=0.0,
+        help="video: weight of a loss on the velocity's frame-to-frame differences (the motion; 0 off)",
+    )
+    parser.add_argument(
+        "--direction-weight",
+        type=float,
+        default=0.0,
+        help="video: weight of a logistic loss that makes each prompt predict better than its direction swap (0 off)",
     )
     parser.add_argument("--vae-steps", type=int, default=None, help="image 2500, video 1500")
     parser.add_argument(

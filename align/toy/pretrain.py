@@ -179,6 +179,10 @@ class DiffusionTrainer:
             return_dict=False,
         )[0]
 
+    def loss(self, noisy, sigma, prompts, target) -> torch.Tensor:
+        """The rectified-flow loss: the velocity's mean squared error."""
+        return (self.predict(noisy, sigma, prompts) - target).pow(2).mean()
+
     def sample_indices(self) -> list[int]:
         """A batch of example indices: uniform over the data (half relations), or relations with
         probability `relation_fraction`. Relations need more of the data than their half: their
@@ -230,8 +234,7 @@ class DiffusionTrainer:
         noise = torch.randn_like(x0)
         view = sigma.view(-1, *[1] * (x0.ndim - 1))
         noisy = (1 - view) * x0 + view * noise
-        prediction = self.predict(noisy, sigma, prompts)
-        loss = (prediction - (noise - x0)).pow(2).mean()
+        loss = self.loss(noisy, sigma, prompts, noise - x0)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for m in self.trainable.values() for p in m.parameters()], 1.0)

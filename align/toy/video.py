@@ -231,6 +231,42 @@ class VideoDiffusionTrainer(DiffusionTrainer):
 
     trained = ("transformer", "text_encoder")
 
+    def __init__(
+        self,
+        out: Path,
+        *,
+        motion_weight: float = 0.0,
+        direction_weight: float = 0.0,
+        direction_temperature: float = 0.05,
+        **options,
+    ):
+        super().__init__(out, **options)
+        self.motion_weight, self.direction_weight = motion_weight, direction_weight
+        self.direction_temperature = direction_temperature
+
+    def loss(self, noisy, sigma, prompts, target) -> torch.Tensor:
+        """The rectified-flow loss, plus two terms for the motion (both off by default):
+        - `motion_weight`: the error of the velocity's frame-to-frame differences. The VAE codes each
+          frame alone, so a latent's frame differences are the motion; an error constant in time
+          (a colour, a shape) has none, so the term weighs what moves.
+        - `direction_weight`: each captioned clip's prompt must predict its velocity better than the
+          same prompt with the direction reversed, a logistic loss on the two squared errors' gap
+          (scaled by `direction_temperature`): the word is made to matter."""
+        prediction = self.predict(noisy, sigma, prompts)
+        error = (prediction - target).pow(2)
+        loss = error.mean()
+        if self.motion_weight:
+            loss = loss + self.motion_weight * (prediction - target).diff(dim=2).pow(2).mean()
+        captioned = [i for i, p in enumerate(prompts) if p]
+        if self.direction_weight and captioned:
+            reversed_prompts = [swap_direction(prompts[i]) for i in captioned]
+            swapped = self.predict(noisy[captioned], sigma[captioned], reversed_prompts)
+            own = error[captioned].flatten(1).mean(1)
+            other = (swapped - target[captioned]).pow(2).flatten(1).mean(1)
+            margin = (other - own) / self.direction_temperature
+            loss = loss + self.direction_weight * torch.nn.functional.softplus(-margin).mean()
+        return loss
+
     def build_pipeline(self, seed: int):
         from diffusers import AutoencoderKLWan
 
