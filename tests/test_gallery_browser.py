@@ -233,9 +233,16 @@ def test_labelling_exports_preferences_and_survives_a_reload(browser, gallery_di
     assert [(p.chosen, p.rejected, p.source) for p in pairs] == [
         (out / r["chosen"], out / r["rejected"], "human") for r in records
     ]
-    open_page(browser, out)  # choices are kept in the browser's storage
-    browser.find_element(By.ID, "tab-label").click()
-    assert browser.find_element(By.ID, "label-progress").text == "3 of 6 pairs labelled"
+
+    def reopened() -> str:  # choices are kept in the browser's storage
+        open_page(browser, out)
+        browser.find_element(By.ID, "tab-label").click()
+        return browser.find_element(By.ID, "label-progress").text
+
+    # the page writes localStorage at once, but Chromium hands the write to its storage service
+    # asynchronously: a reload in the same instant once read the state before it (1 run in many).
+    # Reloading until the choices show keeps the check (they must survive a reload) without the race.
+    wait_for(lambda: reopened() == "3 of 6 pairs labelled")
 
 
 def test_screenshot_shows_the_grid(browser, gallery_dir, tmp_path):
