@@ -10,7 +10,9 @@ the transformer's velocity error is measured three times with the same noise: co
 prompt, on its direction swap ("moving left" -> "moving right") and on the prompt with its first colour
 changed. A model that uses a word predicts worse when the word is wrong where the word decides the
 clip; a direction gap near zero at every sigma, beside a colour gap well above it, is a model deaf to
-its direction word.
+its direction word. A second table: how far the transformer's output moves with its input when the noise
+is rolled by one token across or one frame (`shift_equivariance`): near 0, it has little absolute
+position to place an object by.
 """
 
 from __future__ import annotations
@@ -76,6 +78,42 @@ def word_gaps(pipeline, prompts: list[str], seed: int = 0, sigmas=SIGMAS) -> lis
     return rows
 
 
+@torch.no_grad()
+def shift_equivariance(pipeline, prompts: list[str], seed: int = 0, sigmas=(0.99, 0.9, 0.6)) -> list[dict]:
+    """How much the transformer knows where it is: its velocity for noise rolled by one token (2 latent
+    px across, or 1 frame) against its velocity for the noise, rolled; compared away from the seam and
+    scaled by the difference between two noises' velocities. Near 0: the output moves with the input,
+    and the model has little absolute position to place an object by."""
+    from align.toy.video import MAX_LENGTH
+
+    embeds = pipeline.encode_prompt(
+        prompt=prompts, do_classifier_free_guidance=False, max_sequence_length=MAX_LENGTH
+    )[0]
+    generator = torch.Generator().manual_seed(seed)
+    channels, frames, size = pipeline.transformer.config.in_channels, 9, 8
+    x = torch.randn(len(prompts), channels, frames, size, size, generator=generator)
+    y = torch.randn(x.shape, generator=generator)
+    rows = []
+    for sigma in sigmas:
+
+        def velocity(z, sigma=sigma):
+            timestep = torch.full((len(prompts),), sigma * 1000)
+            return pipeline.transformer(
+                hidden_states=z, timestep=timestep, encoder_hidden_states=embeds, return_dict=False
+            )[0]
+
+        fx, fy = velocity(x), velocity(y)
+        row = {"sigma": sigma}
+        for name, dim, shift, inside in (("across", 4, 2, slice(3, 7)), ("frames", 2, 1, slice(2, 8))):
+            moved = velocity(torch.roll(x, shift, dims=dim)) - torch.roll(fx, shift, dims=dim)
+            scale = (fx - fy).narrow(dim, inside.start, inside.stop - inside.start)
+            row[name] = float(
+                moved.narrow(dim, inside.start, inside.stop - inside.start).norm() / scale.norm()
+            )
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     from diffusers import WanPipeline
 
@@ -99,6 +137,13 @@ def main() -> None:
             print(
                 f"| {path} | {row['sigma']} | {row['own']:.4f} | {d:+.5f} +- {d_se:.5f} | {c:+.5f} +- {c_se:.5f} |"
             )
+    print()
+    print("| pipeline | sigma | shift error, 2 latent px across | shift error, 1 frame |")
+    print("| --- | --- | --- | --- |")
+    for path in args.pipelines:
+        pipeline = WanPipeline.from_pretrained(path, torch_dtype=torch.float32)
+        for row in shift_equivariance(pipeline, prompts[:16], args.seed):
+            print(f"| {path} | {row['sigma']} | {row['across']:.3f} | {row['frames']:.3f} |")
 
 
 if __name__ == "__main__":
