@@ -36,20 +36,20 @@ def recoloured(prompt: str) -> str:
     return " ".join(words)
 
 
-@torch.no_grad()
-def velocity_errors(pipeline, x0, noise, sigma: float, texts: list[str]) -> torch.Tensor:
-    """Per clip: the transformer's mean squared velocity error at `sigma`, conditioned on `texts`."""
+def embed(pipeline, texts: list[str]) -> torch.Tensor:
     from align.toy.video import MAX_LENGTH
 
-    embeds = pipeline.encode_prompt(
+    return pipeline.encode_prompt(
         prompt=texts, do_classifier_free_guidance=False, max_sequence_length=MAX_LENGTH
     )[0]
-    timestep = torch.full((len(texts),), sigma * 1000)
-    noisy = (1 - sigma) * x0 + sigma * noise
-    velocity = pipeline.transformer(
+
+
+def velocity(pipeline, noisy: torch.Tensor, sigma: float, embeds: torch.Tensor) -> torch.Tensor:
+    """The transformer's velocity for `noisy` latents at `sigma`, conditioned on prompt embeddings."""
+    timestep = torch.full((len(noisy),), sigma * 1000)
+    return pipeline.transformer(
         hidden_states=noisy, timestep=timestep, encoder_hidden_states=embeds, return_dict=False
     )[0]
-    return (velocity - (noise - x0)).pow(2).flatten(1).mean(1)
 
 
 @torch.no_grad()
@@ -59,20 +59,24 @@ def word_gaps(pipeline, prompts: list[str], seed: int = 0, sigmas=SIGMAS) -> lis
     rendered clip each, seeds `seed` + i)."""
     from align.toy.video import render_clips
     from rewards.toy_video import swap_direction
+    from samplers.adapters.wan import encode_videos
 
-    vae = pipeline.vae
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
-    clips = render_clips(prompts, [seed + i for i in range(len(prompts))])
-    x0 = (vae.encode(clips.transpose(1, 2) * 2 - 1).latent_dist.mean - mean) / std
+    x0 = encode_videos(pipeline.vae, render_clips(prompts, [seed + i for i in range(len(prompts))]))
+    texts = {"own": embed(pipeline, prompts)}
+    for word, change in (("direction", swap_direction), ("colour", recoloured)):
+        texts[word] = embed(pipeline, [change(p) for p in prompts])
     generator = torch.Generator().manual_seed(seed)
     rows = []
     for sigma in sigmas:
         noise = torch.randn(x0.shape, generator=generator)
-        own = velocity_errors(pipeline, x0, noise, sigma, prompts)
-        row = {"sigma": sigma, "own": float(own.mean())}
-        for word, change in (("direction", swap_direction), ("colour", recoloured)):
-            gap = velocity_errors(pipeline, x0, noise, sigma, [change(p) for p in prompts]) - own
+        noisy, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+        errors = {
+            name: (velocity(pipeline, noisy, sigma, embeds) - target).pow(2).flatten(1).mean(1)
+            for name, embeds in texts.items()
+        }
+        row = {"sigma": sigma, "own": float(errors["own"].mean())}
+        for word in ("direction", "colour"):
+            gap = errors[word] - errors["own"]
             row[word] = (float(gap.mean()), float(gap.std() / len(gap) ** 0.5))
         rows.append(row)
     return rows
@@ -84,31 +88,27 @@ def shift_equivariance(pipeline, prompts: list[str], seed: int = 0, sigmas=(0.99
     px across, or 1 frame) against its velocity for the noise, rolled; compared away from the seam and
     scaled by the difference between two noises' velocities. Near 0: the output moves with the input,
     and the model has little absolute position to place an object by."""
-    from align.toy.video import MAX_LENGTH
+    from rewards.toy_video import FRAMES, RESOLUTION
 
-    embeds = pipeline.encode_prompt(
-        prompt=prompts, do_classifier_free_guidance=False, max_sequence_length=MAX_LENGTH
-    )[0]
+    embeds = embed(pipeline, prompts)
+    size = RESOLUTION // pipeline.vae_scale_factor_spatial
     generator = torch.Generator().manual_seed(seed)
-    channels, frames, size = pipeline.transformer.config.in_channels, 9, 8
-    x = torch.randn(len(prompts), channels, frames, size, size, generator=generator)
+    x = torch.randn(
+        len(prompts), pipeline.transformer.config.in_channels, FRAMES, size, size, generator=generator
+    )
     y = torch.randn(x.shape, generator=generator)
     rows = []
     for sigma in sigmas:
-
-        def velocity(z, sigma=sigma):
-            timestep = torch.full((len(prompts),), sigma * 1000)
-            return pipeline.transformer(
-                hidden_states=z, timestep=timestep, encoder_hidden_states=embeds, return_dict=False
-            )[0]
-
-        fx, fy = velocity(x), velocity(y)
+        fx, fy = velocity(pipeline, x, sigma, embeds), velocity(pipeline, y, sigma, embeds)
         row = {"sigma": sigma}
         for name, dim, shift, inside in (("across", 4, 2, slice(3, 7)), ("frames", 2, 1, slice(2, 8))):
-            moved = velocity(torch.roll(x, shift, dims=dim)) - torch.roll(fx, shift, dims=dim)
-            scale = (fx - fy).narrow(dim, inside.start, inside.stop - inside.start)
+            moved = velocity(pipeline, torch.roll(x, shift, dims=dim), sigma, embeds) - torch.roll(
+                fx, shift, dims=dim
+            )
+            width = inside.stop - inside.start
             row[name] = float(
-                moved.narrow(dim, inside.start, inside.stop - inside.start).norm() / scale.norm()
+                moved.narrow(dim, inside.start, width).norm()
+                / (fx - fy).narrow(dim, inside.start, width).norm()
             )
         rows.append(row)
     return rows
@@ -126,13 +126,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     prompts = random.Random(args.seed).sample(video_prompt_splits()["train"], args.prompts)
+    gaps, shifts = {}, {}
+    for path in args.pipelines:
+        pipeline = WanPipeline.from_pretrained(path, torch_dtype=torch.float32)
+        gaps[path], shifts[path] = (
+            word_gaps(pipeline, prompts, args.seed),
+            shift_equivariance(pipeline, prompts[:16], args.seed),
+        )
     print(
         "| pipeline | sigma | error, the prompt | gap, direction reversed (+- SE) | gap, colour changed (+- SE) |"
     )
     print("| --- | --- | --- | --- | --- |")
-    for path in args.pipelines:
-        pipeline = WanPipeline.from_pretrained(path, torch_dtype=torch.float32)
-        for row in word_gaps(pipeline, prompts, args.seed):
+    for path, rows in gaps.items():
+        for row in rows:
             (d, d_se), (c, c_se) = row["direction"], row["colour"]
             print(
                 f"| {path} | {row['sigma']} | {row['own']:.4f} | {d:+.5f} +- {d_se:.5f} | {c:+.5f} +- {c_se:.5f} |"
@@ -140,9 +146,8 @@ def main() -> None:
     print()
     print("| pipeline | sigma | shift error, 2 latent px across | shift error, 1 frame |")
     print("| --- | --- | --- | --- |")
-    for path in args.pipelines:
-        pipeline = WanPipeline.from_pretrained(path, torch_dtype=torch.float32)
-        for row in shift_equivariance(pipeline, prompts[:16], args.seed):
+    for path, rows in shifts.items():
+        for row in rows:
             print(f"| {path} | {row['sigma']} | {row['across']:.3f} | {row['frames']:.3f} |")
 
 

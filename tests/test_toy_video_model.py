@@ -198,3 +198,24 @@ def test_the_motion_and_direction_terms_weigh_what_moves_and_the_direction_word(
     trainer.predict = lambda noisy, sigma, p: seen.append(list(p)) or exact_for(prompts)(noisy, sigma, p)
     trainer.loss(target, torch.ones(2), ["", prompts[1]], target)
     assert seen[1] == [swapped[1]]  # the caption-dropped sample has no swap
+
+
+def test_pretrain_toy_passes_the_loss_terms_to_the_video_trainer_and_the_image_world_refuses_them(
+    tmp_path, monkeypatch, capsys
+):
+    from align.cli import main
+    from align.toy import pretrain
+
+    seen = {}
+    monkeypatch.setattr(pretrain, "train_diffusion", lambda out, **kw: seen.update(kw) or {"step": 1, "done": True})
+    video_args = ["pretrain-toy", "--world", "video", "--stage", "diffusion", "--out", str(tmp_path / "v")]
+    assert main([*video_args, "--motion-weight", "2", "--direction-weight", "0.5"]) == 0
+    assert (seen["motion_weight"], seen["direction_weight"]) == (2.0, 0.5)
+    assert seen["trainer_class"] is video.VideoDiffusionTrainer
+    seen.clear()
+    assert main(video_args) == 0 and (seen["motion_weight"], seen["direction_weight"]) == (0.0, 0.0)  # off
+    seen.clear()
+    image = tmp_path / "image"
+    code = main(["pretrain-toy", "--stage", "diffusion", "--out", str(image), "--motion-weight", "1"])
+    assert code == 2 and not seen and not image.exists()
+    assert capsys.readouterr().err.strip().endswith("are the video world's; add --world video")

@@ -24,7 +24,6 @@ def run(args) -> int:
     stages, steps, stop_at, vae_steps, count = WORLDS[args.world]
     if args.stage not in ("all", *stages):
         raise ValueError(f"--stage {args.stage}: the {args.world} world's stages are {', '.join(stages)}")
-    out.mkdir(parents=True, exist_ok=True)
     if args.world == "video":
         from align.toy import video as world
 
@@ -35,6 +34,7 @@ def run(args) -> int:
         if args.motion_weight or args.direction_weight:
             raise ValueError("--motion-weight and --direction-weight are the video world's; add --world video")
         terms = {}
+    out.mkdir(parents=True, exist_ok=True)
     for stage in stages if args.stage == "all" else (args.stage,):
         if stage == "vae":
             options = {"resume": args.resume} if args.world == "video" else {}

@@ -45,7 +45,7 @@ def _normalise(images: torch.Tensor) -> torch.Tensor:
 
 def count_variants(prompt: str) -> list[str]:
     """The other counts of a single-object prompt ("two red circles" -> "a red circle", "three red
-    circles"): captions that differ from it in count alone. None for a relation prompt."""
+    circles"): captions that differ from it in count alone; [] for a relation prompt."""
     spec = parse_prompt(prompt)
     if spec.kind != "single":
         return []

@@ -212,13 +212,12 @@ def _calibrate_vae(vae, rng: random.Random, count: int = 128) -> dict:
 def build_data(out: Path, count: int = 20_000, batch_size: int = 64) -> dict:
     from diffusers import AutoencoderKLWan
 
+    from samplers.adapters.wan import encode_videos
+
     vae = AutoencoderKLWan.from_pretrained(out / "vae").eval()
-    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1, 1)
-    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1, 1)
 
     def encode(prompts: list[str], seeds: list[int]) -> torch.Tensor:
-        raw = vae.encode(render_clips(prompts, seeds).transpose(1, 2) * 2 - 1).latent_dist.mean
-        return (raw - mean) / std
+        return encode_videos(vae, render_clips(prompts, seeds))
 
     return write_data(out, balanced_prompts(random.Random(1), count), encode, batch_size, "video data")
 
@@ -252,11 +251,11 @@ class VideoDiffusionTrainer(DiffusionTrainer):
         - `direction_weight`: each captioned clip's prompt must predict its velocity better than the
           same prompt with the direction reversed, a logistic loss on the two squared errors' gap
           (scaled by `direction_temperature`): the word is made to matter."""
-        prediction = self.predict(noisy, sigma, prompts)
-        error = (prediction - target).pow(2)
+        residual = self.predict(noisy, sigma, prompts) - target
+        error = residual.pow(2)
         loss = error.mean()
         if self.motion_weight:
-            loss = loss + self.motion_weight * (prediction - target).diff(dim=2).pow(2).mean()
+            loss = loss + self.motion_weight * residual.diff(dim=2).pow(2).mean()
         captioned = [i for i, p in enumerate(prompts) if p]
         if self.direction_weight and captioned:
             reversed_prompts = [swap_direction(prompts[i]) for i in captioned]

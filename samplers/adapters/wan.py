@@ -81,29 +81,36 @@ class WanAdapter(FlowMatchMixin, Adapter):
     def schedule(self, num_steps: int) -> Schedule:
         return self._schedule_from_scheduler(num_steps)
 
-    def _normalisation(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        config = self.pipeline.vae.config
-        shape = (1, config.z_dim, 1, 1, 1)
-        mean = torch.tensor(config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
-        std = torch.tensor(config.latents_std, device=like.device, dtype=like.dtype).view(shape)
-        return mean, std
-
     def decode(self, latents):
         """Latents [B, C, F', h, w] -> videos [B, F, 3, H, W] in [0, 1] (differentiable)."""
         vae = self.pipeline.vae
-        mean, std = self._normalisation(latents)
+        mean, std = latent_normalisation(vae, latents)
         video = vae.decode((latents * std + mean).to(vae.dtype), return_dict=False)[0]
         return self.postprocess(video).transpose(1, 2)
 
     def encode_images(self, images):
         """Videos [B, F, 3, H, W] in [0, 1] -> latents (the VAE's mean, normalised as Wan trains)."""
-        vae = self.pipeline.vae
-        latents = vae.encode((images.transpose(1, 2) * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
-        mean, std = self._normalisation(latents)
-        return (latents - mean) / std
+        return encode_videos(self.pipeline.vae, images)
 
     def pipeline_images(self, prompts, generators, num_steps, cond=None):
         return self._pipeline_call(prompts, generators, num_steps, cond, num_frames=self.frames, max_sequence_length=self.max_sequence_length).frames.float()
 
     def describe(self):
         return {**super().describe(), "frames": self.frames}
+
+
+def latent_normalisation(vae, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Wan VAE's per-channel latents_mean and latents_std, [1, C, 1, 1, 1] on `like`'s device and dtype."""
+    config = vae.config
+    shape = (1, config.z_dim, 1, 1, 1)
+    mean = torch.tensor(config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+    std = torch.tensor(config.latents_std, device=like.device, dtype=like.dtype).view(shape)
+    return mean, std
+
+
+def encode_videos(vae, videos: torch.Tensor) -> torch.Tensor:
+    """Videos [B, F, 3, H, W] in [0, 1] -> latents [B, C, F', h, w]: a Wan VAE's mean, normalised as Wan
+    trains (and as the toy video model's diffusion stage trains on its clips)."""
+    latents = vae.encode((videos.transpose(1, 2) * 2 - 1).to(vae.dtype)).latent_dist.mean.float()
+    mean, std = latent_normalisation(vae, latents)
+    return (latents - mean) / std
